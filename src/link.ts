@@ -1,0 +1,478 @@
+/**
+ * Link: the socket layer. Any number of listeners and connectors; once connected there is no
+ * difference between the sides. Connectors reconnect on their own. Link knows sockets and
+ * connection ids, nothing of frames.
+ *
+ * @module
+ */
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { type Clock, type TimerHandle, systemClock } from './clock.js';
+import { Emitter } from './emitter.js';
+import { ClosedError, InvalidArgumentError, SnakeMQError } from './errors.js';
+import { type Logger, defaultLogger } from './logger.js';
+
+/** Connection id: unique within one Link for its lifetime. */
+export type ConnId = string;
+
+/** TLS settings of a listener or connector. Certificates are verified by default. */
+export interface TlsConfig {
+  /** Private key (PEM). */
+  key?: string | Buffer;
+  /** Certificate chain (PEM). */
+  cert?: string | Buffer;
+  /** Trusted CA certificates (PEM); Node's default roots when omitted. */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** Listener only: ask the connecting peer for a certificate and refuse it without a valid one. */
+  requirePeerCert?: boolean;
+  /**
+   * Verify the peer's certificate against `ca` (default `true`). Set `false` only when you
+   * really mean to accept any peer.
+   */
+  rejectUnauthorized?: boolean;
+  /** Connector only: the server name to verify (SNI); defaults to the host. */
+  servername?: string;
+}
+
+/** Where a listener listens. */
+export interface ListenerOptions {
+  /** Interface to bind; default `'127.0.0.1'`. */
+  host?: string;
+  /** Port; `0` picks a free one (read it back from the resolved {@link ListenerInfo}). */
+  port: number;
+  /** Serve TLS instead of plain TCP. */
+  tls?: TlsConfig;
+}
+
+/** A listener that is listening. */
+export interface ListenerInfo {
+  /** Id to pass to {@link Link.removeListener}. */
+  id: string;
+  /** The bound address. */
+  host: string;
+  /** The bound port (the real one, also when 0 was asked). */
+  port: number;
+}
+
+/** Defaults of {@link ConnectorOptions}, in milliseconds. */
+export const DEFAULT_RECONNECT_INTERVAL = 1000;
+export const DEFAULT_RECONNECT_MAX_INTERVAL = 30_000;
+export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+
+/** Where and how a connector connects. */
+export interface ConnectorOptions {
+  host: string;
+  port: number;
+  /** Connect with TLS. */
+  tls?: TlsConfig;
+  /** First wait before reconnecting after a refusal or a lost connection, ms (default 1000). */
+  reconnectInterval?: number;
+  /** The wait doubles after each failed attempt up to this, ms (default 30000). */
+  reconnectMaxInterval?: number;
+  /** Each wait is varied by up to ± this fraction at random (default 0.2). */
+  reconnectJitter?: number;
+  /** Give up one connection attempt after this long, ms (default 10000). */
+  connectTimeout?: number;
+}
+
+/** What is known about an established connection. */
+export interface ConnectionInfo {
+  connId: ConnId;
+  /** `'listener'` when accepted by one of our listeners, `'connector'` when we connected. */
+  side: 'listener' | 'connector';
+  /** Id of the listener or connector it belongs to. */
+  ownerId: string;
+  remoteAddress: string;
+  remotePort: number;
+  localAddress: string;
+  localPort: number;
+  tls: boolean;
+}
+
+/** The face shared by {@link Link} and {@link Throttle}: what the Packeter talks to. */
+export type TransportEvents = {
+  /** A connection is established (for TLS: after the handshake). */
+  connect: [connId: ConnId, info: ConnectionInfo];
+  /** A connection is gone; `reason` says why when it was not a clean close. */
+  disconnect: [connId: ConnId, reason: Error | undefined];
+  /** Bytes arrived. */
+  recv: [connId: ConnId, data: Buffer];
+  /** A connection whose `send()` returned `false` can take data again. */
+  drain: [connId: ConnId];
+  /** Something went wrong that is not tied to a call (a listener failed, a connect attempt failed). */
+  error: [err: Error, connId: ConnId | undefined];
+};
+
+type Handler<A extends unknown[]> = (...args: A) => void;
+
+/** The lower-layer interface the Packeter uses. */
+export interface Transport {
+  on<K extends keyof TransportEvents>(event: K, handler: Handler<TransportEvents[K]>): unknown;
+  off<K extends keyof TransportEvents>(event: K, handler: Handler<TransportEvents[K]>): unknown;
+  /**
+   * Queue `data` (one buffer, or several written back to back) for writing on a connection. `cb` runs once the data was handed to the
+   * kernel, or with an error when the connection died first. Returns `false` when the
+   * connection's write buffer is above its high-water mark: wait for `drain`.
+   */
+  send(connId: ConnId, data: Buffer | Buffer[], cb?: (err?: Error | null) => void): boolean;
+  /** Close one connection (a `disconnect` event follows). */
+  closeConnection(connId: ConnId, reason?: Error): void;
+  /** Bytes queued for writing on a connection and not yet handed to the kernel. */
+  bufferedAmount(connId: ConnId): number;
+}
+
+/** Options of a {@link Link}. */
+export interface LinkOptions {
+  clock?: Clock;
+  logger?: Logger;
+  /** Source of randomness for reconnect jitter (tests inject one). */
+  random?: () => number;
+}
+
+interface Conn {
+  id: ConnId;
+  socket: net.Socket;
+  info: ConnectionInfo;
+  reason?: Error;
+}
+
+interface Listener {
+  id: string;
+  server: net.Server;
+  sockets: Set<net.Socket>;
+}
+
+interface Connector {
+  id: string;
+  opts: Required<Omit<ConnectorOptions, 'tls'>> & { tls?: TlsConfig };
+  attempt: number;
+  timer?: TimerHandle;
+  socket?: net.Socket;
+  connId?: ConnId;
+}
+
+/** Error for a failed connection attempt (reported on `error`, then retried). */
+export class ConnectError extends SnakeMQError {
+  constructor(host: string, port: number, cause: unknown) {
+    super('ERR_CONNECT', `cannot connect to ${host}:${port}: ${(cause as Error)?.message ?? cause}`, {
+      cause,
+      fault: 'remote',
+    });
+  }
+}
+
+function positive(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
+    throw new InvalidArgumentError(`${name} must be a non-negative number of milliseconds, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * Listeners and connectors over TCP or TLS. Emits {@link TransportEvents}.
+ *
+ * @example
+ * const link = new Link();
+ * const { port } = await link.addListener({ port: 0 });
+ * link.on('recv', (connId, data) => console.log(connId, data));
+ */
+export class Link extends Emitter<TransportEvents> implements Transport {
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly random: () => number;
+  private readonly conns = new Map<ConnId, Conn>();
+  private readonly listeners_ = new Map<string, Listener>();
+  private readonly connectors = new Map<string, Connector>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(options: LinkOptions = {}) {
+    super();
+    this.clock = options.clock ?? systemClock;
+    this.log = options.logger ?? defaultLogger();
+    this.random = options.random ?? Math.random;
+  }
+
+  /**
+   * Start listening. Resolves with the bound address once listening.
+   * @throws InvalidArgumentError for a bad port; rejects with the bind error (e.g. EADDRINUSE).
+   */
+  async addListener(options: ListenerOptions): Promise<ListenerInfo> {
+    if (this.closed) throw new ClosedError('link');
+    const host = options.host ?? '127.0.0.1';
+    if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+      throw new InvalidArgumentError(`port must be an integer 0..65535, got ${options.port}`);
+    }
+    const id = `l${this.nextId++}`;
+    const sockets = new Set<net.Socket>();
+    let server: net.Server;
+    if (options.tls) {
+      const t = options.tls;
+      server = tls.createServer({
+        key: t.key,
+        cert: t.cert,
+        ca: t.ca,
+        requestCert: t.requirePeerCert ?? false,
+        rejectUnauthorized: t.rejectUnauthorized ?? true,
+      });
+      server.on('secureConnection', (s: tls.TLSSocket) => this.accept(id, s, sockets, true));
+      server.on('tlsClientError', (err, s) => {
+        this.log.debug(`listener ${id}: TLS handshake refused: ${err.message}`);
+        s.destroy();
+      });
+      // Track raw sockets too, so close() can destroy those still in the handshake.
+      server.on('connection', (s: net.Socket) => {
+        sockets.add(s);
+        s.once('close', () => sockets.delete(s));
+      });
+    } else {
+      server = net.createServer((s) => this.accept(id, s, sockets, false));
+    }
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.emitError(err, undefined));
+    const addr = server.address() as net.AddressInfo;
+    this.listeners_.set(id, { id, server, sockets });
+    if (this.closed) {
+      server.close();
+      throw new ClosedError('link');
+    }
+    this.log.debug(`listener ${id} on ${addr.address}:${addr.port}`);
+    return { id, host: addr.address, port: addr.port };
+  }
+
+  /** Stop a listener and close the connections it accepted. Resolves when it is closed. */
+  async removeListener(id: string): Promise<void> {
+    const l = this.listeners_.get(id);
+    if (!l) return;
+    this.listeners_.delete(id);
+    const done = new Promise<void>((resolve) => l.server.close(() => resolve()));
+    for (const s of l.sockets) s.destroy();
+    for (const c of [...this.conns.values()]) {
+      if (c.info.side === 'listener' && c.info.ownerId === id) c.socket.destroy();
+    }
+    await done;
+  }
+
+  /**
+   * Start a connector: it connects now and reconnects after every refusal or loss until
+   * removed. Returns its id.
+   */
+  addConnector(options: ConnectorOptions): string {
+    if (this.closed) throw new ClosedError('link');
+    if (typeof options.host !== 'string' || !options.host) {
+      throw new InvalidArgumentError('connector host must be a non-empty string');
+    }
+    if (!Number.isInteger(options.port) || options.port <= 0 || options.port > 65535) {
+      throw new InvalidArgumentError(`connector port must be an integer 1..65535, got ${options.port}`);
+    }
+    const id = `k${this.nextId++}`;
+    const c: Connector = {
+      id,
+      attempt: 0,
+      opts: {
+        host: options.host,
+        port: options.port,
+        tls: options.tls,
+        reconnectInterval: positive('reconnectInterval', options.reconnectInterval, DEFAULT_RECONNECT_INTERVAL),
+        reconnectMaxInterval: positive(
+          'reconnectMaxInterval',
+          options.reconnectMaxInterval,
+          DEFAULT_RECONNECT_MAX_INTERVAL,
+        ),
+        reconnectJitter: Math.min(1, positive('reconnectJitter', options.reconnectJitter, 0.2)),
+        connectTimeout: positive('connectTimeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT),
+      },
+    };
+    this.connectors.set(id, c);
+    this.dial(c);
+    return id;
+  }
+
+  /** Stop a connector: no more reconnects, and its connection (if any) is closed. */
+  removeConnector(id: string): void {
+    const c = this.connectors.get(id);
+    if (!c) return;
+    this.connectors.delete(id);
+    if (c.timer) this.clock.clearTimeout(c.timer);
+    c.socket?.destroy();
+  }
+
+  /** Ids of the established connections. */
+  connectionIds(): ConnId[] {
+    return [...this.conns.keys()];
+  }
+
+  /** What is known about an established connection, or `undefined`. */
+  connectionInfo(connId: ConnId): ConnectionInfo | undefined {
+    return this.conns.get(connId)?.info;
+  }
+
+  /**
+   * The peer's certificate of a TLS connection (Node's `getPeerCertificate()` object, like
+   * snakeMQ's `getpeercert()`), or `null` for plain TCP, unknown ids, or no certificate.
+   */
+  getPeerCertificate(connId: ConnId): tls.PeerCertificate | null {
+    const c = this.conns.get(connId);
+    if (!c || !(c.socket instanceof tls.TLSSocket)) return null;
+    const cert = c.socket.getPeerCertificate();
+    return cert && Object.keys(cert).length > 0 ? cert : null;
+  }
+
+  send(connId: ConnId, data: Buffer | Buffer[], cb?: (err?: Error | null) => void): boolean {
+    const c = this.conns.get(connId);
+    if (!c || c.socket.destroyed) {
+      if (cb) queueMicrotask(() => cb(new ClosedError(`connection ${connId}`)));
+      return false;
+    }
+    if (!Array.isArray(data)) return c.socket.write(data, cb);
+    // Several buffers: cork so Node hands them to the kernel in one writev.
+    if (data.length === 0) {
+      if (cb) queueMicrotask(() => cb(null));
+      return !c.socket.writableNeedDrain;
+    }
+    const s = c.socket;
+    s.cork();
+    let ok = true;
+    for (let i = 0; i < data.length; i++) ok = s.write(data[i], i === data.length - 1 ? cb : undefined);
+    s.uncork();
+    return ok;
+  }
+
+  bufferedAmount(connId: ConnId): number {
+    return this.conns.get(connId)?.socket.writableLength ?? 0;
+  }
+
+  closeConnection(connId: ConnId, reason?: Error): void {
+    const c = this.conns.get(connId);
+    if (!c) return;
+    if (reason && !c.reason) c.reason = reason;
+    // Give written data a chance to leave (e.g. an incompatible-protocol frame), then force.
+    c.socket.end();
+    const t = this.clock.setTimeout(() => c.socket.destroy(), 1000);
+    c.socket.once('close', () => this.clock.clearTimeout(t));
+  }
+
+  /**
+   * Close every listener, connector and connection and cancel every timer. Resolves once the
+   * listeners are closed; nothing of this Link keeps the process alive afterwards.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const id of [...this.connectors.keys()]) this.removeConnector(id);
+    const waits = [...this.listeners_.keys()].map((id) => this.removeListener(id));
+    for (const c of [...this.conns.values()]) c.socket.destroy();
+    await Promise.all(waits);
+  }
+
+  private emitError(err: Error, connId: ConnId | undefined): void {
+    if (this.listenerCount('error') > 0) this.emit('error', err, connId);
+    else this.log.debug(`link error (no listener): ${err.message}`);
+  }
+
+  private accept(listenerId: string, socket: net.Socket, sockets: Set<net.Socket>, isTls: boolean): void {
+    if (this.closed || !this.listeners_.has(listenerId)) {
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    this.register(socket, 'listener', listenerId, isTls);
+  }
+
+  private dial(c: Connector): void {
+    c.timer = undefined;
+    if (this.closed || !this.connectors.has(c.id)) return;
+    const { host, port, tls: t, connectTimeout } = c.opts;
+    let socket: net.Socket;
+    const onConnected = (): void => {
+      this.clock.clearTimeout(timeout);
+      socket.off('error', onFail);
+      c.attempt = 0;
+      if (!this.connectors.has(c.id)) {
+        socket.destroy();
+        return;
+      }
+      c.connId = this.register(socket, 'connector', c.id, !!t);
+      socket.once('close', () => {
+        c.socket = undefined;
+        c.connId = undefined;
+        this.scheduleReconnect(c);
+      });
+    };
+    const onFail = (err: Error): void => {
+      this.clock.clearTimeout(timeout);
+      socket.destroy();
+      c.socket = undefined;
+      this.log.debug(`connector ${c.id} ${host}:${port}: ${err.message}`);
+      this.emitError(new ConnectError(host, port, err), undefined);
+      this.scheduleReconnect(c);
+    };
+    if (t) {
+      socket = tls.connect({
+        host,
+        port,
+        key: t.key,
+        cert: t.cert,
+        ca: t.ca,
+        rejectUnauthorized: t.rejectUnauthorized ?? true,
+        servername: t.servername ?? (net.isIP(host) ? undefined : host),
+      });
+      socket.once('secureConnect', onConnected);
+    } else {
+      socket = net.connect({ host, port });
+      socket.once('connect', onConnected);
+    }
+    c.socket = socket;
+    socket.once('error', onFail);
+    const timeout = this.clock.setTimeout(() => onFail(new Error(`timed out after ${connectTimeout} ms`)), connectTimeout);
+  }
+
+  private scheduleReconnect(c: Connector): void {
+    if (this.closed || !this.connectors.has(c.id) || c.timer) return;
+    const { reconnectInterval, reconnectMaxInterval, reconnectJitter } = c.opts;
+    const base = Math.min(reconnectMaxInterval, reconnectInterval * 2 ** Math.min(c.attempt, 30));
+    const delay = Math.max(0, base * (1 + reconnectJitter * (this.random() * 2 - 1)));
+    c.attempt++;
+    c.timer = this.clock.setTimeout(() => this.dial(c), delay);
+  }
+
+  private register(socket: net.Socket, side: 'listener' | 'connector', ownerId: string, isTls: boolean): ConnId {
+    const connId = `c${this.nextId++}`;
+    socket.setNoDelay(true);
+    const info: ConnectionInfo = {
+      connId,
+      side,
+      ownerId,
+      remoteAddress: socket.remoteAddress ?? '',
+      remotePort: socket.remotePort ?? 0,
+      localAddress: socket.localAddress ?? '',
+      localPort: socket.localPort ?? 0,
+      tls: isTls,
+    };
+    const conn: Conn = { id: connId, socket, info };
+    this.conns.set(connId, conn);
+    socket.on('data', (data: Buffer) => {
+      if (this.conns.has(connId)) this.emit('recv', connId, data);
+    });
+    socket.on('drain', () => this.emit('drain', connId));
+    socket.on('error', (err) => {
+      if (!conn.reason) conn.reason = err;
+    });
+    socket.once('close', () => {
+      this.conns.delete(connId);
+      this.log.debug(`disconnect ${connId}${conn.reason ? `: ${conn.reason.message}` : ''}`);
+      this.emit('disconnect', connId, conn.reason);
+    });
+    this.log.debug(`connect ${connId} (${side} ${ownerId}) ${info.remoteAddress}:${info.remotePort}`);
+    this.emit('connect', connId, info);
+    return connId;
+  }
+}

@@ -1,0 +1,253 @@
+/**
+ * Packeter: length-prefixed packets over a {@link Transport} (a Link or a Throttle).
+ * Knows frames, nothing of messages.
+ *
+ * Writes are coalesced: every packet sent in one turn of the event loop goes to the transport
+ * in one write (small payloads joined, large ones passed along without copying). Backpressure
+ * is honoured: when the transport's `send()` returns `false` the Packeter stops writing until
+ * `drain`, and reports `writable(connId) === false` while more than `highWaterMark` bytes wait.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import { SnakeMQError, InvalidArgumentError } from './errors.js';
+import type { ConnId, ConnectionInfo, Transport } from './link.js';
+import { type Logger, defaultLogger } from './logger.js';
+import {
+  DEFAULT_MAX_PACKET_SIZE,
+  MAX_WIRE_PACKET_SIZE,
+  PACKET_HEADER_SIZE,
+  PacketDecoder,
+} from './packet-decoder.js';
+
+/** Default per-connection write high-water mark: 1 MiB. */
+export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
+/** Payloads at least this large are written as they are instead of being copied into a batch. */
+const COPY_LIMIT = 16 * 1024;
+
+/** Events of a {@link Packeter}. */
+export interface PacketerEvents {
+  connect: [connId: ConnId, info: ConnectionInfo];
+  disconnect: [connId: ConnId, reason: Error | undefined];
+  /** A whole packet arrived. `payload` may be a view of a larger buffer: copy it to keep it long. */
+  packet: [connId: ConnId, payload: Buffer];
+  /** The packet with this id was fully handed to the kernel. */
+  'packet-sent': [connId: ConnId, packetId: number];
+  /** `writable(connId)` became true again. */
+  drain: [connId: ConnId];
+  /** A connection broke the framing (e.g. `ERR_FRAME_TOO_LARGE`); it has been closed. */
+  error: [err: Error, connId: ConnId | undefined];
+}
+
+/** Options of a {@link Packeter}. */
+export interface PacketerOptions {
+  /** Largest accepted incoming payload in bytes (default 64 MiB; exactly this size is accepted). */
+  maxPacketSize?: number;
+  /** Bytes waiting to be written above which `writable()` is false (default 1 MiB). */
+  highWaterMark?: number;
+  logger?: Logger;
+}
+
+interface ConnState {
+  decoder: PacketDecoder;
+  /** Buffers waiting for the next flush. */
+  out: Buffer[];
+  outBytes: number;
+  /** Packet ids contained in `out`, in order. */
+  outIds: number[];
+  /** Transport refused more; wait for its drain. */
+  blocked: boolean;
+  /** A flush is scheduled. */
+  scheduled: boolean;
+  /** The application was told `writable() === false` and waits for `drain`. */
+  needDrain: boolean;
+  closed: boolean;
+}
+
+/**
+ * Frames packets over a transport.
+ *
+ * @example
+ * const packeter = new Packeter(link);
+ * packeter.on('packet', (connId, payload) => ...);
+ * const id = packeter.sendPacket(connId, Buffer.from('hello'));
+ */
+export class Packeter extends EventEmitter<PacketerEvents> {
+  /** The transport below. */
+  readonly transport: Transport;
+  readonly maxPacketSize: number;
+  readonly highWaterMark: number;
+  private readonly log: Logger;
+  private readonly conns = new Map<ConnId, ConnState>();
+  private nextPacketId = 1;
+
+  constructor(transport: Transport, options: PacketerOptions = {}) {
+    super();
+    this.transport = transport;
+    this.maxPacketSize = options.maxPacketSize ?? DEFAULT_MAX_PACKET_SIZE;
+    this.highWaterMark = options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
+    if (!Number.isInteger(this.highWaterMark) || this.highWaterMark < 1) {
+      throw new InvalidArgumentError(`highWaterMark must be a positive integer, got ${this.highWaterMark}`);
+    }
+    new PacketDecoder(this.maxPacketSize); // validates the option
+    this.log = options.logger ?? defaultLogger();
+    transport.on('connect', this.onConnect);
+    transport.on('disconnect', this.onDisconnect);
+    transport.on('recv', this.onRecv);
+    transport.on('drain', this.onDrain);
+  }
+
+  /**
+   * Queue one packet. Returns its id; `packet-sent` with that id follows once it was written.
+   * Packets to unknown or closed connections are dropped (their id never reports sent).
+   * `payload` must not be modified until then.
+   * @throws InvalidArgumentError when the payload is longer than a uint32 can announce.
+   */
+  sendPacket(connId: ConnId, payload: Uint8Array | Uint8Array[]): number {
+    const parts = Array.isArray(payload) ? payload : [payload];
+    let len = 0;
+    for (const p of parts) len += p.length;
+    if (len > MAX_WIRE_PACKET_SIZE) {
+      throw new InvalidArgumentError(`packet payload of ${len} bytes does not fit a uint32 length`);
+    }
+    const id = this.nextPacketId++;
+    const c = this.conns.get(connId);
+    if (!c || c.closed) return id;
+    const header = Buffer.allocUnsafe(PACKET_HEADER_SIZE);
+    header.writeUInt32BE(len, 0);
+    c.out.push(header);
+    for (const p of parts) {
+      if (p.length > 0) c.out.push(Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length));
+    }
+    c.outBytes += PACKET_HEADER_SIZE + len;
+    c.outIds.push(id);
+    if (!c.scheduled && !c.blocked) {
+      c.scheduled = true;
+      setImmediate(this.flushConn, connId);
+    }
+    return id;
+  }
+
+  /**
+   * Bytes queued on a connection and not yet handed to the kernel (ours plus the transport's).
+   */
+  bufferedAmount(connId: ConnId): number {
+    const c = this.conns.get(connId);
+    return c ? c.outBytes + this.transport.bufferedAmount(connId) : 0;
+  }
+
+  /**
+   * Whether a connection takes more packets without growing past `highWaterMark`. When this
+   * returns false, a `drain` event follows once it is true again.
+   */
+  writable(connId: ConnId): boolean {
+    const c = this.conns.get(connId);
+    if (!c || c.closed) return false;
+    if (this.bufferedAmount(connId) < this.highWaterMark) return true;
+    c.needDrain = true;
+    return false;
+  }
+
+  /** Whether a connection is known and open. */
+  isConnected(connId: ConnId): boolean {
+    const c = this.conns.get(connId);
+    return !!c && !c.closed;
+  }
+
+  /** Close a connection (its `disconnect` follows). Packets queued but not written are dropped. */
+  closeConnection(connId: ConnId, reason?: Error): void {
+    const c = this.conns.get(connId);
+    if (c) {
+      this.flush(connId, c); // let already-queued packets (e.g. a last protocol frame) leave
+      c.closed = true;
+    }
+    this.transport.closeConnection(connId, reason);
+  }
+
+  private readonly onConnect = (connId: ConnId, info: ConnectionInfo): void => {
+    this.conns.set(connId, {
+      decoder: new PacketDecoder(this.maxPacketSize),
+      out: [],
+      outBytes: 0,
+      outIds: [],
+      blocked: false,
+      scheduled: false,
+      needDrain: false,
+      closed: false,
+    });
+    this.emit('connect', connId, info);
+  };
+
+  private readonly onDisconnect = (connId: ConnId, reason: Error | undefined): void => {
+    if (!this.conns.delete(connId)) return;
+    this.emit('disconnect', connId, reason);
+  };
+
+  private readonly onRecv = (connId: ConnId, data: Buffer): void => {
+    const c = this.conns.get(connId);
+    if (!c || c.closed) return;
+    try {
+      c.decoder.push(data, (payload) => {
+        if (!c.closed) this.emit('packet', connId, payload);
+      });
+    } catch (err) {
+      if (!(err instanceof SnakeMQError) || c.closed) throw err;
+      this.log.debug(`packeter ${connId}: ${err.message}`);
+      this.closeConnection(connId, err);
+      if (this.listenerCount('error') > 0) this.emit('error', err, connId);
+    }
+  };
+
+  private readonly onDrain = (connId: ConnId): void => {
+    const c = this.conns.get(connId);
+    if (!c) return;
+    c.blocked = false;
+    this.flush(connId, c);
+    this.maybeDrain(connId, c);
+  };
+
+  private readonly flushConn = (connId: ConnId): void => {
+    const c = this.conns.get(connId);
+    if (!c) return;
+    c.scheduled = false;
+    this.flush(connId, c);
+    this.maybeDrain(connId, c);
+  };
+
+  private maybeDrain(connId: ConnId, c: ConnState): void {
+    if (c.needDrain && !c.closed && this.bufferedAmount(connId) < this.highWaterMark) {
+      c.needDrain = false;
+      this.emit('drain', connId);
+    }
+  }
+
+  private flush(connId: ConnId, c: ConnState): void {
+    if (c.blocked || c.closed || c.outIds.length === 0) return;
+    const ids = c.outIds;
+    const out = c.out;
+    c.out = [];
+    c.outIds = [];
+    c.outBytes = 0;
+    // Join runs of small buffers; pass large ones through untouched.
+    const chunks: Buffer[] = [];
+    let run: Buffer[] = [];
+    let runBytes = 0;
+    for (const b of out) {
+      if (b.length >= COPY_LIMIT) {
+        if (run.length) chunks.push(run.length === 1 ? run[0] : Buffer.concat(run, runBytes));
+        run = [];
+        runBytes = 0;
+        chunks.push(b);
+      } else {
+        run.push(b);
+        runBytes += b.length;
+      }
+    }
+    if (run.length) chunks.push(run.length === 1 ? run[0] : Buffer.concat(run, runBytes));
+    const ok = this.transport.send(connId, chunks.length === 1 ? chunks[0] : chunks, (err) => {
+      if (err) return;
+      for (const id of ids) this.emit('packet-sent', connId, id);
+    });
+    if (!ok) c.blocked = true;
+  }
+}

@@ -1,0 +1,37 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+});
+
+/** Run a fixture under tsx; resolve with its exit code, stdout and the ms from its "closed" line to exit. */
+export function runFixture(name: string): Promise<{ code: number | null; out: string; afterClose: number }> {
+  const file = fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  let out = '';
+  let closedAt = 0;
+  child.stdout!.on('data', (d) => {
+    out += d;
+    if (!closedAt && out.includes('closed')) closedAt = performance.now();
+  });
+  return new Promise((resolve) => {
+    const killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('exit', (code) => {
+      clearTimeout(killer);
+      resolve({ code, out, afterClose: closedAt ? performance.now() - closedAt : Infinity });
+    });
+  });
+}
+
+describe('close()', () => {
+  it('leaves no open handles: the process exits by itself within 2 s', async () => {
+    const r = await runFixture('link-close-child.ts');
+    expect(r.out).toContain('closed after 1000 packets');
+    expect(r.code).toBe(0);
+    expect(r.afterClose).toBeLessThan(2000);
+  });
+});

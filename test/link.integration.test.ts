@@ -1,0 +1,238 @@
+import * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Link } from '../src/link.js';
+import { Packeter } from '../src/packeter.js';
+import { until, waitFor } from './helpers/wait.js';
+
+const closers: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  while (closers.length) await closers.pop()!();
+});
+
+function makeLink(): Link {
+  const link = new Link();
+  closers.push(() => link.close());
+  return link;
+}
+
+function collect(p: Packeter): Array<[string, string]> {
+  const got: Array<[string, string]> = [];
+  p.on('packet', (connId, payload) => got.push([connId, payload.toString()]));
+  return got;
+}
+
+describe('Link and Packeter over loopback', () => {
+  it('a listener on port 0 reports the port it got', async () => {
+    const link = makeLink();
+    const info = await link.addListener({ host: '127.0.0.1', port: 0 });
+    expect(info.port).toBeGreaterThan(0);
+    expect(info.host).toBe('127.0.0.1');
+  });
+
+  it('is symmetric: once connected, both sides send and receive alike', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    const pa = new Packeter(a);
+    const pb = new Packeter(b);
+    const { port } = await a.addListener({ port: 0 });
+    const aConn = waitFor<[string]>(pa, 'connect');
+    const bConn = waitFor<[string]>(pb, 'connect');
+    b.addConnector({ host: '127.0.0.1', port });
+    const [aId] = await aConn;
+    const [bId] = await bConn;
+    const gotA = collect(pa);
+    const gotB = collect(pb);
+    const sentIds: number[] = [];
+    pa.on('packet-sent', (_c, id) => sentIds.push(id));
+    const id1 = pa.sendPacket(aId, Buffer.from('from listener'));
+    pb.sendPacket(bId, Buffer.from('from connector'));
+    await until(() => gotA.length === 1 && gotB.length === 1);
+    expect(gotB).toEqual([[bId, 'from listener']]);
+    expect(gotA).toEqual([[aId, 'from connector']]);
+    await until(() => sentIds.includes(id1));
+    expect(a.connectionInfo(aId)?.side).toBe('listener');
+    expect(b.connectionInfo(bId)?.side).toBe('connector');
+  });
+
+  it('accepts several connectors on one listener and tells them apart', async () => {
+    const server = makeLink();
+    const ps = new Packeter(server);
+    const got = collect(ps);
+    const { port } = await server.addListener({ port: 0 });
+    for (let i = 0; i < 3; i++) {
+      const c = makeLink();
+      const pc = new Packeter(c);
+      pc.on('connect', (connId) => pc.sendPacket(connId, Buffer.from(`client ${i}`)));
+      c.addConnector({ host: '127.0.0.1', port });
+    }
+    await until(() => got.length === 3);
+    expect(got.map(([, s]) => s).sort()).toEqual(['client 0', 'client 1', 'client 2']);
+    expect(new Set(got.map(([c]) => c)).size).toBe(3);
+  });
+
+  it('reconnects after the listener restarts on the same port', async () => {
+    const server = makeLink();
+    const ps = new Packeter(server);
+    const got = collect(ps);
+    const first = await server.addListener({ port: 0 });
+    const client = makeLink();
+    const pc = new Packeter(client);
+    let connects = 0;
+    pc.on('connect', (connId) => {
+      connects++;
+      pc.sendPacket(connId, Buffer.from(`hello ${connects}`));
+    });
+    client.addConnector({ host: '127.0.0.1', port: first.port, reconnectInterval: 20, reconnectMaxInterval: 100 });
+    await until(() => got.length === 1);
+    const gone = waitFor(pc, 'disconnect');
+    await server.removeListener(first.id);
+    await gone;
+    await server.addListener({ port: first.port });
+    await until(() => got.length === 2);
+    expect(got.map(([, s]) => s)).toEqual(['hello 1', 'hello 2']);
+  });
+
+  it('keeps retrying a refused connector until a listener appears', async () => {
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const client = makeLink();
+    const failures: Error[] = [];
+    client.on('error', (e) => failures.push(e));
+    client.addConnector({ host: '127.0.0.1', port, reconnectInterval: 20, reconnectMaxInterval: 40 });
+    await until(() => failures.length >= 2);
+    expect((failures[0] as Error & { code: string }).code).toBe('ERR_CONNECT');
+    const server = makeLink();
+    const connected = waitFor(client, 'connect');
+    await server.addListener({ port });
+    await connected;
+  });
+
+  it('removeConnector stops reconnecting', async () => {
+    const server = makeLink();
+    const { port } = await server.addListener({ port: 0 });
+    let accepted = 0;
+    server.on('connect', () => accepted++);
+    const client = makeLink();
+    const id = client.addConnector({ host: '127.0.0.1', port, reconnectInterval: 10 });
+    await until(() => accepted === 1);
+    const gone = waitFor(server, 'disconnect');
+    client.removeConnector(id);
+    await gone;
+    // a reconnect would take ~10 ms; a second connection must not appear within 30 intervals
+    await new Promise((r) => setTimeout(r, 300));
+    expect(accepted).toBe(1);
+  });
+
+  it('closes a connection that announces an oversized packet, and only that one', async () => {
+    const server = makeLink();
+    const ps = new Packeter(server, { maxPacketSize: 1024 });
+    const errors: Array<[Error & { code?: string }, string | undefined]> = [];
+    ps.on('error', (e, c) => errors.push([e, c]));
+    const got = collect(ps);
+    const { port } = await server.addListener({ port: 0 });
+
+    const good = makeLink();
+    const pg = new Packeter(good);
+    const [goodId] = await Promise.all([
+      waitFor<[string]>(pg, 'connect').then(([c]) => c),
+      good.addConnector({ host: '127.0.0.1', port }),
+    ]);
+
+    const bad = net.connect(port, '127.0.0.1');
+    closers.push(() => void bad.destroy());
+    await new Promise((r) => bad.once('connect', r));
+    const badClosed = new Promise((r) => bad.once('close', r));
+    bad.write(Buffer.from('fffffff0', 'hex'));
+    await badClosed;
+    expect(errors).toHaveLength(1);
+    expect(errors[0][0].code).toBe('ERR_FRAME_TOO_LARGE');
+
+    pg.sendPacket(goodId, Buffer.from('still here'));
+    await until(() => got.length === 1);
+    expect(got[0][1]).toBe('still here');
+  });
+
+  it('garbage bytes close only the connection that sent them', async () => {
+    const server = makeLink();
+    const ps = new Packeter(server);
+    const got = collect(ps);
+    const { port } = await server.addListener({ port: 0 });
+    const good = makeLink();
+    const pg = new Packeter(good);
+    const [goodId] = await Promise.all([
+      waitFor<[string]>(pg, 'connect').then(([c]) => c),
+      good.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    const bad = net.connect(port, '127.0.0.1');
+    closers.push(() => void bad.destroy());
+    const badClosed = new Promise((r) => bad.once('close', r));
+    bad.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await badClosed;
+    pg.sendPacket(goodId, Buffer.from('fine'));
+    await until(() => got.length === 1);
+    expect(got[0][1]).toBe('fine');
+  });
+
+  it('coalesces many small packets into few writes and reports each as sent', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    const pa = new Packeter(a);
+    const pb = new Packeter(b);
+    const { port } = await a.addListener({ port: 0 });
+    const [aId] = await Promise.all([
+      waitFor<[string]>(pa, 'connect').then(([c]) => c),
+      b.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    let received = 0;
+    let order = true;
+    pb.on('packet', (_c, p) => {
+      if (p.readUInt32BE(0) !== received) order = false;
+      received++;
+    });
+    const sent = new Set<number>();
+    pa.on('packet-sent', (_c, id) => sent.add(id));
+    let writes = 0;
+    const origSend = a.send.bind(a);
+    a.send = (c, d, cb) => {
+      writes++;
+      return origSend(c, d, cb);
+    };
+    const ids: number[] = [];
+    for (let i = 0; i < 10_000; i++) {
+      const p = Buffer.alloc(100);
+      p.writeUInt32BE(i, 0);
+      ids.push(pa.sendPacket(aId, p));
+    }
+    await until(() => received === 10_000 && sent.size === 10_000);
+    expect(order).toBe(true);
+    expect(writes).toBeLessThan(10);
+    expect(ids.every((id) => sent.has(id))).toBe(true);
+  });
+
+  it('honours backpressure: writable() turns false and drain follows', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    const pa = new Packeter(a, { highWaterMark: 64 * 1024 });
+    const pb = new Packeter(b);
+    const { port } = await a.addListener({ port: 0 });
+    const [aId] = await Promise.all([
+      waitFor<[string]>(pa, 'connect').then(([c]) => c),
+      b.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    let bytes = 0;
+    pb.on('packet', (_c, p) => (bytes += p.length));
+    const chunk = Buffer.alloc(32 * 1024);
+    let n = 0;
+    while (pa.writable(aId)) {
+      pa.sendPacket(aId, chunk);
+      n++;
+    }
+    expect(n).toBeGreaterThan(0);
+    expect(pa.bufferedAmount(aId)).toBeGreaterThanOrEqual(64 * 1024);
+    await waitFor(pa, 'drain');
+    expect(pa.writable(aId)).toBe(true);
+    await until(() => bytes === n * chunk.length);
+  });
+});

@@ -1,0 +1,137 @@
+import { describe, expect, it } from 'vitest';
+import { FrameTooLargeError } from '../src/errors.js';
+import { PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
+
+function packet(payload: Buffer): Buffer {
+  return Buffer.concat([encodePacketHeader(payload.length), payload]);
+}
+
+function decodeAll(decoder: PacketDecoder, chunks: Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  for (const c of chunks) decoder.push(c, (p) => out.push(Buffer.from(p)));
+  return out;
+}
+
+/** Seeded PRNG (mulberry32) so failures reproduce. */
+function prng(seed: number): () => number {
+  return () => {
+    seed |= 0;
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const payloads = [Buffer.alloc(0), Buffer.from([0x42]), Buffer.from('hello world'), Buffer.alloc(300, 7), Buffer.alloc(0)];
+const stream = Buffer.concat(payloads.map(packet));
+
+describe('PacketDecoder', () => {
+  it('frames a 0-byte, a 1-byte and a 16 MiB packet', () => {
+    const big = Buffer.alloc(16 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4093) big[i] = i & 0xff;
+    const d = new PacketDecoder();
+    const out = decodeAll(d, [packet(Buffer.alloc(0)), packet(Buffer.from([9])), packet(big)]);
+    expect(out.map((b) => b.length)).toEqual([0, 1, big.length]);
+    expect(out[1][0]).toBe(9);
+    expect(out[2].equals(big)).toBe(true);
+    expect(d.state).toBe('header');
+  });
+
+  it('decodes a stream fed one byte at a time, recording each state', () => {
+    const d = new PacketDecoder();
+    const out: Buffer[] = [];
+    const states: string[] = [];
+    for (const byte of stream) {
+      d.push(Buffer.from([byte]), (p) => out.push(Buffer.from(p)));
+      states.push(d.state);
+    }
+    expect(out).toEqual(payloads);
+    // the 4th byte of a non-empty packet's header moves it to 'payload'
+    expect(states.slice(0, 8)).toEqual(['header', 'header', 'header', 'header', 'header', 'header', 'header', 'payload']);
+    expect(d.state).toBe('header');
+    expect(d.buffered).toBe(0);
+  });
+
+  it('decodes every split of the stream into two chunks identically', () => {
+    for (let i = 0; i <= stream.length; i++) {
+      const d = new PacketDecoder();
+      expect(decodeAll(d, [stream.subarray(0, i), stream.subarray(i)])).toEqual(payloads);
+    }
+  });
+
+  it('decodes every split into three chunks identically', () => {
+    const small = Buffer.concat([Buffer.alloc(0), Buffer.from('ab'), Buffer.from('xyz12')].map(packet));
+    const want = [Buffer.alloc(0), Buffer.from('ab'), Buffer.from('xyz12')];
+    for (let i = 0; i <= small.length; i++) {
+      for (let j = i; j <= small.length; j++) {
+        const d = new PacketDecoder();
+        expect(decodeAll(d, [small.subarray(0, i), small.subarray(i, j), small.subarray(j)])).toEqual(want);
+      }
+    }
+  });
+
+  it('decodes random chunkings of random packets', () => {
+    const rnd = prng(1234);
+    for (let round = 0; round < 200; round++) {
+      const ps = Array.from({ length: 1 + Math.floor(rnd() * 20) }, () => {
+        const b = Buffer.alloc(Math.floor(rnd() * (rnd() < 0.1 ? 5000 : 40)));
+        for (let i = 0; i < b.length; i++) b[i] = Math.floor(rnd() * 256);
+        return b;
+      });
+      const s = Buffer.concat(ps.map(packet));
+      const chunks: Buffer[] = [];
+      for (let off = 0; off < s.length; ) {
+        const n = 1 + Math.floor(rnd() * 64);
+        chunks.push(s.subarray(off, off + n));
+        off += n;
+      }
+      expect(decodeAll(new PacketDecoder(), chunks)).toEqual(ps);
+    }
+  });
+
+  it('accepts a packet of exactly maxPacketSize', () => {
+    const d = new PacketDecoder(10);
+    expect(decodeAll(d, [packet(Buffer.alloc(10, 1))])).toEqual([Buffer.alloc(10, 1)]);
+  });
+
+  it('refuses an oversized length prefix at its fourth byte, before any payload', () => {
+    const d = new PacketDecoder(10);
+    d.push(Buffer.from([0, 0, 0]), () => {});
+    let err: unknown;
+    try {
+      d.push(Buffer.from([11]), () => {});
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(FrameTooLargeError);
+    expect((err as FrameTooLargeError).code).toBe('ERR_FRAME_TOO_LARGE');
+    expect((err as FrameTooLargeError).length).toBe(11);
+    expect(d.state).toBe('failed');
+    // and stays failed
+    expect(() => d.push(Buffer.from([1]), () => {})).toThrow(FrameTooLargeError);
+  });
+
+  it('refuses the huge-length-prefix vector (0xFFFFFFF0) with the default limit', () => {
+    const d = new PacketDecoder();
+    expect(() => d.push(Buffer.from('fffffff0', 'hex'), () => {})).toThrow(
+      expect.objectContaining({ code: 'ERR_FRAME_TOO_LARGE', length: 0xfffffff0 }),
+    );
+  });
+
+  it('delivers packets that precede an oversized one', () => {
+    const d = new PacketDecoder(4);
+    const got: Buffer[] = [];
+    expect(() =>
+      d.push(Buffer.concat([packet(Buffer.from('ok')), encodePacketHeader(5)]), (p) => got.push(Buffer.from(p))),
+    ).toThrow(FrameTooLargeError);
+    expect(got).toEqual([Buffer.from('ok')]);
+  });
+
+  it('holds only the bytes that arrived for a partial packet', () => {
+    const d = new PacketDecoder();
+    d.push(Buffer.concat([encodePacketHeader(1_000_000), Buffer.alloc(10)]), () => {});
+    expect(d.state).toBe('payload');
+    expect(d.buffered).toBe(14);
+  });
+});
