@@ -49,6 +49,7 @@ export interface PacketerOptions {
 }
 
 interface ConnState {
+  info: ConnectionInfo;
   decoder: PacketDecoder;
   /** Buffers waiting for the next flush. */
   out: Buffer[];
@@ -148,6 +149,11 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     return false;
   }
 
+  /** What the transport told about a connection when it was established, or `undefined`. */
+  connectionInfo(connId: ConnId): ConnectionInfo | undefined {
+    return this.conns.get(connId)?.info;
+  }
+
   /** Whether a connection is known and open. */
   isConnected(connId: ConnId): boolean {
     const c = this.conns.get(connId);
@@ -166,6 +172,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
 
   private readonly onConnect = (connId: ConnId, info: ConnectionInfo): void => {
     this.conns.set(connId, {
+      info,
       decoder: new PacketDecoder(this.maxPacketSize),
       out: [],
       outBytes: 0,

@@ -1,0 +1,17 @@
+/**
+ * snakemq: brokerless peer-to-peer messaging for Node.js, wire-compatible with Python
+ * snakeMQ 1.6.
+ *
+ * @module
+ */
+export * from './errors.js';
+export * from './clock.js';
+export * from './logger.js';
+export * from './link.js';
+export * from './throttle.js';
+export * from './packet-decoder.js';
+export * from './packeter.js';
+export * from './message.js';
+export * from './messaging.js';
+export type * from './storage.js';
+export * as protocol from './protocol.js';

@@ -1,0 +1,87 @@
+/**
+ * The message: a body of bytes with a 16-byte uuid, a time to live and flags.
+ *
+ * @module
+ */
+import { v4 as uuidv4 } from 'uuid';
+import { InvalidArgumentError } from './errors.js';
+import { FLAG_PERSISTENT } from './protocol.js';
+
+export { FLAG_PERSISTENT };
+
+/** Options of a {@link Message}. */
+export interface MessageOptions {
+  /** 16-byte uuid; a random (v4) one when omitted. */
+  uuid?: Uint8Array;
+  /**
+   * Time to live in milliseconds while the peer is not connected: `0` = deliver only if the
+   * peer is connected now; `null` or omitted = forever. (snakeMQ's default is 0; ours is
+   * infinite.) Travels on the wire in whole seconds.
+   */
+  ttl?: number | null;
+  /** Flag bits (uint32); {@link FLAG_PERSISTENT} keeps the message in storage until delivered. */
+  flags?: number;
+}
+
+/** A message to send or one received. Immutable. */
+export class Message {
+  /** The body. */
+  readonly body: Buffer;
+  /** 16-byte uuid. */
+  readonly uuid: Buffer;
+  /** Time to live in milliseconds, `null` = infinite. For a received message: as it came on the wire. */
+  readonly ttl: number | null;
+  /** Flag bits. */
+  readonly flags: number;
+
+  /**
+   * @param body bytes, or a string (encoded as UTF-8)
+   * @throws InvalidArgumentError for a body that is not bytes/string, a uuid that is not 16
+   *   bytes, a negative or non-finite TTL, or flags that are not a uint32.
+   */
+  constructor(body: Uint8Array | string, options: MessageOptions = {}) {
+    if (typeof body === 'string') this.body = Buffer.from(body, 'utf8');
+    else if (body instanceof Uint8Array) {
+      this.body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    } else throw new InvalidArgumentError('message body must be a Buffer, Uint8Array or string');
+    const { uuid, ttl = null, flags = 0 } = options;
+    if (uuid === undefined) this.uuid = newUuid();
+    else if (uuid instanceof Uint8Array && uuid.length === 16) this.uuid = Buffer.from(uuid);
+    else throw new InvalidArgumentError('message uuid must be 16 bytes');
+    if (ttl !== null && (typeof ttl !== 'number' || !(ttl >= 0) || !Number.isFinite(ttl))) {
+      throw new InvalidArgumentError(`message ttl must be a non-negative number of ms or null, got ${ttl}`);
+    }
+    if (!Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) {
+      throw new InvalidArgumentError(`message flags must be a uint32, got ${flags}`);
+    }
+    this.ttl = ttl;
+    this.flags = flags;
+  }
+
+  /** Whether {@link FLAG_PERSISTENT} is set. */
+  get persistent(): boolean {
+    return (this.flags & FLAG_PERSISTENT) !== 0;
+  }
+
+  /** The uuid as 32 lowercase hex digits. */
+  get uuidHex(): string {
+    return this.uuid.toString('hex');
+  }
+
+  /** @internal Build without validation (decoded from the wire or storage). */
+  static fromTrusted(body: Buffer, uuid: Buffer, ttl: number | null, flags: number): Message {
+    const m = Object.create(Message.prototype) as { -readonly [K in keyof Message]: Message[K] };
+    m.body = body;
+    m.uuid = uuid;
+    m.ttl = ttl;
+    m.flags = flags;
+    return m as Message;
+  }
+}
+
+/** A fresh random 16-byte uuid (version 4). */
+export function newUuid(): Buffer {
+  const out = Buffer.allocUnsafe(16);
+  uuidv4(undefined, out);
+  return out;
+}
