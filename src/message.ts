@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { randomFillSync } from 'node:crypto';
 import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError } from './errors.js';
 import { FLAG_PERSISTENT } from './protocol.js';
@@ -79,9 +80,19 @@ export class Message {
   }
 }
 
-/** A fresh random 16-byte uuid (version 4). */
+// Random bytes are drawn from the OS in blocks: one randomFillSync per 256 uuids instead of one
+// per uuid (which cost over a quarter of the send path's CPU).
+const randomPool = Buffer.allocUnsafe(16 * 256);
+let randomOffset = randomPool.length;
+
+/** A fresh random 16-byte uuid (version 4, RFC 9562). */
 export function newUuid(): Buffer {
+  if (randomOffset === randomPool.length) {
+    randomFillSync(randomPool);
+    randomOffset = 0;
+  }
   const out = Buffer.allocUnsafe(16);
-  uuidv4(undefined, out);
+  uuidv4({ random: randomPool.subarray(randomOffset, randomOffset + 16) }, out);
+  randomOffset += 16;
   return out;
 }
