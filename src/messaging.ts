@@ -143,6 +143,8 @@ interface Conn {
   writingHead: number;
   /** Received uuids to acknowledge. */
   pendingAcks: Buffer[];
+  /** Received uuids to record in storage before acknowledging. */
+  pendingSeen: Buffer[];
   ackScheduled: boolean;
 }
 
@@ -545,6 +547,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       writing: [],
       writingHead: 0,
       pendingAcks: [],
+      pendingSeen: [],
       ackScheduled: false,
     };
     this.conns.set(connId, c);
@@ -807,14 +810,24 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     this.emit('message', c.id, ident, Message.fromTrusted(Buffer.from(body), u, ttl, flags));
     this.rememberSeen(w, key);
-    if (this.storage) {
-      this.storage.addSeen(ident, [u], this.opts.dedupWindow).then(
-        () => this.queueAck(c, u),
+    if (this.storage) this.queueSeen(c, ident, u);
+    else this.queueAck(c, u);
+  }
+
+  /** Record received uuids in storage, one call per connection and turn; ack once committed. */
+  private queueSeen(c: Conn, ident: string, uuid: Buffer): void {
+    c.pendingSeen.push(uuid);
+    if (c.pendingSeen.length > 1) return;
+    setImmediate(() => {
+      const uuids = c.pendingSeen;
+      c.pendingSeen = [];
+      this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
+        () => {
+          for (const u of uuids) this.queueAck(c, u);
+        },
         (err) => this.reportError(err, c.id),
       );
-    } else {
-      this.queueAck(c, u);
-    }
+    });
   }
 
   private seenWindow(ident: string): SeenWindow {
