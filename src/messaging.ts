@@ -154,7 +154,12 @@ interface SeenWindow {
   head: number;
 }
 
+/** A `sendMessage` held by the 'block' policy. Waiters of a queue are served strictly in order. */
 interface Waiter {
+  /** Body bytes of the message it holds. */
+  bytes: number;
+  /** Told there is room; it stays at the head of the line until it has queued its message. */
+  woken: boolean;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -198,6 +203,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private loaded = false;
   private closed = false;
   private iterators = new Set<(r: Received | null) => void>();
+  /** Storage commits of received uuids whose acks wait for them. */
+  private readonly seenCommits = new Set<Promise<void>>();
 
   /**
    * @param identifier our identity, at most 50 characters
@@ -269,14 +276,28 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (this.closed) throw new ClosedError('messaging');
     if (!this.loaded) await this.ready;
     if (this.closed) throw new ClosedError('messaging');
-    const now = this.clock.now();
     const q = this.queue(ident);
     if (message.ttl === 0 && !q.connected) {
       this.emit('message-drop', ident, message.uuid, 'ttl');
       return;
     }
-    await this.makeRoom(q, message.body.length);
+    // The limit check and the push below run in one synchronous stretch (no await between
+    // them unless this call must wait), so concurrent calls cannot all pass the check at once.
+    const waiter = this.makeRoom(q, message.body.length);
+    if (waiter) await this.takeTurn(q, waiter);
+    let commit: Promise<void> | undefined;
+    try {
+      commit = this.enqueue(ident, q, message);
+    } finally {
+      if (waiter) this.leaveLine(q, waiter);
+    }
+    if (commit) await commit;
+  }
+
+  /** Push a message into its queue (and storage); synchronous. Returns the storage commit, if any. */
+  private enqueue(ident: string, q: PeerQueue, message: Message): Promise<void> | undefined {
     if (this.closed) throw new ClosedError('messaging');
+    const now = this.clock.now();
     const stored = !!this.storage && (message.flags & FLAG_PERSISTENT) !== 0;
     const item: QItem = {
       uuid: message.uuid,
@@ -297,7 +318,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     this.schedulePump(ident);
     if (!q.connected) this.armTtl(q);
-    if (commit) await commit;
+    return commit;
   }
 
   /** Whether a peer with this identity is connected and identified. */
@@ -389,12 +410,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.waiters.clear();
     for (const it of [...this.iterators]) it(null);
     await this.ready.catch(() => {});
+    // Received messages already handed to the application: record them and acknowledge them
+    // now, so a peer does not resend what we have (and the caller may close storage after us).
+    for (const c of this.conns.values()) if (c.ident !== undefined && this.storage) this.flushSeen(c, c.ident);
+    await Promise.all([...this.seenCommits]);
+    for (const c of this.conns.values()) this.flushAcks(c);
     const writes: Promise<void>[] = [];
     for (const q of this.queues.values()) {
       const p = this.writeBackTtls(q);
       if (p) writes.push(p);
     }
-    // flush acks of messages whose seen-record is still being committed
     await Promise.all(writes).catch((err) => this.reportError(err, undefined));
   }
 
@@ -448,28 +473,73 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return q.size >= this.opts.queueLimit || (q.size > 0 && q.bytes + extraBytes > this.opts.queueLimitBytes);
   }
 
-  private async makeRoom(q: PeerQueue, bytes: number): Promise<void> {
-    while (this.full(q, bytes)) {
-      switch (this.opts.queuePolicy) {
-        case 'reject':
-          throw new QueueFullError(q.ident, this.opts.queueLimit);
-        case 'drop-oldest': {
+  /**
+   * Apply the queue policy before queueing `bytes` more. Synchronous: throws under 'reject',
+   * drops under 'drop-oldest'; under 'block' returns a waiter when this call must wait (the
+   * queue is full, or earlier calls are already waiting: they go first).
+   */
+  private makeRoom(q: PeerQueue, bytes: number): Waiter | undefined {
+    switch (this.opts.queuePolicy) {
+      case 'reject':
+        if (this.full(q, bytes)) throw new QueueFullError(q.ident, this.opts.queueLimit);
+        return undefined;
+      case 'drop-oldest':
+        while (this.full(q, bytes)) {
           const victim = q.oldestUnsent();
           if (!victim) throw new QueueFullError(q.ident, this.opts.queueLimit);
           this.removeItem(q, victim);
           this.emit('message-drop', q.ident, victim.uuid, 'queue-full');
-          break;
         }
-        case 'block':
-          await new Promise<void>((resolve, reject) => {
-            const ws = this.waiters.get(q.ident) ?? [];
-            ws.push({ resolve, reject });
-            this.waiters.set(q.ident, ws);
-          });
-          if (this.closed) throw new ClosedError('messaging');
-          break;
+        return undefined;
+      case 'block': {
+        let ws = this.waiters.get(q.ident);
+        if (!ws?.length && !this.full(q, bytes)) return undefined;
+        if (!ws) this.waiters.set(q.ident, (ws = []));
+        const w: Waiter = { bytes, woken: false, resolve: () => {}, reject: () => {} };
+        ws.push(w);
+        return w;
       }
     }
+  }
+
+  /**
+   * Wait until `w` is at the head of its queue's line and its message fits. It stays at the
+   * head (so later calls cannot overtake it) until the caller queues its message and calls
+   * {@link leaveLine}; on failure it leaves the line here.
+   */
+  private async takeTurn(q: PeerQueue, w: Waiter): Promise<void> {
+    try {
+      for (;;) {
+        await new Promise<void>((resolve, reject) => {
+          w.resolve = resolve;
+          w.reject = reject;
+          this.wakeWaiter(q);
+        });
+        if (this.closed) throw new ClosedError('messaging');
+        if (!this.full(q, w.bytes)) return;
+        w.woken = false;
+      }
+    } catch (err) {
+      this.leaveLine(q, w);
+      throw err;
+    }
+  }
+
+  /** Remove a waiter from its queue's line and let the next one go if it fits. */
+  private leaveLine(q: PeerQueue, w: Waiter): void {
+    const ws = this.waiters.get(q.ident);
+    const i = ws ? ws.indexOf(w) : -1;
+    if (i >= 0) ws!.splice(i, 1);
+    if (ws?.length === 0) this.waiters.delete(q.ident);
+    this.wakeWaiter(q);
+  }
+
+  /** Let the first blocked sender of a queue go when its message fits. */
+  private wakeWaiter(q: PeerQueue): void {
+    const head = this.waiters.get(q.ident)?.[0];
+    if (!head || head.woken || this.full(q, head.bytes)) return;
+    head.woken = true;
+    head.resolve();
   }
 
   /** Remove an item from its queue and storage; wake blocked senders when there is room. */
@@ -479,18 +549,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (item.stored) {
       this.storage!.delete([{ queue: q.ident, uuid: item.uuid }]).catch((err) => this.reportError(err, undefined));
     }
-    if (wasFull && !this.full(q, 0)) {
-      const ws = this.waiters.get(q.ident);
-      if (ws?.length) {
-        // wake one per free slot; each re-checks the limit
-        const w = ws.shift()!;
-        w.resolve();
-      }
-      this.emit('drain', q.ident);
-    } else {
-      const ws = this.waiters.get(q.ident);
-      if (ws?.length && !this.full(q, 0)) ws.shift()!.resolve();
-    }
+    this.afterRemoval(q, wasFull);
+  }
+
+  /** Items left a queue: wake the first blocked sender, and report `drain` if it was full. */
+  private afterRemoval(q: PeerQueue, wasFull: boolean): void {
+    this.wakeWaiter(q);
+    if (wasFull && !this.full(q, 0)) this.emit('drain', q.ident);
   }
 
   private armTtl(q: PeerQueue): void {
@@ -510,13 +575,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   }
 
   private expire(q: PeerQueue): void {
+    const wasFull = this.full(q, 0);
     const expired = q.expire(this.clock.now());
     if (expired.length) {
       const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: it.uuid }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
       for (const it of expired) this.emit('message-drop', q.ident, it.uuid, 'ttl');
-      const ws = this.waiters.get(q.ident);
-      while (ws?.length && !this.full(q, 0)) ws.shift()!.resolve();
+      this.afterRemoval(q, wasFull);
     }
     this.armTtl(q);
   }
@@ -695,6 +760,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.ident = ident;
     this.identConn.set(ident, c);
     const q = this.queue(ident);
+    const wasFull = this.full(q, 0);
     const expired = q.connect(this.clock.now());
     const tt = this.ttlTimers.get(ident);
     if (tt) {
@@ -705,6 +771,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: it.uuid }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
       for (const it of expired) this.emit('message-drop', ident, it.uuid, 'ttl');
+      this.afterRemoval(q, wasFull);
     }
     this.writeBackTtls(q)?.catch((err) => this.reportError(err, undefined));
     this.log.debug(`messaging ${this.identifier}: ${ident} connected (${c.id}${c.ext ? ', extensions' : ''})`);
@@ -817,17 +884,22 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Record received uuids in storage, one call per connection and turn; ack once committed. */
   private queueSeen(c: Conn, ident: string, uuid: Buffer): void {
     c.pendingSeen.push(uuid);
-    if (c.pendingSeen.length > 1) return;
-    setImmediate(() => {
-      const uuids = c.pendingSeen;
-      c.pendingSeen = [];
-      this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
-        () => {
-          for (const u of uuids) this.queueAck(c, u);
-        },
-        (err) => this.reportError(err, c.id),
-      );
-    });
+    if (c.pendingSeen.length === 1) setImmediate(() => void this.flushSeen(c, ident));
+  }
+
+  private flushSeen(c: Conn, ident: string): Promise<void> | undefined {
+    const uuids = c.pendingSeen;
+    if (uuids.length === 0) return undefined;
+    c.pendingSeen = [];
+    const commit = this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
+      () => {
+        for (const u of uuids) this.queueAck(c, u);
+      },
+      (err) => this.reportError(err, c.id),
+    );
+    this.seenCommits.add(commit);
+    void commit.finally(() => this.seenCommits.delete(commit));
+    return commit;
   }
 
   private seenWindow(ident: string): SeenWindow {
