@@ -1,0 +1,262 @@
+/**
+ * An in-process {@link QueuesStorage}: nothing survives the process, but it keeps every other
+ * promise of the interface (call order, insertion order, duplicate keys ignored, dedup window
+ * trimming). Useful for tests and for peers that want acknowledged delivery without disk.
+ *
+ * @module
+ */
+import { ClosedError, InvalidArgumentError } from '../src/errors.js';
+import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
+
+/**
+ * Check the arguments of {@link QueuesStorage.push}. Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} on a malformed item.
+ */
+export function checkItems(items: readonly StoredItem[]): void {
+  if (!Array.isArray(items)) throw new InvalidArgumentError('items must be an array');
+  for (const it of items) {
+    checkKey(it);
+    if (!(it.ttl === null || (typeof it.ttl === 'number' && Number.isFinite(it.ttl) && it.ttl >= 0))) {
+      throw new InvalidArgumentError('ttl must be null or a finite number >= 0');
+    }
+    if (!Number.isInteger(it.flags) || it.flags < 0 || it.flags > 0xffffffff) {
+      throw new InvalidArgumentError('flags must be an integer in 0..2^32-1');
+    }
+    if (!Buffer.isBuffer(it.body)) throw new InvalidArgumentError('body must be a Buffer');
+  }
+}
+
+/**
+ * Check an {@link ItemKey}. Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} on a malformed key.
+ */
+export function checkKey(key: ItemKey): void {
+  if (typeof key !== 'object' || key === null) throw new InvalidArgumentError('item key must be an object');
+  if (typeof key.queue !== 'string') throw new InvalidArgumentError('queue must be a string');
+  if (!Buffer.isBuffer(key.uuid)) throw new InvalidArgumentError('uuid must be a Buffer');
+}
+
+/**
+ * Check an array of keys (or TTL updates when `ttls` is true). Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} on a malformed entry.
+ */
+export function checkKeys(keys: readonly ItemKey[] | readonly TtlUpdate[], ttls = false): void {
+  if (!Array.isArray(keys)) throw new InvalidArgumentError('keys must be an array');
+  for (const k of keys) {
+    checkKey(k);
+    if (ttls) {
+      const ttl = (k as TtlUpdate).ttl;
+      if (!(ttl === null || (typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= 0))) {
+        throw new InvalidArgumentError('ttl must be null or a finite number >= 0');
+      }
+    }
+  }
+}
+
+/**
+ * Check the arguments of {@link QueuesStorage.addSeen}. Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} on malformed arguments.
+ */
+export function checkSeen(peer: string, uuids: readonly Buffer[], keep: number): void {
+  if (typeof peer !== 'string') throw new InvalidArgumentError('peer must be a string');
+  if (!Array.isArray(uuids) || !uuids.every((u) => Buffer.isBuffer(u))) {
+    throw new InvalidArgumentError('uuids must be an array of Buffers');
+  }
+  if (typeof keep !== 'number' || Number.isNaN(keep) || keep < 0 || (keep !== Infinity && !Number.isInteger(keep))) {
+    throw new InvalidArgumentError('keep must be an integer >= 0 (or Infinity)');
+  }
+}
+
+/**
+ * Check the arguments of {@link QueuesStorage.setMeta} / `getMeta`. Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} on malformed arguments.
+ */
+export function checkMeta(key: string, value?: Buffer | null): void {
+  if (typeof key !== 'string') throw new InvalidArgumentError('meta key must be a string');
+  if (value !== undefined && value !== null && !Buffer.isBuffer(value)) {
+    throw new InvalidArgumentError('meta value must be a Buffer or null');
+  }
+}
+
+/** Unambiguous map key of (queue, uuid): hex never contains `|`. */
+function itemKey(queue: string, uuid: Buffer): string {
+  return `${uuid.toString('hex')}|${queue}`;
+}
+
+function copy(b: Buffer): Buffer {
+  return Buffer.from(b);
+}
+
+/**
+ * {@link QueuesStorage} kept in memory. Every operation applies synchronously at call time, so
+ * call order is trivially kept; the returned promises resolve on the next microtask.
+ *
+ * Buffers are copied on the way in and on the way out, so neither the caller's later changes
+ * to what it pushed nor changes to what `load()` returned affect the stored data.
+ *
+ * Re-adding a uuid that is already in a peer's dedup window moves it to the newest position.
+ */
+export class MemoryQueuesStorage implements QueuesStorage {
+  /** Insertion-ordered: a Map iterates in insertion order, and a re-insert after delete goes last. */
+  private readonly items = new Map<string, StoredItem>();
+  /** peer -> (uuid hex -> uuid), oldest first. */
+  private readonly seen = new Map<string, Map<string, Buffer>>();
+  private readonly meta = new Map<string, Buffer>();
+  private closed = false;
+
+  /**
+   * Every stored item, all queues, in insertion order (copies).
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
+  load(): Promise<StoredItem[]> {
+    if (this.closed) return Promise.reject(new ClosedError('storage'));
+    const out: StoredItem[] = [];
+    for (const it of this.items.values()) {
+      out.push({ queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body) });
+    }
+    return Promise.resolve(out);
+  }
+
+  /**
+   * Append items; a key already stored is ignored (its data and position are kept).
+   * @throws {InvalidArgumentError} (rejects) on malformed items, storing none of them.
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
+  push(items: StoredItem[]): Promise<void> {
+    return this.run(() => {
+      checkItems(items);
+      for (const it of items) {
+        const k = itemKey(it.queue, it.uuid);
+        if (this.items.has(k)) continue;
+        this.items.set(k, { queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body) });
+      }
+    });
+  }
+
+  /**
+   * Delete items by key; unknown keys are ignored.
+   * @throws {InvalidArgumentError} (rejects) on malformed keys. @throws {ClosedError} after `close()`.
+   */
+  delete(keys: ItemKey[]): Promise<void> {
+    return this.run(() => {
+      checkKeys(keys);
+      for (const k of keys) this.items.delete(itemKey(k.queue, k.uuid));
+    });
+  }
+
+  /**
+   * Rewrite remaining TTLs (ms, `null` = infinite); unknown keys are ignored.
+   * @throws {InvalidArgumentError} (rejects) on malformed updates. @throws {ClosedError} after `close()`.
+   */
+  updateTtls(updates: TtlUpdate[]): Promise<void> {
+    return this.run(() => {
+      checkKeys(updates, true);
+      for (const u of updates) {
+        const it = this.items.get(itemKey(u.queue, u.uuid));
+        if (it) it.ttl = u.ttl;
+      }
+    });
+  }
+
+  /**
+   * Delete every item of `queue`, or of all queues when omitted.
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
+  deleteAll(queue?: string): Promise<void> {
+    return this.run(() => {
+      if (queue === undefined) {
+        this.items.clear();
+        return;
+      }
+      if (typeof queue !== 'string') throw new InvalidArgumentError('queue must be a string');
+      for (const [k, it] of this.items) if (it.queue === queue) this.items.delete(k);
+    });
+  }
+
+  /**
+   * Record uuids received from `peer` and keep only its newest `keep`.
+   * @throws {InvalidArgumentError} (rejects) on malformed arguments. @throws {ClosedError} after `close()`.
+   */
+  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void> {
+    return this.run(() => {
+      checkSeen(peer, uuids, keep);
+      let win = this.seen.get(peer);
+      if (!win) this.seen.set(peer, (win = new Map()));
+      for (const u of uuids) {
+        const h = u.toString('hex');
+        win.delete(h);
+        win.set(h, copy(u));
+      }
+      let excess = win.size - keep;
+      for (const h of win.keys()) {
+        if (excess-- <= 0) break;
+        win.delete(h);
+      }
+      if (win.size === 0) this.seen.delete(peer);
+    });
+  }
+
+  /**
+   * The dedup window of every peer, oldest first (copies).
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
+  loadSeen(): Promise<Map<string, Buffer[]>> {
+    if (this.closed) return Promise.reject(new ClosedError('storage'));
+    const out = new Map<string, Buffer[]>();
+    for (const [peer, win] of this.seen) out.set(peer, [...win.values()].map(copy));
+    return Promise.resolve(out);
+  }
+
+  /**
+   * A bookkeeping value (a copy), or `null` when absent.
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
+  getMeta(key: string): Promise<Buffer | null> {
+    if (this.closed) return Promise.reject(new ClosedError('storage'));
+    try {
+      checkMeta(key);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const v = this.meta.get(key);
+    return Promise.resolve(v ? copy(v) : null);
+  }
+
+  /**
+   * Set a bookkeeping value, or delete it with `null`.
+   * @throws {InvalidArgumentError} (rejects) on malformed arguments. @throws {ClosedError} after `close()`.
+   */
+  setMeta(key: string, value: Buffer | null): Promise<void> {
+    return this.run(() => {
+      checkMeta(key, value);
+      if (value === null) this.meta.delete(key);
+      else this.meta.set(key, copy(value));
+    });
+  }
+
+  /** Drop everything held. Idempotent; every later operation rejects with `ERR_CLOSED`. */
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.items.clear();
+      this.seen.clear();
+      this.meta.clear();
+    }
+    return Promise.resolve();
+  }
+
+  private run(fn: () => void): Promise<void> {
+    if (this.closed) return Promise.reject(new ClosedError('storage'));
+    try {
+      fn();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return Promise.resolve();
+  }
+}
