@@ -6,82 +6,8 @@
  * @module
  */
 import { ClosedError, InvalidArgumentError } from '../src/errors.js';
+import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-
-/**
- * Check the arguments of {@link QueuesStorage.push}. Shared by the backends.
- * @internal
- * @throws {InvalidArgumentError} on a malformed item.
- */
-export function checkItems(items: readonly StoredItem[]): void {
-  if (!Array.isArray(items)) throw new InvalidArgumentError('items must be an array');
-  for (const it of items) {
-    checkKey(it);
-    if (!(it.ttl === null || (typeof it.ttl === 'number' && Number.isFinite(it.ttl) && it.ttl >= 0))) {
-      throw new InvalidArgumentError('ttl must be null or a finite number >= 0');
-    }
-    if (!Number.isInteger(it.flags) || it.flags < 0 || it.flags > 0xffffffff) {
-      throw new InvalidArgumentError('flags must be an integer in 0..2^32-1');
-    }
-    if (!Buffer.isBuffer(it.body)) throw new InvalidArgumentError('body must be a Buffer');
-  }
-}
-
-/**
- * Check an {@link ItemKey}. Shared by the backends.
- * @internal
- * @throws {InvalidArgumentError} on a malformed key.
- */
-export function checkKey(key: ItemKey): void {
-  if (typeof key !== 'object' || key === null) throw new InvalidArgumentError('item key must be an object');
-  if (typeof key.queue !== 'string') throw new InvalidArgumentError('queue must be a string');
-  if (!Buffer.isBuffer(key.uuid)) throw new InvalidArgumentError('uuid must be a Buffer');
-}
-
-/**
- * Check an array of keys (or TTL updates when `ttls` is true). Shared by the backends.
- * @internal
- * @throws {InvalidArgumentError} on a malformed entry.
- */
-export function checkKeys(keys: readonly ItemKey[] | readonly TtlUpdate[], ttls = false): void {
-  if (!Array.isArray(keys)) throw new InvalidArgumentError('keys must be an array');
-  for (const k of keys) {
-    checkKey(k);
-    if (ttls) {
-      const ttl = (k as TtlUpdate).ttl;
-      if (!(ttl === null || (typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= 0))) {
-        throw new InvalidArgumentError('ttl must be null or a finite number >= 0');
-      }
-    }
-  }
-}
-
-/**
- * Check the arguments of {@link QueuesStorage.addSeen}. Shared by the backends.
- * @internal
- * @throws {InvalidArgumentError} on malformed arguments.
- */
-export function checkSeen(peer: string, uuids: readonly Buffer[], keep: number): void {
-  if (typeof peer !== 'string') throw new InvalidArgumentError('peer must be a string');
-  if (!Array.isArray(uuids) || !uuids.every((u) => Buffer.isBuffer(u))) {
-    throw new InvalidArgumentError('uuids must be an array of Buffers');
-  }
-  if (typeof keep !== 'number' || Number.isNaN(keep) || keep < 0 || (keep !== Infinity && !Number.isInteger(keep))) {
-    throw new InvalidArgumentError('keep must be an integer >= 0 (or Infinity)');
-  }
-}
-
-/**
- * Check the arguments of {@link QueuesStorage.setMeta} / `getMeta`. Shared by the backends.
- * @internal
- * @throws {InvalidArgumentError} on malformed arguments.
- */
-export function checkMeta(key: string, value?: Buffer | null): void {
-  if (typeof key !== 'string') throw new InvalidArgumentError('meta key must be a string');
-  if (value !== undefined && value !== null && !Buffer.isBuffer(value)) {
-    throw new InvalidArgumentError('meta value must be a Buffer or null');
-  }
-}
 
 /** Unambiguous map key of (queue, uuid): hex never contains `|`. */
 function itemKey(queue: string, uuid: Buffer): string {

@@ -15,7 +15,7 @@ import {
 } from 'mongodb';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen } from './memory.js';
+import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
 
 /** Options of {@link MongoQueuesStorage.connect}. */
 export interface MongoQueuesStorageOptions {

@@ -7,7 +7,7 @@
 import Database from 'better-sqlite3';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen } from './memory.js';
+import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
 
 /** Options of {@link SqliteQueuesStorage}. */
 export interface SqliteQueuesStorageOptions {
