@@ -14,4 +14,8 @@ export * from './packeter.js';
 export * from './message.js';
 export * from './messaging.js';
 export type * from './storage.js';
+export * from './receive-hook.js';
+export * from './rpc.js';
+export * from './rpc-codec.js';
+export * from './rpc-errors.js';
 export * as protocol from './protocol.js';

@@ -321,6 +321,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return commit;
   }
 
+  /**
+   * Take back a queued message that has not started being written (and delete it from
+   * storage). Returns `true` when it was removed; `false` when it is unknown, already
+   * delivered, or already on its way (written or being written).
+   */
+  cancelMessage(ident: string, uuid: Uint8Array): boolean {
+    const q = this.queues.get(ident);
+    if (!q || !(uuid instanceof Uint8Array) || uuid.length !== 16) return false;
+    const item = q.byKey.get(uuidKey(Buffer.from(uuid.buffer, uuid.byteOffset, 16)));
+    if (!item || item.state !== QUEUED) return false;
+    this.removeItem(q, item);
+    return true;
+  }
+
   /** Whether a peer with this identity is connected and identified. */
   isConnected(ident: string): boolean {
     return this.identConn.has(ident);

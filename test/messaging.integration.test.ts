@@ -60,6 +60,23 @@ describe('Messaging between two peers', () => {
     expect(got.map(([, b]) => Number(b))).toEqual(Array.from({ length: N }, (_, i) => i));
   });
 
+  it('cancelMessage takes back a queued message, never one already delivered', async () => {
+    const bob = makePeer('bob');
+    const keep = new Message('keep');
+    const cancel = new Message('cancel');
+    await bob.messaging.sendMessage('alice', keep);
+    await bob.messaging.sendMessage('alice', cancel);
+    expect(bob.messaging.cancelMessage('alice', cancel.uuid)).toBe(true);
+    expect(bob.messaging.cancelMessage('alice', cancel.uuid)).toBe(false);
+    expect(bob.messaging.cancelMessage('nobody', keep.uuid)).toBe(false);
+    const alice = makePeer('alice');
+    const got = inbox(alice);
+    connect(bob, await listen(alice));
+    await until(() => got.length === 1 && bob.messaging.queueSize('alice') === 0);
+    expect(got).toEqual([['bob', 'keep']]);
+    expect(bob.messaging.cancelMessage('alice', keep.uuid)).toBe(false);
+  });
+
   it('refuses to send to itself and validates messages', async () => {
     const bob = makePeer('bob');
     await expect(bob.messaging.sendMessage('bob', new Message('x'))).rejects.toMatchObject({ code: 'ERR_SEND_TO_SELF' });

@@ -1,0 +1,972 @@
+/**
+ * RPC over messages: {@link RpcServer} exposes objects, {@link RpcClient} calls them through
+ * proxies. Both sit on a {@link ReceiveHook} and know only messages; a peer can be server and
+ * client at once, and any number of calls can be in flight (pipelined).
+ *
+ * Bodies keep snakeMQ's prefixes: requests start with `rpcreq`, replies with `rpcrep`; the rest
+ * is the codec's encoding (MessagePack by default, see {@link MsgpackCodec}) of
+ * - a request `{ command: 'call' | 'signal', object, method, args, req_id }` (`req_id`: 16 bytes),
+ * - a reply `{ req_id, ok: true, return }` or `{ req_id, ok: false, error: { name, message,
+ *   stack, code?, rpc? } }` (`rpc: true` marks errors of the RPC layer itself: unknown object or
+ *   method, outcome unknown, bad request).
+ * (snakeMQ pickles these; RPC with Python peers is out of scope.)
+ *
+ * Delivery: a call's request message stays queued in Messaging until it is delivered, so a
+ * call made before the server is up waits, then runs. A request that was delivered but not
+ * answered when the peer reconnects is sent again (same request id, new message): the server
+ * remembers request ids in a bounded cache and answers a duplicate with the cached reply
+ * instead of running it twice; with a storage, the ids (and replies) are persisted, and a
+ * request that was started but not answered before a crash is answered with
+ * {@link OutcomeUnknownError}.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import { ClosedError, InvalidArgumentError } from './errors.js';
+import type { ConnId } from './link.js';
+import { type Logger, defaultLogger } from './logger.js';
+import { Message, newUuid } from './message.js';
+import type { DropReason } from './messaging.js';
+import type { HookMessaging, ReceiveHook } from './receive-hook.js';
+import { MsgpackCodec, type RpcCodec } from './rpc-codec.js';
+import {
+  NotConnectedError,
+  OutcomeUnknownError,
+  PartialCallError,
+  RemoteError,
+  RequestDroppedError,
+  RpcBadRequestError,
+  RpcCallError,
+  UnknownMethodError,
+  UnknownObjectError,
+  type CallAbortReason,
+} from './rpc-errors.js';
+import type { QueuesStorage } from './storage.js';
+
+/** Bodies of RPC requests start with these bytes (snakeMQ's `REQUEST_PREFIX`). */
+export const REQUEST_PREFIX: Buffer = Buffer.from('rpcreq', 'latin1');
+/** Bodies of RPC replies start with these bytes (snakeMQ's `REPLY_PREFIX`). */
+export const REPLY_PREFIX: Buffer = Buffer.from('rpcrep', 'latin1');
+
+const PREFIX_LENGTH = 6;
+const REQ_ID_LENGTH = 16;
+const SIGNAL_MARK: unique symbol = Symbol.for('snakemq.rpc.signal');
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyFunction = (...args: any[]) => any;
+
+let sharedCodec: RpcCodec | undefined;
+function defaultCodec(): RpcCodec {
+  sharedCodec ??= new MsgpackCodec();
+  return sharedCodec;
+}
+
+// ------------------------------------------------------------------------------ signals
+
+/**
+ * Mark a server method as a signal (snakeMQ's `@as_signal`): its exceptions are never sent
+ * back (they are reported on the server's `error` event), and if a client calls it as a
+ * regular call the caller gets a {@link RemoteError} without details. Use as a wrapper
+ * (`{ ping: rpcSignal(function () { ... }) }`) or as a standard method decorator
+ * (`@rpcSignal ping() { ... }`). Returns the same function, marked.
+ */
+export function rpcSignal<F extends AnyFunction>(fn: F, context?: ClassMethodDecoratorContext): F {
+  if (typeof fn !== 'function') throw new InvalidArgumentError('rpcSignal() takes a function');
+  if (context !== undefined && context.kind !== 'method') throw new InvalidArgumentError('@rpcSignal decorates methods only');
+  Object.defineProperty(fn, SIGNAL_MARK, { value: true, configurable: true });
+  return fn;
+}
+
+/** Whether a function was marked with {@link rpcSignal}. */
+export function isRpcSignal(fn: unknown): boolean {
+  return typeof fn === 'function' && (fn as unknown as Record<symbol, unknown>)[SIGNAL_MARK] === true;
+}
+
+// ------------------------------------------------------------------------------ wire shapes
+
+interface WireRequest {
+  command: 'call' | 'signal';
+  object: string;
+  method: string;
+  args: unknown[];
+  req_id: Buffer;
+}
+
+interface WireError {
+  name: string;
+  message: string;
+  stack: string;
+  code?: string;
+  rpc?: boolean;
+  object?: string;
+  method?: string;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null) return false;
+  const p = Object.getPrototypeOf(v);
+  return p === Object.prototype || p === null;
+}
+
+function isReqId(v: unknown): v is Buffer {
+  return Buffer.isBuffer(v) && v.length === REQ_ID_LENGTH;
+}
+
+function str(v: unknown, fallback = ''): string {
+  return typeof v === 'string' ? v : fallback;
+}
+
+/** Find a callable data property on the object or its own prototypes (never Object's/Function's). */
+function findMethod(obj: object, name: string): AnyFunction | undefined {
+  if (name === 'constructor') return undefined;
+  for (let p: object | null = obj; p !== null && p !== Object.prototype && p !== Function.prototype; p = Object.getPrototypeOf(p)) {
+    const d = Object.getOwnPropertyDescriptor(p, name);
+    if (d) return typeof d.value === 'function' ? (d.value as AnyFunction) : undefined;
+  }
+  return undefined;
+}
+
+// ------------------------------------------------------------------------------ server
+
+/** Defaults of {@link RpcServerOptions}. */
+export const RPC_SERVER_DEFAULTS = {
+  transferExceptions: true,
+  replyCacheSize: 10_000,
+  replyCacheBytes: 64 * 1024 * 1024,
+  storageKey: 'rpc',
+} as const;
+
+/** Options of {@link RpcServer}. */
+export interface RpcServerOptions {
+  /** The codec (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
+  codec?: RpcCodec;
+  /**
+   * Send a method's exception back to the caller as a {@link RemoteError} with name, message
+   * and stack (default true). When false the caller gets a RemoteError without details
+   * (snakeMQ sends nothing and leaves the caller waiting) and the exception is reported on
+   * the server's `error` event.
+   */
+  transferExceptions?: boolean;
+  /**
+   * Persist request ids and replies here, so a request re-sent after a server restart is
+   * answered from the cache (or, if it had started but not finished, with
+   * {@link OutcomeUnknownError}) instead of running again. Uses `getMeta`/`setMeta` with keys
+   * starting with `storageKey`.
+   */
+  storage?: QueuesStorage;
+  /** Prefix of the storage keys (default `'rpc'`); give each server sharing a storage its own. */
+  storageKey?: string;
+  /** Answered requests remembered for deduplication, in memory and in storage (default 10000). */
+  replyCacheSize?: number;
+  /** Bytes of cached replies kept in memory (default 64 MiB); older ones are still found in storage. */
+  replyCacheBytes?: number;
+  /** TTL of reply messages in ms (default `null`: kept until delivered). */
+  replyTtl?: number | null;
+  logger?: Logger;
+}
+
+/** Per-object options of {@link RpcServer.registerObject}. */
+export interface RegisterOptions {
+  /** Method names to treat as signals, as if marked with {@link rpcSignal}. */
+  signals?: Iterable<string>;
+}
+
+/** Events of {@link RpcServer}. */
+export interface RpcServerEvents {
+  /**
+   * A request could not be decoded, a signal (or a method whose exception is not transferred)
+   * threw, a reply could not be sent, or storage failed. `ident` is the requesting peer.
+   */
+  error: [err: Error, ident: string | undefined];
+}
+
+interface CacheEntry {
+  done: boolean;
+  /** Encoded reply body (with prefix) once answered; absent for signals. */
+  reply?: Buffer;
+}
+
+interface Registered {
+  obj: object;
+  signals: Set<string>;
+}
+
+const REC_STARTED = 1;
+const REC_DONE = 2;
+const SEQ_BLOCK = 1024;
+
+/**
+ * Persisted request ids: `<prefix>:id:<reqIdHex>:<ident>` holds `[1]` (started) or
+ * `[2, ...reply]` (done); a ring of `replyCacheSize` slots `<prefix>:slot:<n>` names the id
+ * records in arrival order so the oldest is deleted when its slot is reused; `<prefix>:seq`
+ * holds the next slot sequence number (reserved in blocks).
+ */
+class PersistedIds {
+  private seq = 0;
+  private reserved = 0;
+  private init: Promise<void> | undefined;
+  private readonly slots = new Map<number, string>();
+
+  constructor(
+    private readonly storage: QueuesStorage,
+    private readonly prefix: string,
+    private readonly size: number,
+  ) {}
+
+  idKey(reqHex: string, ident: string): string {
+    return `${this.prefix}:id:${reqHex}:${ident}`;
+  }
+
+  async lookup(idKey: string): Promise<{ done: false } | { done: true; reply: Buffer } | null> {
+    const rec = await this.storage.getMeta(idKey);
+    if (!rec || rec.length === 0) return null;
+    if (rec[0] === REC_DONE) return { done: true, reply: Buffer.from(rec.subarray(1)) };
+    return { done: false };
+  }
+
+  async start(idKey: string): Promise<void> {
+    this.init ??= this.storage.getMeta(`${this.prefix}:seq`).then((b) => {
+      const n = b ? Number(b.toString('latin1')) : 0;
+      this.seq = this.reserved = Number.isSafeInteger(n) && n >= 0 ? n : 0;
+    });
+    await this.init;
+    const writes: Promise<void>[] = [];
+    if (this.seq >= this.reserved) {
+      this.reserved = this.seq + SEQ_BLOCK;
+      writes.push(this.storage.setMeta(`${this.prefix}:seq`, Buffer.from(String(this.reserved), 'latin1')));
+    }
+    const slot = this.seq++ % this.size;
+    const slotKey = `${this.prefix}:slot:${slot}`;
+    let old = this.slots.get(slot);
+    this.slots.set(slot, idKey);
+    if (old === undefined) old = (await this.storage.getMeta(slotKey))?.toString('utf8');
+    if (old !== undefined && old !== idKey) writes.push(this.storage.setMeta(old, null));
+    writes.push(this.storage.setMeta(slotKey, Buffer.from(idKey, 'utf8')));
+    writes.push(this.storage.setMeta(idKey, Buffer.from([REC_STARTED])));
+    await Promise.all(writes);
+  }
+
+  done(idKey: string, reply: Buffer): Promise<void> {
+    return this.storage.setMeta(idKey, Buffer.concat([Buffer.from([REC_DONE]), reply]));
+  }
+}
+
+/**
+ * Exposes registered objects to RPC clients on other peers.
+ *
+ * @example
+ * const server = new RpcServer(new ReceiveHook(messaging));
+ * server.registerObject({ add: (a: number, b: number) => a + b }, 'calc');
+ */
+export class RpcServer extends EventEmitter<RpcServerEvents> {
+  /** The hook the server listens on. */
+  readonly receiveHook: ReceiveHook;
+  /** Whether exceptions of regular calls go back to the caller (see {@link RpcServerOptions}). */
+  transferExceptions: boolean;
+
+  private readonly messaging: HookMessaging;
+  private readonly codec: RpcCodec;
+  private readonly objects = new Map<string, Registered>();
+  private readonly cache = new Map<string, CacheEntry>();
+  /** Keys of answered entries, oldest first, for eviction. */
+  private doneOrder: string[] = [];
+  private doneHead = 0;
+  private doneCount = 0;
+  private cachedBytes = 0;
+  private readonly cacheSize: number;
+  private readonly cacheBytes: number;
+  private readonly replyTtl: number | null;
+  private readonly persisted: PersistedIds | undefined;
+  private readonly pendingWrites = new Set<Promise<unknown>>();
+  private readonly log: Logger;
+  private closed = false;
+
+  /**
+   * Register on `receiveHook` for request bodies (`rpcreq` prefix).
+   * @throws InvalidArgumentError for a bad option
+   */
+  constructor(receiveHook: ReceiveHook, options: RpcServerOptions = {}) {
+    super();
+    this.receiveHook = receiveHook;
+    this.messaging = receiveHook.messaging;
+    this.codec = options.codec ?? defaultCodec();
+    this.transferExceptions = options.transferExceptions ?? RPC_SERVER_DEFAULTS.transferExceptions;
+    this.cacheSize = options.replyCacheSize ?? RPC_SERVER_DEFAULTS.replyCacheSize;
+    this.cacheBytes = options.replyCacheBytes ?? RPC_SERVER_DEFAULTS.replyCacheBytes;
+    if (!Number.isInteger(this.cacheSize) || this.cacheSize < 1) {
+      throw new InvalidArgumentError(`replyCacheSize must be an integer >= 1, got ${this.cacheSize}`);
+    }
+    if (typeof this.cacheBytes !== 'number' || !(this.cacheBytes >= 0)) {
+      throw new InvalidArgumentError(`replyCacheBytes must be a number >= 0, got ${this.cacheBytes}`);
+    }
+    this.replyTtl = options.replyTtl ?? null;
+    if (this.replyTtl !== null && !(this.replyTtl >= 0 && Number.isFinite(this.replyTtl))) {
+      throw new InvalidArgumentError(`replyTtl must be null or a number of ms >= 0, got ${this.replyTtl}`);
+    }
+    if (options.storage) {
+      this.persisted = new PersistedIds(options.storage, options.storageKey ?? RPC_SERVER_DEFAULTS.storageKey, this.cacheSize);
+    }
+    this.log = options.logger ?? defaultLogger();
+    receiveHook.register(REQUEST_PREFIX, this.onRequest);
+  }
+
+  /**
+   * Expose `obj` under `name`; its methods (own or inherited, not Object's) become callable.
+   * Replaces an object registered under the same name.
+   * @throws InvalidArgumentError when `name` is not a string or `obj` not an object/function
+   */
+  registerObject(obj: object, name: string, options: RegisterOptions = {}): void {
+    if (typeof name !== 'string') throw new InvalidArgumentError('object name must be a string');
+    if ((typeof obj !== 'object' && typeof obj !== 'function') || obj === null) {
+      throw new InvalidArgumentError('registerObject() takes an object');
+    }
+    this.objects.set(name, { obj, signals: new Set(options.signals ?? []) });
+  }
+
+  /** Stop exposing the object registered under `name`. Returns whether there was one. */
+  unregisterObject(name: string): boolean {
+    return this.objects.delete(name);
+  }
+
+  /** Names of the registered objects. */
+  registeredObjects(): string[] {
+    return [...this.objects.keys()];
+  }
+
+  /**
+   * Stop serving: unregister from the hook, send no further replies, and wait for pending
+   * storage writes. Requests still running finish, unanswered.
+   */
+  async close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.receiveHook.unregister(REQUEST_PREFIX, this.onRequest);
+    }
+    while (this.pendingWrites.size) await Promise.allSettled([...this.pendingWrites]);
+  }
+
+  private report(err: unknown, ident: string | undefined): void {
+    const e = err instanceof Error ? err : new Error(String(err));
+    if (this.listenerCount('error') > 0) this.emit('error', e, ident);
+    else this.log.warn(`rpc server: ${ident ? `request from ${ident}: ` : ''}${e.stack ?? e.message}`);
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.pendingWrites.add(p);
+    const drop = (): void => void this.pendingWrites.delete(p);
+    p.then(drop, drop);
+    return p;
+  }
+
+  private readonly onRequest = (_connId: ConnId, ident: string, message: Message): void => {
+    if (this.closed) return;
+    let decoded: unknown;
+    try {
+      decoded = this.codec.decode(message.body.subarray(PREFIX_LENGTH));
+    } catch (err) {
+      this.report(err, ident);
+      return;
+    }
+    const reqId = isPlainObject(decoded) ? decoded.req_id : undefined;
+    if (!isPlainObject(decoded) || !isReqId(reqId)) {
+      this.report(new RpcBadRequestError('request without a 16-byte req_id; dropped'), ident);
+      return;
+    }
+    const { command, object, method, args } = decoded;
+    const isCall = command === 'call';
+    if (
+      (command !== 'call' && command !== 'signal') ||
+      typeof object !== 'string' ||
+      typeof method !== 'string' ||
+      !Array.isArray(args)
+    ) {
+      const err = new RpcBadRequestError('malformed request (command, object, method or args)');
+      if (isCall) this.sendReply(ident, this.errorReply(reqId, err, true));
+      else this.report(err, ident);
+      return;
+    }
+    const req: WireRequest = { command, object, method, args, req_id: reqId };
+    const key = `${reqId.toString('hex')}:${ident}`;
+    const known = this.cache.get(key);
+    if (known) {
+      // a duplicate: answer from the cache, or let the running one answer
+      if (known.done && known.reply && isCall) this.sendReply(ident, known.reply);
+      return;
+    }
+    const entry: CacheEntry = { done: false };
+    this.cache.set(key, entry);
+    if (this.persisted && isCall) {
+      this.persistedRun(ident, key, entry, req).catch((err) => {
+        // storage failed before the request ran: forget it, so a re-send can try again
+        if (!entry.done && this.cache.get(key) === entry) this.cache.delete(key);
+        this.report(err, ident);
+      });
+    } else {
+      this.run(ident, key, entry, req).catch((err) => this.report(err, ident));
+    }
+  };
+
+  private async persistedRun(ident: string, key: string, entry: CacheEntry, req: WireRequest): Promise<void> {
+    const store = this.persisted!;
+    const idKey = store.idKey(req.req_id.toString('hex'), ident);
+    const rec = await this.track(store.lookup(idKey));
+    if (rec?.done) {
+      this.finish(key, entry, rec.reply);
+      this.sendReply(ident, rec.reply);
+      return;
+    }
+    if (rec) {
+      const reply = this.errorReply(req.req_id, new OutcomeUnknownError(), true);
+      this.finish(key, entry, reply);
+      await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
+      this.sendReply(ident, reply);
+      return;
+    }
+    await this.track(store.start(idKey));
+    const reply = await this.execute(ident, req);
+    if (!reply) return;
+    this.finish(key, entry, reply);
+    // recorded before it is sent: a re-send after a crash finds the reply, not "started"
+    await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
+    this.sendReply(ident, reply);
+  }
+
+  private async run(ident: string, key: string, entry: CacheEntry, req: WireRequest): Promise<void> {
+    const reply = await this.execute(ident, req);
+    this.finish(key, entry, reply);
+    if (reply) this.sendReply(ident, reply);
+  }
+
+  /** Run the method; the encoded reply for a call, `undefined` for a signal. Never throws. */
+  private async execute(ident: string, req: WireRequest): Promise<Buffer | undefined> {
+    const isCall = req.command === 'call';
+    let markedSignal = false;
+    let result: unknown;
+    try {
+      const reg = this.objects.get(req.object);
+      if (!reg) throw new UnknownObjectError(req.object);
+      const fn = findMethod(reg.obj, req.method);
+      if (!fn) throw new UnknownMethodError(req.object, req.method);
+      markedSignal = isRpcSignal(fn) || reg.signals.has(req.method);
+      result = await fn.apply(reg.obj, req.args);
+    } catch (err) {
+      if (!isCall) {
+        this.report(err, ident);
+        return undefined;
+      }
+      if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(req.req_id, err, true);
+      if (this.transferExceptions && !markedSignal) return this.errorReply(req.req_id, err, false);
+      this.report(err, ident);
+      return this.errorReply(
+        req.req_id,
+        { name: 'Error', message: 'the remote method failed (exception details are not transferred)', stack: '' },
+        false,
+      );
+    }
+    if (!isCall) return undefined;
+    try {
+      return this.encode({ req_id: req.req_id, ok: true, return: result });
+    } catch (err) {
+      return this.errorReply(req.req_id, err, false);
+    }
+  }
+
+  private encode(value: unknown): Buffer {
+    const enc = this.codec.encode(value);
+    return Buffer.concat([REPLY_PREFIX, enc], PREFIX_LENGTH + enc.length);
+  }
+
+  private errorReply(reqId: Buffer, err: unknown, rpc: boolean): Buffer {
+    const isObj = (typeof err === 'object' && err !== null) || typeof err === 'function';
+    // a thrown value may have throwing getters: read each field defensively
+    const get = (k: string): unknown => {
+      try {
+        return isObj ? (err as Record<string, unknown>)[k] : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    let fallback: string;
+    try {
+      fallback = isObj ? 'non-standard exception' : String(err);
+    } catch {
+      fallback = 'non-standard exception';
+    }
+    const code = get('code');
+    const error: WireError = {
+      name: str(get('name'), 'Error'),
+      message: str(get('message'), fallback),
+      stack: str(get('stack')),
+    };
+    if (typeof code === 'string') error.code = code;
+    if (rpc) error.rpc = true;
+    if (err instanceof UnknownObjectError) error.object = err.objectName;
+    if (err instanceof UnknownMethodError) {
+      error.object = err.objectName;
+      error.method = err.methodName;
+    }
+    try {
+      return this.encode({ req_id: reqId, ok: false, error });
+    } catch {
+      // cannot happen with string fields; stay safe anyway
+      return this.encode({ req_id: reqId, ok: false, error: { name: 'Error', message: 'unencodable error', stack: '' } });
+    }
+  }
+
+  /** Mark answered, remember the reply, evict the oldest answered entries over the bounds. */
+  private finish(key: string, entry: CacheEntry, reply: Buffer | undefined): void {
+    if (entry.done) return;
+    entry.done = true;
+    entry.reply = reply;
+    this.cachedBytes += reply?.length ?? 0;
+    this.doneCount++;
+    this.doneOrder.push(key);
+    while (this.doneCount > this.cacheSize || (this.cachedBytes > this.cacheBytes && this.doneCount > 0)) {
+      const old = this.doneOrder[this.doneHead++];
+      const e = this.cache.get(old);
+      this.cache.delete(old);
+      this.doneCount--;
+      this.cachedBytes -= e?.reply?.length ?? 0;
+    }
+    if (this.doneHead > 1024 && this.doneHead * 2 > this.doneOrder.length) {
+      this.doneOrder = this.doneOrder.slice(this.doneHead);
+      this.doneHead = 0;
+    }
+  }
+
+  private sendReply(ident: string, body: Buffer): void {
+    if (this.closed) return;
+    this.messaging.sendMessage(ident, new Message(body, { ttl: this.replyTtl })).catch((err) => this.report(err, ident));
+  }
+}
+
+// ------------------------------------------------------------------------------ client
+
+/** Options of one call. */
+export interface CallOptions {
+  /**
+   * Give up after this many ms with {@link NotConnectedError} (request never sent) or
+   * {@link PartialCallError} (sent, no reply). `null` waits forever. Default: the method's
+   * `setTimeout()`, else the client's `timeout`.
+   */
+  timeout?: number | null;
+  /** Give up when aborted, with the same two errors (`reason: 'aborted'`, `cause`: the signal's reason). */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link RpcClient}. */
+export interface RpcClientOptions {
+  /** The codec (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
+  codec?: RpcCodec;
+  /** Default timeout of regular calls in ms (default `null`: wait forever, like snakeMQ). */
+  timeout?: number | null;
+  /** See {@link RpcClient.exceptionHandler}. */
+  exceptionHandler?: ((err: Error) => unknown) | null;
+  logger?: Logger;
+}
+
+/** Events of {@link RpcClient}. */
+export interface RpcClientEvents {
+  /** A reply from `ident` could not be decoded or was malformed; it was dropped. */
+  error: [err: Error, ident: string];
+}
+
+interface PendingCall {
+  ident: string;
+  reqHex: string;
+  body: Buffer;
+  deadline: number | null;
+  /** Uuid (latin1 key) of the message of the current attempt. */
+  msgKey: string;
+  /** A request message of this call was written to the peer (ever). */
+  sent: boolean;
+  /** The current attempt's message was written to the peer. */
+  written: boolean;
+  /** The current attempt's message left the queue for good (acknowledged/written). */
+  delivered: boolean;
+  /**
+   * Written on a connection that has since been replaced and not yet acknowledged: Messaging
+   * re-sends it, but a restarted peer may acknowledge it as a duplicate without handing it to
+   * its RPC server, so once it is acknowledged we send the request again.
+   */
+  resendWhenDelivered: boolean;
+  timer: NodeJS.Timeout | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  resolve: (v: unknown) => void;
+  reject: (err: Error) => void;
+}
+
+/** Controls of a remote method on a proxy (snakeMQ's `RemoteMethod`). */
+export interface RemoteMethodControls<A extends unknown[], R> {
+  /**
+   * Make calls of this method signals: fire-and-forget messages with this TTL in ms (default
+   * 0, snakeMQ's: only if the peer is connected now), resolving with `undefined` once queued.
+   * `asSignal(null)` makes them regular calls again. Returns the method.
+   */
+  asSignal(ttl?: number | null): RemoteMethod<A, R>;
+  /** Timeout of regular calls of this method in ms; `null` = the client's default. Returns the method. */
+  setTimeout(ms: number | null): RemoteMethod<A, R>;
+  /** A function calling this method with per-call options (timeout, AbortSignal). */
+  withOptions(options: CallOptions): (...args: A) => Promise<R>;
+  /** The signal TTL, or `null` when calls are regular. */
+  readonly signalTtl: number | null;
+  /** The per-method timeout, or `null`. */
+  readonly timeout: number | null;
+}
+
+/** A remote method: call it like the method, get a promise. */
+export type RemoteMethod<A extends unknown[], R> = ((...args: A) => Promise<R>) & RemoteMethodControls<A, R>;
+
+/**
+ * A proxy of a remote object: every method of `T` as a {@link RemoteMethod}. The names
+ * `then`, `toJSON`, `toString`, `valueOf` and `constructor` are not forwarded (so `await proxy`
+ * does nothing remote); call such methods with {@link RpcClient.call}.
+ */
+export type RpcProxy<T> = {
+  readonly [K in keyof T as K extends string ? (T[K] extends AnyFunction ? K : never) : never]: T[K] extends AnyFunction
+    ? RemoteMethod<Parameters<T[K]>, Awaited<ReturnType<T[K]>>>
+    : never;
+};
+
+const RESERVED = new Set(['then', 'toJSON', 'toString', 'valueOf', 'constructor', '__proto__']);
+
+function checkMs(what: string, v: number | null | undefined, allowNull = true): void {
+  if (v === undefined || (v === null && allowNull)) return;
+  if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) {
+    throw new InvalidArgumentError(`${what} must be ${allowNull ? 'null or ' : ''}a number of ms >= 0, got ${v}`);
+  }
+}
+
+/**
+ * Calls methods of objects registered on {@link RpcServer}s of other peers.
+ *
+ * @example
+ * const client = new RpcClient(new ReceiveHook(messaging));
+ * const calc = client.getProxy<{ add(a: number, b: number): number }>('server', 'calc');
+ * console.log(await calc.add(1, 2)); // 3
+ */
+export class RpcClient extends EventEmitter<RpcClientEvents> {
+  /** The hook the client listens on. */
+  readonly receiveHook: ReceiveHook;
+  /**
+   * snakeMQ's `exception_handler`: when set, a proxy or `call()` failure that is not a
+   * timeout/abort ({@link RpcCallError}) is passed to it instead of rejecting, and the call
+   * resolves with whatever it returns (a throw rejects with that).
+   */
+  exceptionHandler: ((err: Error) => unknown) | null;
+  /** Default timeout of regular calls in ms, `null` = none. */
+  timeout: number | null;
+
+  private readonly messaging: HookMessaging;
+  private readonly codec: RpcCodec;
+  private readonly calls = new Map<string, PendingCall>();
+  private readonly byMessage = new Map<string, PendingCall>();
+  private readonly log: Logger;
+  private closed = false;
+
+  /**
+   * Register on `receiveHook` for reply bodies (`rpcrep` prefix) and on its messaging for
+   * connects and message delivery events.
+   * @throws InvalidArgumentError for a bad option
+   */
+  constructor(receiveHook: ReceiveHook, options: RpcClientOptions = {}) {
+    super();
+    checkMs('timeout', options.timeout);
+    this.receiveHook = receiveHook;
+    this.messaging = receiveHook.messaging;
+    this.codec = options.codec ?? defaultCodec();
+    this.timeout = options.timeout ?? null;
+    this.exceptionHandler = options.exceptionHandler ?? null;
+    this.log = options.logger ?? defaultLogger();
+    receiveHook.register(REPLY_PREFIX, this.onReply);
+    this.messaging.on('connect', this.onConnect);
+    this.messaging.on('message-sent', this.onSent);
+    this.messaging.on('message-delivered', this.onDelivered);
+    this.messaging.on('message-drop', this.onDrop);
+  }
+
+  /** Number of regular calls waiting for their reply. */
+  get pendingCalls(): number {
+    return this.calls.size;
+  }
+
+  /**
+   * A proxy of the object registered as `name` on peer `remoteIdent`. Methods are created on
+   * first access and kept, so `asSignal()`/`setTimeout()` stick to the proxy.
+   */
+  getProxy<T = Record<string, AnyFunction>>(remoteIdent: string, name: string): RpcProxy<T> {
+    if (typeof remoteIdent !== 'string' || typeof name !== 'string') {
+      throw new InvalidArgumentError('getProxy(remoteIdent, name) takes two strings');
+    }
+    const methods = new Map<string, RemoteMethod<unknown[], unknown>>();
+    const label = `[RpcProxy ${remoteIdent}/${name}]`;
+    const target = Object.create(null) as object;
+    return new Proxy(target, {
+      get: (_t, prop) => {
+        if (typeof prop === 'symbol') return prop === Symbol.toStringTag ? 'RpcProxy' : undefined;
+        if (RESERVED.has(prop)) return prop === 'toString' ? () => label : undefined;
+        let m = methods.get(prop);
+        if (!m) {
+          m = this.remoteMethod(remoteIdent, name, prop);
+          methods.set(prop, m);
+        }
+        return m;
+      },
+      set: () => false,
+      defineProperty: () => false,
+      deleteProperty: () => false,
+    }) as RpcProxy<T>;
+  }
+
+  private remoteMethod(ident: string, object: string, method: string): RemoteMethod<unknown[], unknown> {
+    let signalTtl: number | null = null;
+    let timeout: number | null = null;
+    const invoke = (args: unknown[], options: CallOptions = {}): Promise<unknown> =>
+      signalTtl !== null
+        ? this.withHandler(this.signal(ident, object, method, args, signalTtl))
+        : this.call(ident, object, method, args, { timeout: timeout ?? undefined, ...options });
+    const fn = ((...args: unknown[]) => invoke(args)) as RemoteMethod<unknown[], unknown>;
+    Object.defineProperties(fn, {
+      name: { value: method },
+      signalTtl: { get: () => signalTtl, enumerable: true },
+      timeout: { get: () => timeout, enumerable: true },
+    });
+    fn.asSignal = (ttl: number | null = 0) => {
+      checkMs('signal ttl', ttl);
+      signalTtl = ttl;
+      return fn;
+    };
+    fn.setTimeout = (ms: number | null) => {
+      checkMs('timeout', ms);
+      timeout = ms;
+      return fn;
+    };
+    fn.withOptions = (options: CallOptions) => (...args: unknown[]) => invoke(args, options);
+    return fn;
+  }
+
+  /**
+   * Call `method` of the object `object` on peer `ident` and resolve with its return value.
+   * Waits for the peer to connect; re-sends after a reconnect if the request was delivered
+   * but not answered.
+   *
+   * @throws RemoteError the remote method threw
+   * @throws UnknownObjectError / UnknownMethodError nothing of that name on the server
+   * @throws OutcomeUnknownError the server crashed while running this request
+   * @throws NotConnectedError / PartialCallError timeout or abort, before / after the request was sent
+   * @throws RequestDroppedError messaging dropped the request (e.g. larger than the peer accepts)
+   * @throws RpcEncodeError an argument the codec cannot carry
+   * @throws ClosedError the client was closed
+   */
+  call(ident: string, object: string, method: string, args: unknown[] = [], options: CallOptions = {}): Promise<unknown> {
+    return this.withHandler(this.doCall(ident, object, method, args, options));
+  }
+
+  /**
+   * Send a signal: a request that gets no reply, with its own TTL in ms (`null` = until
+   * delivered). Resolves once the message is queued; exceptions stay on the server.
+   *
+   * @throws RpcEncodeError an argument the codec cannot carry
+   * @throws ClosedError the client was closed
+   */
+  async signal(ident: string, object: string, method: string, args: unknown[] = [], ttl: number | null = 0): Promise<void> {
+    if (this.closed) throw new ClosedError('rpc client');
+    checkMs('signal ttl', ttl);
+    const body = this.encodeRequest('signal', object, method, args, newUuid());
+    await this.messaging.sendMessage(ident, new Message(body, { ttl }));
+  }
+
+  /**
+   * Stop: reject waiting calls with `ERR_CLOSED` and detach from the hook and messaging.
+   * Queued request messages stay in Messaging.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.receiveHook.unregister(REPLY_PREFIX, this.onReply);
+    this.messaging.off('connect', this.onConnect);
+    this.messaging.off('message-sent', this.onSent);
+    this.messaging.off('message-delivered', this.onDelivered);
+    this.messaging.off('message-drop', this.onDrop);
+    for (const p of [...this.calls.values()]) this.settle(p, new ClosedError('rpc client'));
+  }
+
+  private async withHandler<T>(p: Promise<T>): Promise<T | unknown> {
+    try {
+      return await p;
+    } catch (err) {
+      const h = this.exceptionHandler;
+      if (!h || err instanceof RpcCallError || !(err instanceof Error)) throw err;
+      return h(err);
+    }
+  }
+
+  private encodeRequest(command: 'call' | 'signal', object: string, method: string, args: unknown[], reqId: Buffer): Buffer {
+    if (typeof object !== 'string' || typeof method !== 'string') throw new InvalidArgumentError('object and method must be strings');
+    if (!Array.isArray(args)) throw new InvalidArgumentError('args must be an array');
+    const req: WireRequest = { command, object, method, args, req_id: reqId };
+    const enc = this.codec.encode(req);
+    return Buffer.concat([REQUEST_PREFIX, enc], PREFIX_LENGTH + enc.length);
+  }
+
+  private doCall(ident: string, object: string, method: string, args: unknown[], options: CallOptions): Promise<unknown> {
+    if (this.closed) return Promise.reject(new ClosedError('rpc client'));
+    const timeout = options.timeout === undefined ? this.timeout : options.timeout;
+    try {
+      checkMs('timeout', timeout);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(new NotConnectedError('aborted', ident, signal.reason));
+    const reqId = newUuid();
+    let body: Buffer;
+    try {
+      body = this.encodeRequest('call', object, method, args, reqId);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      const p: PendingCall = {
+        ident,
+        reqHex: reqId.toString('hex'),
+        body,
+        deadline: timeout === null ? null : Date.now() + timeout,
+        msgKey: '',
+        sent: false,
+        written: false,
+        delivered: false,
+        resendWhenDelivered: false,
+        timer: undefined,
+        signal,
+        onAbort: undefined,
+        resolve,
+        reject,
+      };
+      this.calls.set(p.reqHex, p);
+      if (timeout !== null) p.timer = setTimeout(() => this.giveUp(p, 'timeout'), timeout);
+      if (signal) {
+        p.onAbort = () => this.giveUp(p, 'aborted', signal.reason);
+        signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      this.attempt(p);
+    });
+  }
+
+  /** Queue (again) the request message of a call. */
+  private attempt(p: PendingCall): void {
+    const ttl = p.deadline === null ? null : Math.max(1, p.deadline - Date.now());
+    const msg = new Message(p.body, { ttl });
+    if (p.msgKey) this.byMessage.delete(p.msgKey);
+    p.msgKey = msg.uuid.toString('latin1');
+    p.written = false;
+    p.delivered = false;
+    p.resendWhenDelivered = false;
+    this.byMessage.set(p.msgKey, p);
+    this.messaging.sendMessage(p.ident, msg).catch((err: Error) => {
+      if (this.calls.get(p.reqHex) === p) this.settle(p, err);
+    });
+  }
+
+  private giveUp(p: PendingCall, reason: CallAbortReason, cause?: unknown, dropped = false): void {
+    if (this.calls.get(p.reqHex) !== p) return;
+    if (!p.sent && !dropped && p.msgKey) {
+      // take the request back if Messaging can; if it is already being written, it was sent
+      const cancelled = this.messaging.cancelMessage?.(p.ident, Buffer.from(p.msgKey, 'latin1'));
+      if (cancelled === false) p.sent = true;
+    }
+    this.settle(p, p.sent ? new PartialCallError(reason, p.ident, cause) : new NotConnectedError(reason, p.ident, cause));
+  }
+
+  private settle(p: PendingCall, err: Error | null, value?: unknown): void {
+    if (this.calls.get(p.reqHex) !== p) return;
+    this.calls.delete(p.reqHex);
+    if (p.msgKey) this.byMessage.delete(p.msgKey);
+    if (p.timer) clearTimeout(p.timer);
+    if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
+    if (err) p.reject(err);
+    else p.resolve(value);
+  }
+
+  private readonly onConnect = (_connId: ConnId, ident: string): void => {
+    // Requests delivered but unanswered may have been lost with a server that stopped:
+    // send them again (the server answers duplicates from its cache).
+    for (const p of this.calls.values()) {
+      if (p.ident !== ident) continue;
+      if (p.delivered) this.attempt(p);
+      else if (p.written) p.resendWhenDelivered = true;
+    }
+  };
+
+  private readonly onSent = (_connId: ConnId, _ident: string, uuid: Buffer): void => {
+    if (this.byMessage.size === 0) return;
+    const p = this.byMessage.get(uuid.toString('latin1'));
+    if (p) p.sent = p.written = true;
+  };
+
+  private readonly onDelivered = (_ident: string, uuid: Buffer): void => {
+    if (this.byMessage.size === 0) return;
+    const key = uuid.toString('latin1');
+    const p = this.byMessage.get(key);
+    if (!p) return;
+    p.sent = p.written = true;
+    p.delivered = true;
+    if (p.resendWhenDelivered) this.attempt(p);
+  };
+
+  private readonly onDrop = (ident: string, uuid: Buffer, reason: DropReason): void => {
+    if (this.byMessage.size === 0) return;
+    const p = this.byMessage.get(uuid.toString('latin1'));
+    if (!p) return;
+    if (reason === 'ttl') this.giveUp(p, 'timeout', undefined, true);
+    else this.settle(p, new RequestDroppedError(ident, reason));
+  };
+
+  private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
+    let rep: unknown;
+    try {
+      rep = this.codec.decode(message.body.subarray(PREFIX_LENGTH));
+    } catch (err) {
+      this.report(err as Error, ident);
+      return;
+    }
+    if (!isPlainObject(rep) || !isReqId(rep.req_id) || typeof rep.ok !== 'boolean') {
+      this.report(new RpcBadRequestError('malformed RPC reply; dropped'), ident);
+      return;
+    }
+    const p = this.calls.get(rep.req_id.toString('hex'));
+    if (!p || p.ident !== ident) return; // late, duplicate, or not ours
+    if (rep.ok) {
+      this.settle(p, null, rep.return);
+      return;
+    }
+    this.settle(p, this.remoteError(rep.error));
+  };
+
+  private remoteError(raw: unknown): Error {
+    const e = isPlainObject(raw) ? raw : {};
+    const name = str(e.name, 'Error');
+    const message = str(e.message);
+    const code = typeof e.code === 'string' ? e.code : undefined;
+    if (e.rpc === true) {
+      switch (code) {
+        case 'ERR_RPC_UNKNOWN_OBJECT':
+          return new UnknownObjectError(str(e.object));
+        case 'ERR_RPC_UNKNOWN_METHOD':
+          return new UnknownMethodError(str(e.object), str(e.method));
+        case 'ERR_RPC_OUTCOME_UNKNOWN':
+          return new OutcomeUnknownError(message || undefined);
+        case 'ERR_RPC_BAD_REQUEST':
+          return new RpcBadRequestError(message);
+      }
+    }
+    return new RemoteError(name, message, str(e.stack), code);
+  }
+
+  private report(err: Error, ident: string): void {
+    if (this.listenerCount('error') > 0) this.emit('error', err, ident);
+    else this.log.warn(`rpc client: reply from ${ident}: ${err.message}`);
+  }
+}
+
