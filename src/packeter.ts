@@ -198,7 +198,11 @@ export class Packeter extends EventEmitter<PacketerEvents> {
         if (!c.closed) this.emit('packet', connId, payload);
       });
     } catch (err) {
-      if (!(err instanceof SnakeMQError) || c.closed) throw err;
+      if (!(err instanceof SnakeMQError)) throw err;
+      // The layer above closed the connection while this chunk was being decoded (e.g. on a
+      // broken frame): the rest of the chunk is ignored, a too-large length prefix included.
+      // Throwing here would escape from the socket's data handler and crash the process.
+      if (c.closed) return;
       this.log.debug(`packeter ${connId}: ${err.message}`);
       this.closeConnection(connId, err);
       if (this.listenerCount('error') > 0) this.emit('error', err, connId);
