@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { FrameTooLargeError } from '../src/errors.js';
 import { PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
+import { prng } from './helpers/prng.js';
 
 function packet(payload: Buffer): Buffer {
   return Buffer.concat([encodePacketHeader(payload.length), payload]);
@@ -12,16 +13,6 @@ function decodeAll(decoder: PacketDecoder, chunks: Buffer[]): Buffer[] {
   return out;
 }
 
-/** Seeded PRNG (mulberry32) so failures reproduce. */
-function prng(seed: number): () => number {
-  return () => {
-    seed |= 0;
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const payloads = [Buffer.alloc(0), Buffer.from([0x42]), Buffer.from('hello world'), Buffer.alloc(300, 7), Buffer.alloc(0)];
 const stream = Buffer.concat(payloads.map(packet));

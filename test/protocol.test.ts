@@ -13,6 +13,7 @@
  * unknown-frame-type-ignored, short-message-closes and incompatible-version.
  */
 import { readFileSync } from 'node:fs';
+import { prng } from './helpers/prng.js';
 import { describe, expect, it } from 'vitest';
 import { BadFrameError, SnakeMQError } from '../src/errors.js';
 import {
@@ -251,17 +252,6 @@ describe('snakeMQ 1.6 wire vectors', () => {
   });
 });
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomBytes(rnd: () => number, n: number): Buffer {
   const b = Buffer.alloc(n);

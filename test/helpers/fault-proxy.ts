@@ -17,17 +17,8 @@
  */
 import * as net from 'node:net';
 
-/** A small, fast, seeded PRNG (mulberry32). Returns floats in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from './prng.js';
+import { prng } from './prng.js';
 
 /** An integer in [min, max] from `rand`. */
 export function randInt(rand: () => number, min: number, max: number): number {
