@@ -158,11 +158,19 @@ export class ReceiveHook extends EventEmitter<ReceiveHookEvents> {
     if (entries.length === 0) return;
     const body = message.body;
     let text: string | undefined;
-    for (const e of entries) {
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
       let hit: boolean;
       if (e.prefix) {
         const p = e.prefix;
-        hit = body.length >= p.length && body.compare(p, 0, p.length, 0, p.length) === 0;
+        const n = p.length;
+        if (n > body.length) hit = false;
+        else if (n <= 16) {
+          // short prefixes (RPC's are 6 bytes): a loop beats Buffer#compare's argument checks
+          let k = 0;
+          while (k < n && body[k] === p[k]) k++;
+          hit = k === n;
+        } else hit = body.compare(p, 0, n, 0, n) === 0;
       } else {
         text ??= body.toString('latin1');
         e.re!.lastIndex = 0;

@@ -61,6 +61,28 @@ function defaultCodec(): RpcCodec {
   return sharedCodec;
 }
 
+/**
+ * The codec when it is a {@link MsgpackCodec} with the stock `encode` and `decode` (so it can
+ * encode behind a prefix and decode after one without extra copies or views).
+ */
+function prefixingCodec(codec: RpcCodec): MsgpackCodec | undefined {
+  return codec instanceof MsgpackCodec && codec.encode === MsgpackCodec.prototype.encode && codec.decode === MsgpackCodec.prototype.decode
+    ? codec
+    : undefined;
+}
+
+/** The codec's decoding of a body after its prefix. */
+function decodeBody(codec: RpcCodec, fast: MsgpackCodec | undefined, body: Buffer): unknown {
+  return fast ? fast.decodeAt(body, PREFIX_LENGTH) : codec.decode(body.subarray(PREFIX_LENGTH));
+}
+
+/** `prefix` followed by the codec's encoding of `value`. */
+function encodeBody(codec: RpcCodec, fast: MsgpackCodec | undefined, prefix: Buffer, value: unknown): Buffer {
+  if (fast) return fast.encodePrefixed(prefix, value);
+  const enc = codec.encode(value);
+  return Buffer.concat([prefix, enc], PREFIX_LENGTH + enc.length);
+}
+
 // ------------------------------------------------------------------------------ signals
 
 /**
@@ -181,9 +203,15 @@ export interface RpcServerEvents {
 }
 
 interface CacheEntry {
+  /** The requesting peer's id map (in `RpcServer.cache`) holding this entry. */
+  peer: Map<string, CacheEntry>;
+  /** The requesting peer. */
+  ident: string;
+  /** The request id as a latin1 string: the entry's key in `peer`. */
+  key: string;
   done: boolean;
   /** Encoded reply body (with prefix) once answered; absent for signals. */
-  reply?: Buffer;
+  reply: Buffer | undefined;
 }
 
 interface Registered {
@@ -266,10 +294,12 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private readonly messaging: HookMessaging;
   private readonly codec: RpcCodec;
+  private readonly fastCodec: MsgpackCodec | undefined;
   private readonly objects = new Map<string, Registered>();
-  private readonly cache = new Map<string, CacheEntry>();
-  /** Keys of answered entries, oldest first, for eviction. */
-  private doneOrder: string[] = [];
+  /** Requests seen, by requesting peer, then request id (latin1). */
+  private readonly cache = new Map<string, Map<string, CacheEntry>>();
+  /** Answered entries, oldest first, for eviction. */
+  private doneOrder: CacheEntry[] = [];
   private doneHead = 0;
   private doneCount = 0;
   private cachedBytes = 0;
@@ -290,6 +320,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     this.receiveHook = receiveHook;
     this.messaging = receiveHook.messaging;
     this.codec = options.codec ?? defaultCodec();
+    this.fastCodec = prefixingCodec(this.codec);
     this.transferExceptions = options.transferExceptions ?? RPC_SERVER_DEFAULTS.transferExceptions;
     this.cacheSize = options.replyCacheSize ?? RPC_SERVER_DEFAULTS.replyCacheSize;
     this.cacheBytes = options.replyCacheBytes ?? RPC_SERVER_DEFAULTS.replyCacheBytes;
@@ -362,7 +393,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     if (this.closed) return;
     let decoded: unknown;
     try {
-      decoded = this.codec.decode(message.body.subarray(PREFIX_LENGTH));
+      decoded = decodeBody(this.codec, this.fastCodec, message.body);
     } catch (err) {
       this.report(err, ident);
       return;
@@ -386,38 +417,43 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       return;
     }
     const req: WireRequest = { command, object, method, args, req_id: reqId };
-    const key = `${reqId.toString('hex')}:${ident}`;
-    const known = this.cache.get(key);
+    const key = reqId.toString('latin1');
+    let peer = this.cache.get(ident);
+    if (peer === undefined) {
+      peer = new Map();
+      this.cache.set(ident, peer);
+    }
+    const known = peer.get(key);
     if (known) {
       // a duplicate: answer from the cache, or let the running one answer
       if (known.done && known.reply && isCall) this.sendReply(ident, known.reply);
       return;
     }
-    const entry: CacheEntry = { done: false };
-    this.cache.set(key, entry);
+    const entry: CacheEntry = { peer, ident, key, done: false, reply: undefined };
+    peer.set(key, entry);
     if (this.persisted && isCall) {
-      this.persistedRun(ident, key, entry, req).catch((err) => {
+      this.persistedRun(ident, entry, req).catch((err) => {
         // storage failed before the request ran: forget it, so a re-send can try again
-        if (!entry.done && this.cache.get(key) === entry) this.cache.delete(key);
+        if (!entry.done && entry.peer.get(key) === entry) this.forget(entry);
         this.report(err, ident);
       });
     } else {
-      this.run(ident, key, entry, req).catch((err) => this.report(err, ident));
+      this.run(ident, entry, req);
     }
   };
 
-  private async persistedRun(ident: string, key: string, entry: CacheEntry, req: WireRequest): Promise<void> {
+  private async persistedRun(ident: string, entry: CacheEntry, req: WireRequest): Promise<void> {
     const store = this.persisted!;
     const idKey = store.idKey(req.req_id.toString('hex'), ident);
     const rec = await this.track(store.lookup(idKey));
     if (rec?.done) {
-      this.finish(key, entry, rec.reply);
+      this.finish(entry, rec.reply);
       this.sendReply(ident, rec.reply);
       return;
     }
     if (rec) {
       const reply = this.errorReply(req.req_id, new OutcomeUnknownError(), true);
-      this.finish(key, entry, reply);
+      this.finish(entry, reply);
       await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
       this.sendReply(ident, reply);
       return;
@@ -425,21 +461,63 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     await this.track(store.start(idKey));
     const reply = await this.execute(ident, req);
     if (!reply) return;
-    this.finish(key, entry, reply);
+    this.finish(entry, reply);
     // recorded before it is sent: a re-send after a crash finds the reply, not "started"
     await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
     this.sendReply(ident, reply);
   }
 
-  private async run(ident: string, key: string, entry: CacheEntry, req: WireRequest): Promise<void> {
-    const reply = await this.execute(ident, req);
-    this.finish(key, entry, reply);
-    if (reply) this.sendReply(ident, reply);
+  /**
+   * Run a request that is not persisted and send its reply. A method returning a value that is
+   * not a promise (or thenable) is answered at once; otherwise once it settles.
+   */
+  private run(ident: string, entry: CacheEntry, req: WireRequest): void {
+    let markedSignal = false;
+    let result: unknown;
+    try {
+      const reg = this.objects.get(req.object);
+      if (!reg) throw new UnknownObjectError(req.object);
+      const fn = findMethod(reg.obj, req.method);
+      if (!fn) throw new UnknownMethodError(req.object, req.method);
+      markedSignal = isRpcSignal(fn) || reg.signals.has(req.method);
+      result = fn.apply(reg.obj, req.args);
+      if (result instanceof Promise) {
+        this.runAsync(ident, entry, req, result, markedSignal);
+        return;
+      }
+      if ((typeof result === 'object' && result !== null) || typeof result === 'function') {
+        const then = (result as { then?: unknown }).then;
+        if (typeof then === 'function') {
+          const thenable = result;
+          this.runAsync(ident, entry, req, new Promise((res, rej) => void Reflect.apply(then, thenable, [res, rej])), markedSignal);
+          return;
+        }
+      }
+    } catch (err) {
+      this.answer(ident, entry, this.failureReply(ident, req, err, markedSignal));
+      return;
+    }
+    this.answer(ident, entry, this.successReply(req, result));
+  }
+
+  private runAsync(ident: string, entry: CacheEntry, req: WireRequest, pending: Promise<unknown>, markedSignal: boolean): void {
+    pending.then(
+      (result) => this.answer(ident, entry, this.successReply(req, result)),
+      (err: unknown) => this.answer(ident, entry, this.failureReply(ident, req, err, markedSignal)),
+    );
+  }
+
+  private answer(ident: string, entry: CacheEntry, reply: Buffer | undefined): void {
+    try {
+      this.finish(entry, reply);
+      if (reply) this.sendReply(ident, reply);
+    } catch (err) {
+      this.report(err, ident);
+    }
   }
 
   /** Run the method; the encoded reply for a call, `undefined` for a signal. Never throws. */
   private async execute(ident: string, req: WireRequest): Promise<Buffer | undefined> {
-    const isCall = req.command === 'call';
     let markedSignal = false;
     let result: unknown;
     try {
@@ -450,20 +528,14 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       markedSignal = isRpcSignal(fn) || reg.signals.has(req.method);
       result = await fn.apply(reg.obj, req.args);
     } catch (err) {
-      if (!isCall) {
-        this.report(err, ident);
-        return undefined;
-      }
-      if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(req.req_id, err, true);
-      if (this.transferExceptions && !markedSignal) return this.errorReply(req.req_id, err, false);
-      this.report(err, ident);
-      return this.errorReply(
-        req.req_id,
-        { name: 'Error', message: 'the remote method failed (exception details are not transferred)', stack: '' },
-        false,
-      );
+      return this.failureReply(ident, req, err, markedSignal);
     }
-    if (!isCall) return undefined;
+    return this.successReply(req, result);
+  }
+
+  /** The reply to a call that returned `result`; `undefined` for a signal. Never throws. */
+  private successReply(req: WireRequest, result: unknown): Buffer | undefined {
+    if (req.command !== 'call') return undefined;
     try {
       return this.encode({ req_id: req.req_id, ok: true, return: result });
     } catch (err) {
@@ -471,9 +543,24 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     }
   }
 
+  /** The reply to a call that threw `err`; `undefined` for a signal (reported instead). Never throws. */
+  private failureReply(ident: string, req: WireRequest, err: unknown, markedSignal: boolean): Buffer | undefined {
+    if (req.command !== 'call') {
+      this.report(err, ident);
+      return undefined;
+    }
+    if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(req.req_id, err, true);
+    if (this.transferExceptions && !markedSignal) return this.errorReply(req.req_id, err, false);
+    this.report(err, ident);
+    return this.errorReply(
+      req.req_id,
+      { name: 'Error', message: 'the remote method failed (exception details are not transferred)', stack: '' },
+      false,
+    );
+  }
+
   private encode(value: unknown): Buffer {
-    const enc = this.codec.encode(value);
-    return Buffer.concat([REPLY_PREFIX, enc], PREFIX_LENGTH + enc.length);
+    return encodeBody(this.codec, this.fastCodec, REPLY_PREFIX, value);
   }
 
   private errorReply(reqId: Buffer, err: unknown, rpc: boolean): Buffer {
@@ -514,19 +601,19 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   }
 
   /** Mark answered, remember the reply, evict the oldest answered entries over the bounds. */
-  private finish(key: string, entry: CacheEntry, reply: Buffer | undefined): void {
+  private finish(entry: CacheEntry, reply: Buffer | undefined): void {
     if (entry.done) return;
     entry.done = true;
     entry.reply = reply;
     this.cachedBytes += reply?.length ?? 0;
     this.doneCount++;
-    this.doneOrder.push(key);
+    this.doneOrder.push(entry);
     while (this.doneCount > this.cacheSize || (this.cachedBytes > this.cacheBytes && this.doneCount > 0)) {
-      const old = this.doneOrder[this.doneHead++];
-      const e = this.cache.get(old);
-      this.cache.delete(old);
+      const old = this.doneOrder[this.doneHead];
+      this.doneOrder[this.doneHead++] = undefined!;
+      this.forget(old);
       this.doneCount--;
-      this.cachedBytes -= e?.reply?.length ?? 0;
+      this.cachedBytes -= old.reply?.length ?? 0;
     }
     if (this.doneHead > 1024 && this.doneHead * 2 > this.doneOrder.length) {
       this.doneOrder = this.doneOrder.slice(this.doneHead);
@@ -534,9 +621,17 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     }
   }
 
+  /** Remove an entry from the cache. */
+  private forget(entry: CacheEntry): void {
+    const peer = entry.peer;
+    if (peer.get(entry.key) !== entry) return;
+    peer.delete(entry.key);
+    if (peer.size === 0 && this.cache.get(entry.ident) === peer) this.cache.delete(entry.ident);
+  }
+
   private sendReply(ident: string, body: Buffer): void {
     if (this.closed) return;
-    this.messaging.sendMessage(ident, new Message(body, { ttl: this.replyTtl })).catch((err) => this.report(err, ident));
+    this.messaging.sendMessage(ident, Message.fromTrusted(body, newUuid(), this.replyTtl, 0)).catch((err) => this.report(err, ident));
   }
 }
 
@@ -573,10 +668,13 @@ export interface RpcClientEvents {
 
 interface PendingCall {
   ident: string;
-  reqHex: string;
+  /** The request id; also the uuid of the first attempt's message. */
+  reqId: Buffer;
+  /** The request id as a latin1 string: the call's key in `calls`. */
+  key: string;
   body: Buffer;
   deadline: number | null;
-  /** Uuid (latin1 key) of the message of the current attempt. */
+  /** Uuid (latin1 key) of the message of the current attempt (`key` for the first one), `''` before it. */
   msgKey: string;
   /** A request message of this call was written to the peer (ever). */
   sent: boolean;
@@ -660,8 +758,14 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
 
   private readonly messaging: HookMessaging;
   private readonly codec: RpcCodec;
+  private readonly fastCodec: MsgpackCodec | undefined;
+  /**
+   * Waiting calls by request id (latin1). The first attempt's message has the request id as
+   * its uuid, so this also finds calls by message uuid; later attempts' messages are in
+   * `resent` by their uuid.
+   */
   private readonly calls = new Map<string, PendingCall>();
-  private readonly byMessage = new Map<string, PendingCall>();
+  private readonly resent = new Map<string, PendingCall>();
   private readonly log: Logger;
   private closed = false;
 
@@ -676,6 +780,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     this.receiveHook = receiveHook;
     this.messaging = receiveHook.messaging;
     this.codec = options.codec ?? defaultCodec();
+    this.fastCodec = prefixingCodec(this.codec);
     this.timeout = options.timeout ?? null;
     this.exceptionHandler = options.exceptionHandler ?? null;
     this.log = options.logger ?? defaultLogger();
@@ -722,11 +827,15 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private remoteMethod(ident: string, object: string, method: string): RemoteMethod<unknown[], unknown> {
     let signalTtl: number | null = null;
     let timeout: number | null = null;
-    const invoke = (args: unknown[], options: CallOptions = {}): Promise<unknown> =>
+    const invoke = (args: unknown[], options: CallOptions): Promise<unknown> => {
+      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl));
+      const o = { timeout: timeout ?? undefined, ...options };
+      return this.doCall(ident, object, method, args, o.timeout, o.signal);
+    };
+    const fn = ((...args: unknown[]) =>
       signalTtl !== null
         ? this.withHandler(this.signal(ident, object, method, args, signalTtl))
-        : this.call(ident, object, method, args, { timeout: timeout ?? undefined, ...options });
-    const fn = ((...args: unknown[]) => invoke(args)) as RemoteMethod<unknown[], unknown>;
+        : this.doCall(ident, object, method, args, timeout ?? undefined, undefined)) as RemoteMethod<unknown[], unknown>;
     Object.defineProperties(fn, {
       name: { value: method },
       signalTtl: { get: () => signalTtl, enumerable: true },
@@ -760,7 +869,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
    * @throws ClosedError the client was closed
    */
   call(ident: string, object: string, method: string, args: unknown[] = [], options: CallOptions = {}): Promise<unknown> {
-    return this.withHandler(this.doCall(ident, object, method, args, options));
+    return this.doCall(ident, object, method, args, options.timeout, options.signal);
   }
 
   /**
@@ -792,6 +901,11 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     for (const p of [...this.calls.values()]) this.settle(p, new ClosedError('rpc client'));
   }
 
+  /** A call's promise, rejected with `err` (through the exception handler, like every call failure). */
+  private failedCall(err: unknown): Promise<unknown> {
+    return this.withHandler(Promise.reject(err));
+  }
+
   private async withHandler<T>(p: Promise<T>): Promise<T | unknown> {
     try {
       return await p;
@@ -806,31 +920,39 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     if (typeof object !== 'string' || typeof method !== 'string') throw new InvalidArgumentError('object and method must be strings');
     if (!Array.isArray(args)) throw new InvalidArgumentError('args must be an array');
     const req: WireRequest = { command, object, method, args, req_id: reqId };
-    const enc = this.codec.encode(req);
-    return Buffer.concat([REQUEST_PREFIX, enc], PREFIX_LENGTH + enc.length);
+    return encodeBody(this.codec, this.fastCodec, REQUEST_PREFIX, req);
   }
 
-  private doCall(ident: string, object: string, method: string, args: unknown[], options: CallOptions): Promise<unknown> {
-    if (this.closed) return Promise.reject(new ClosedError('rpc client'));
-    const timeout = options.timeout === undefined ? this.timeout : options.timeout;
-    try {
-      checkMs('timeout', timeout);
-    } catch (err) {
-      return Promise.reject(err);
+  private doCall(
+    ident: string,
+    object: string,
+    method: string,
+    args: unknown[],
+    timeoutOption: number | null | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<unknown> {
+    if (this.closed) return this.failedCall(new ClosedError('rpc client'));
+    const timeout = timeoutOption === undefined ? this.timeout : timeoutOption;
+    if (timeout !== null) {
+      try {
+        checkMs('timeout', timeout);
+      } catch (err) {
+        return this.failedCall(err);
+      }
     }
-    const { signal } = options;
-    if (signal?.aborted) return Promise.reject(new NotConnectedError('aborted', ident, signal.reason));
+    if (signal?.aborted) return this.failedCall(new NotConnectedError('aborted', ident, signal.reason));
     const reqId = newUuid();
     let body: Buffer;
     try {
       body = this.encodeRequest('call', object, method, args, reqId);
     } catch (err) {
-      return Promise.reject(err);
+      return this.failedCall(err);
     }
     return new Promise((resolve, reject) => {
       const p: PendingCall = {
         ident,
-        reqHex: reqId.toString('hex'),
+        reqId,
+        key: reqId.toString('latin1'),
         body,
         deadline: timeout === null ? null : Date.now() + timeout,
         msgKey: '',
@@ -844,7 +966,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
         resolve,
         reject,
       };
-      this.calls.set(p.reqHex, p);
+      this.calls.set(p.key, p);
       if (timeout !== null) p.timer = setTimeout(() => this.giveUp(p, 'timeout'), timeout);
       if (signal) {
         p.onAbort = () => this.giveUp(p, 'aborted', signal.reason);
@@ -857,20 +979,35 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** Queue (again) the request message of a call. */
   private attempt(p: PendingCall): void {
     const ttl = p.deadline === null ? null : Math.max(1, p.deadline - Date.now());
-    const msg = new Message(p.body, { ttl });
-    if (p.msgKey) this.byMessage.delete(p.msgKey);
-    p.msgKey = msg.uuid.toString('latin1');
+    let uuid: Buffer;
+    if (p.msgKey === '') {
+      uuid = p.reqId;
+      p.msgKey = p.key;
+    } else {
+      if (p.msgKey !== p.key) this.resent.delete(p.msgKey);
+      uuid = newUuid();
+      p.msgKey = uuid.toString('latin1');
+      this.resent.set(p.msgKey, p);
+    }
     p.written = false;
     p.delivered = false;
     p.resendWhenDelivered = false;
-    this.byMessage.set(p.msgKey, p);
-    this.messaging.sendMessage(p.ident, msg).catch((err: Error) => {
-      if (this.calls.get(p.reqHex) === p) this.settle(p, err);
+    this.messaging.sendMessage(p.ident, Message.fromTrusted(p.body, uuid, ttl, 0)).catch((err: Error) => {
+      if (this.calls.get(p.key) === p) this.settle(p, err);
     });
   }
 
+  /** The waiting call whose current attempt is the message `uuid`. */
+  private byMessage(uuid: Buffer): PendingCall | undefined {
+    if (this.calls.size === 0) return undefined;
+    const key = uuid.toString('latin1');
+    let p = this.calls.get(key);
+    if (p === undefined && this.resent.size > 0) p = this.resent.get(key);
+    return p !== undefined && p.msgKey === key ? p : undefined;
+  }
+
   private giveUp(p: PendingCall, reason: CallAbortReason, cause?: unknown, dropped = false): void {
-    if (this.calls.get(p.reqHex) !== p) return;
+    if (this.calls.get(p.key) !== p) return;
     if (!p.sent && !dropped && p.msgKey) {
       // take the request back if Messaging can; if it is already being written, it was sent
       const cancelled = this.messaging.cancelMessage?.(p.ident, Buffer.from(p.msgKey, 'latin1'));
@@ -879,14 +1016,35 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     this.settle(p, p.sent ? new PartialCallError(reason, p.ident, cause) : new NotConnectedError(reason, p.ident, cause));
   }
 
-  private settle(p: PendingCall, err: Error | null, value?: unknown): void {
-    if (this.calls.get(p.reqHex) !== p) return;
-    this.calls.delete(p.reqHex);
-    if (p.msgKey) this.byMessage.delete(p.msgKey);
+  private settle(p: PendingCall, err: unknown, value?: unknown): void {
+    if (this.calls.get(p.key) !== p) return;
+    this.calls.delete(p.key);
+    if (p.msgKey !== p.key && p.msgKey !== '') this.resent.delete(p.msgKey);
     if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
-    if (err) p.reject(err);
+    if (err) this.rejectCall(p, err);
     else p.resolve(value);
+  }
+
+  /** Reject a call, or hand the error to {@link exceptionHandler} (as it is at that point) and resolve with its result. */
+  private rejectCall(p: PendingCall, err: unknown): void {
+    if (err instanceof RpcCallError || !(err instanceof Error)) {
+      p.reject(err as Error);
+      return;
+    }
+    // the handler runs a microtask later, as it would behind an `await` of the failed call
+    queueMicrotask(() => {
+      const h = this.exceptionHandler;
+      if (!h) {
+        p.reject(err);
+        return;
+      }
+      try {
+        p.resolve(h(err));
+      } catch (e) {
+        p.reject(e as Error);
+      }
+    });
   }
 
   private readonly onConnect = (_connId: ConnId, ident: string): void => {
@@ -900,15 +1058,12 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   };
 
   private readonly onSent = (_connId: ConnId, _ident: string, uuid: Buffer): void => {
-    if (this.byMessage.size === 0) return;
-    const p = this.byMessage.get(uuid.toString('latin1'));
+    const p = this.byMessage(uuid);
     if (p) p.sent = p.written = true;
   };
 
   private readonly onDelivered = (_ident: string, uuid: Buffer): void => {
-    if (this.byMessage.size === 0) return;
-    const key = uuid.toString('latin1');
-    const p = this.byMessage.get(key);
+    const p = this.byMessage(uuid);
     if (!p) return;
     p.sent = p.written = true;
     p.delivered = true;
@@ -916,8 +1071,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   };
 
   private readonly onDrop = (ident: string, uuid: Buffer, reason: DropReason): void => {
-    if (this.byMessage.size === 0) return;
-    const p = this.byMessage.get(uuid.toString('latin1'));
+    const p = this.byMessage(uuid);
     if (!p) return;
     if (reason === 'ttl') this.giveUp(p, 'timeout', undefined, true);
     else this.settle(p, new RequestDroppedError(ident, reason));
@@ -926,7 +1080,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
     let rep: unknown;
     try {
-      rep = this.codec.decode(message.body.subarray(PREFIX_LENGTH));
+      rep = decodeBody(this.codec, this.fastCodec, message.body);
     } catch (err) {
       this.report(err as Error, ident);
       return;
@@ -935,7 +1089,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
       this.report(new RpcBadRequestError('malformed RPC reply; dropped'), ident);
       return;
     }
-    const p = this.calls.get(rep.req_id.toString('hex'));
+    const p = this.calls.get(rep.req_id.toString('latin1'));
     if (!p || p.ident !== ident) return; // late, duplicate, or not ours
     if (rep.ok) {
       this.settle(p, null, rep.return);
