@@ -4,7 +4,6 @@
  * @module
  */
 import { randomFillSync } from 'node:crypto';
-import { v4 as uuidv4 } from 'uuid';
 import { InvalidArgumentError } from './errors.js';
 import { FLAG_PERSISTENT } from './protocol.js';
 
@@ -34,6 +33,8 @@ export class Message {
   readonly ttl: number | null;
   /** Flag bits. */
   readonly flags: number;
+  /** The uuid was drawn by {@link newUuid} for this message, which no queue has taken yet. */
+  #fresh = false;
 
   /**
    * @param body bytes, or a string (encoded as UTF-8)
@@ -46,8 +47,10 @@ export class Message {
       this.body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     } else throw new InvalidArgumentError('message body must be a Buffer, Uint8Array or string');
     const { uuid, ttl = null, flags = 0 } = options;
-    if (uuid === undefined) this.uuid = newUuid();
-    else if (uuid instanceof Uint8Array && uuid.length === 16) this.uuid = Buffer.from(uuid);
+    if (uuid === undefined) {
+      this.uuid = newUuid();
+      this.#fresh = true;
+    } else if (uuid instanceof Uint8Array && uuid.length === 16) this.uuid = Buffer.from(uuid);
     else throw new InvalidArgumentError('message uuid must be 16 bytes');
     if (ttl !== null && (typeof ttl !== 'number' || !(ttl >= 0) || !Number.isFinite(ttl))) {
       throw new InvalidArgumentError(`message ttl must be a non-negative number of ms or null, got ${ttl}`);
@@ -78,21 +81,39 @@ export class Message {
     m.flags = flags;
     return m as Message;
   }
+
+  /**
+   * @internal Whether the message's uuid was drawn by {@link newUuid} when it was constructed
+   * and no queue has taken it before; marks it taken. Such a uuid (122 random bits) cannot
+   * equal the uuid of any message queued so far (the bytes of a Message must not be changed).
+   */
+  static takeFresh(m: Message): boolean {
+    if (!(#fresh in m) || !m.#fresh) return false;
+    m.#fresh = false;
+    return true;
+  }
 }
 
-// Random bytes are drawn from the OS in blocks: one randomFillSync per 256 uuids instead of one
-// per uuid (which cost over a quarter of the send path's CPU).
-const randomPool = Buffer.allocUnsafe(16 * 256);
-let randomOffset = randomPool.length;
+// Uuids are views of slabs of random bytes: one randomFillSync per 256 uuids instead of one per
+// uuid (which cost over a quarter of the send path's CPU), and none of Node's shared Buffer pool
+// (whose slabs the bodies of queued messages keep alive).
+const SLAB_BYTES = 16 * 256;
+let slab = new ArrayBuffer(0);
+let slabOffset = SLAB_BYTES;
 
 /** A fresh random 16-byte uuid (version 4, RFC 9562). */
 export function newUuid(): Buffer {
-  if (randomOffset === randomPool.length) {
-    randomFillSync(randomPool);
-    randomOffset = 0;
+  if (slabOffset === SLAB_BYTES) {
+    slab = new ArrayBuffer(SLAB_BYTES);
+    const bytes = new Uint8Array(slab);
+    randomFillSync(bytes);
+    for (let off = 0; off < SLAB_BYTES; off += 16) {
+      bytes[off + 6] = (bytes[off + 6] & 0x0f) | 0x40;
+      bytes[off + 8] = (bytes[off + 8] & 0x3f) | 0x80;
+    }
+    slabOffset = 0;
   }
-  const out = Buffer.allocUnsafe(16);
-  uuidv4({ random: randomPool.subarray(randomOffset, randomOffset + 16) }, out);
-  randomOffset += 16;
+  const out = Buffer.from(slab, slabOffset, 16);
+  slabOffset += 16;
   return out;
 }

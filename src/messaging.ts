@@ -28,20 +28,22 @@ import {
   EXTENSION_VERSION,
   FEATURE_ACKS,
   FEATURE_FLOW,
+  FRAME_ACK,
+  FRAME_MESSAGE,
   type Frame,
   MESSAGE_HEADER_SIZE,
   PROTOCOL_VERSION,
+  TTL_INFINITE_WIRE,
   decodeFrame,
-  encodeAck,
   encodeHello,
   encodeIdentification,
   encodeIncompatibleProtocol,
-  encodeMessageHeader,
   encodePing,
   encodePong,
   encodeProtocolVersion,
+  ttlMsToWire,
 } from './protocol.js';
-import { AWAITING_ACK, PeerQueue, type QItem, QUEUED, WRITING, uuidKey } from './queue.js';
+import { AWAITING_ACK, PeerQueue, QItem, QUEUED, SeenWindow, WRITING, readI32, uuidKey, writeI32 } from './queue.js';
 import type { QueuesStorage, StoredItem } from './storage.js';
 
 export { Message, FLAG_PERSISTENT };
@@ -138,31 +140,31 @@ interface Conn {
   keepalive?: TimerHandle;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
-  /** Items being written on this connection, in packet order. */
+  /** Items being written on this connection, in packet order, and their packet ids. */
   writing: QItem[];
+  writingIds: number[];
   writingHead: number;
-  /** Received uuids to acknowledge. */
-  pendingAcks: Buffer[];
+  /** The ack frame being gathered: type byte then `ackCount` uuids. */
+  ackBuf: Buffer | null;
+  ackCount: number;
   /** Received uuids to record in storage before acknowledging. */
   pendingSeen: Buffer[];
   ackScheduled: boolean;
+  /** The dedup window of the identified peer. */
+  seen: SeenWindow | undefined;
 }
 
-interface SeenWindow {
-  set: Set<string>;
-  order: string[];
-  head: number;
-}
+/** Uuids per ack frame at most (an ack frame is sent at the latest on the next turn). */
+const ACKS_PER_FRAME = 1024;
+/** Received message bodies and uuids are copied into slabs of this size (like Node's Buffer pool). */
+const RX_SLAB_SIZE = 8 * 1024;
+const RESOLVED: Promise<void> = Promise.resolve();
 
-/** A `sendMessage` held by the 'block' policy. Waiters of a queue are served strictly in order. */
-interface Waiter {
-  /** Body bytes of the message it holds. */
-  bytes: number;
-  /** Told there is room; it stays at the head of the line until it has queued its message. */
-  woken: boolean;
-  resolve: () => void;
-  reject: (err: Error) => void;
+/** The big-endian uint32 at `off` (in bounds); plain indexing, see `readI32`. */
+function readU32BE(b: Uint8Array, off: number): number {
+  return ((b[off] << 24) | (b[off + 1] << 16) | (b[off + 2] << 8) | b[off + 3]) >>> 0;
 }
+const noop = (): void => {};
 
 function checkMs(name: string, v: number | undefined, dflt: number, min = 0): number {
   if (v === undefined) return dflt;
@@ -196,12 +198,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private readonly identConn = new Map<string, Conn>();
   private readonly queues = new Map<string, PeerQueue>();
   private readonly seen = new Map<string, SeenWindow>();
-  private readonly waiters = new Map<string, Waiter[]>();
   private readonly ttlTimers = new Map<string, { at: number; handle: TimerHandle }>();
   private readonly ownIdentFrame: Buffer;
   private readonly helloFrame: Buffer | undefined;
   private loaded = false;
   private closed = false;
+  /** Packets come through the packeter's sink (else through `packet` events). */
+  private readonly sinkSet: boolean;
   private iterators = new Set<(r: Received | null) => void>();
   /** Storage commits of received uuids whose acks wait for them. */
   private readonly seenCommits = new Set<Promise<void>>();
@@ -248,8 +251,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       : undefined;
     packeter.on('connect', this.onConnect);
     packeter.on('disconnect', this.onDisconnect);
-    packeter.on('packet', this.onPacket);
-    packeter.on('packet-sent', this.onPacketSent);
+    this.sinkSet = packeter.setPacketSink(this.onPacket);
+    if (!this.sinkSet) packeter.on('packet', this.onPacketEvent);
+    packeter.on('packets-sent', this.onPacketsSent);
     packeter.on('drain', this.onDrain);
     this.ready = this.load();
     this.ready.catch(() => {});
@@ -267,57 +271,84 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    * @throws QueueFullError under the `'reject'` policy when the peer's queue is full
    * @throws ClosedError after {@link close}
    */
-  async sendMessage(ident: string, message: Message): Promise<void> {
-    if (typeof ident !== 'string' || ident.length === 0 || Buffer.byteLength(ident) > 255) {
-      throw new InvalidArgumentError('destination identity must be a string of 1..255 UTF-8 bytes');
+  sendMessage(ident: string, message: Message): Promise<void> {
+    try {
+      if (typeof ident !== 'string' || ident.length === 0 || (ident.length > 85 && Buffer.byteLength(ident) > 255)) {
+        throw new InvalidArgumentError('destination identity must be a string of 1..255 UTF-8 bytes');
+      }
+      if (ident === this.identifier) throw new InvalidArgumentError('cannot send a message to oneself', 'ERR_SEND_TO_SELF');
+      if (!(message instanceof Message)) throw new InvalidArgumentError('message must be a Message');
+      if (this.closed) throw new ClosedError('messaging');
+      if (!this.loaded) return this.sendWhenLoaded(ident, message);
+      return this.send(ident, message);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    if (ident === this.identifier) throw new InvalidArgumentError('cannot send a message to oneself', 'ERR_SEND_TO_SELF');
-    if (!(message instanceof Message)) throw new InvalidArgumentError('message must be a Message');
+  }
+
+  private async sendWhenLoaded(ident: string, message: Message): Promise<void> {
+    await this.ready;
     if (this.closed) throw new ClosedError('messaging');
-    if (!this.loaded) await this.ready;
-    if (this.closed) throw new ClosedError('messaging');
+    return this.send(ident, message);
+  }
+
+  /** Apply the queue policy and queue the message, or line it up under 'block'; may throw. */
+  private send(ident: string, message: Message): Promise<void> {
     const q = this.queue(ident);
     if (message.ttl === 0 && !q.connected) {
       this.emit('message-drop', ident, message.uuid, 'ttl');
-      return;
+      return RESOLVED;
     }
-    // The limit check and the push below run in one synchronous stretch (no await between
-    // them unless this call must wait), so concurrent calls cannot all pass the check at once.
-    const waiter = this.makeRoom(q, message.body.length);
-    if (waiter) await this.takeTurn(q, waiter);
-    let commit: Promise<void> | undefined;
-    try {
-      commit = this.enqueue(ident, q, message);
-    } finally {
-      if (waiter) this.leaveLine(q, waiter);
+    // The limit check and the push below run in one synchronous stretch, so concurrent calls
+    // cannot all pass the check at once.
+    const bytes = message.body.length;
+    switch (this.opts.queuePolicy) {
+      case 'reject':
+        if (this.full(q, bytes)) throw new QueueFullError(q.ident, this.opts.queueLimit);
+        break;
+      case 'drop-oldest':
+        while (this.full(q, bytes)) {
+          const victim = q.oldestUnsent();
+          if (!victim) throw new QueueFullError(q.ident, this.opts.queueLimit);
+          this.removeItem(q, victim);
+          this.emit('message-drop', q.ident, victim.uuid(), 'queue-full');
+        }
+        break;
+      case 'block':
+        // Earlier calls already waiting go first; the line only ever holds calls whose head
+        // does not fit (room that appears is handed out at once, see wakeWaiters).
+        if (q.lineHead < q.line.length || this.full(q, bytes)) return this.wait(q, message);
+        break;
     }
-    if (commit) await commit;
+    const commit = this.enqueue(ident, q, message);
+    return commit === undefined ? RESOLVED : commit.then(noop);
+  }
+
+  /** Line a call up under the 'block' policy; {@link wakeWaiters} queues it when there is room. */
+  private wait(q: PeerQueue, message: Message): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      q.line.push({ message, resolve, reject });
+    });
   }
 
   /** Push a message into its queue (and storage); synchronous. Returns the storage commit, if any. */
   private enqueue(ident: string, q: PeerQueue, message: Message): Promise<void> | undefined {
     if (this.closed) throw new ClosedError('messaging');
-    const now = this.clock.now();
-    const stored = !!this.storage && (message.flags & FLAG_PERSISTENT) !== 0;
-    const item: QItem = {
-      uuid: message.uuid,
-      key: uuidKey(message.uuid),
-      body: message.body,
-      flags: message.flags,
-      ttl: message.ttl,
-      stored,
-      state: QUEUED,
-      packetId: 0,
-      removed: false,
-    };
-    if (q.byKey.has(item.key)) throw new InvalidArgumentError('a message with this uuid is already queued', 'ERR_DUPLICATE_UUID');
-    q.push(item, now);
+    const uuid = message.uuid;
+    // A uuid drawn for this message and never queued before cannot be queued already; any
+    // other one is looked up (which makes the queue keep an index until it empties).
+    if ((!Message.takeFresh(message) || q.index !== undefined) && q.find(uuid, 0) !== undefined) {
+      throw new InvalidArgumentError('a message with this uuid is already queued', 'ERR_DUPLICATE_UUID');
+    }
+    const stored = this.storage !== undefined && (message.flags & FLAG_PERSISTENT) !== 0;
+    const item = new QItem(uuid, 0, message.body, message.flags, message.ttl, stored);
+    q.push(item, item.ttl !== null && q.since !== null ? this.clock.now() : 0);
     let commit: Promise<void> | undefined;
     if (stored) {
-      commit = this.storage!.push([{ queue: ident, uuid: item.uuid, ttl: message.ttl, flags: item.flags, body: item.body }]);
+      commit = this.storage!.push([{ queue: ident, uuid, ttl: message.ttl, flags: item.flags, body: item.body }]);
     }
-    this.schedulePump(ident);
-    if (!q.connected) this.armTtl(q);
+    if (!q.pumpScheduled) this.schedulePump(q);
+    if (q.since !== null) this.armTtl(q);
     return commit;
   }
 
@@ -329,7 +360,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   cancelMessage(ident: string, uuid: Uint8Array): boolean {
     const q = this.queues.get(ident);
     if (!q || !(uuid instanceof Uint8Array) || uuid.length !== 16) return false;
-    const item = q.byKey.get(uuidKey(Buffer.from(uuid.buffer, uuid.byteOffset, 16)));
+    const item = q.find(Buffer.from(uuid.buffer, uuid.byteOffset, 16), 0);
     if (!item || item.state !== QUEUED) return false;
     this.removeItem(q, item);
     return true;
@@ -414,14 +445,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.closed = true;
     this.packeter.off('connect', this.onConnect);
     this.packeter.off('disconnect', this.onDisconnect);
-    this.packeter.off('packet', this.onPacket);
-    this.packeter.off('packet-sent', this.onPacketSent);
+    if (this.sinkSet) this.packeter.setPacketSink(undefined, this.onPacket);
+    else this.packeter.off('packet', this.onPacketEvent);
+    this.packeter.off('packets-sent', this.onPacketsSent);
     this.packeter.off('drain', this.onDrain);
     for (const c of this.conns.values()) if (c.keepalive) this.clock.clearTimeout(c.keepalive);
     for (const t of this.ttlTimers.values()) this.clock.clearTimeout(t.handle);
     this.ttlTimers.clear();
-    for (const ws of this.waiters.values()) for (const w of ws) w.reject(new ClosedError('messaging'));
-    this.waiters.clear();
+    for (const q of this.queues.values()) {
+      const line = q.line;
+      const from = q.lineHead;
+      q.line = [];
+      q.lineHead = 0;
+      for (let i = from; i < line.length; i++) line[i]!.reject(new ClosedError('messaging'));
+    }
     for (const it of [...this.iterators]) it(null);
     await this.ready.catch(() => {});
     // Received messages already handed to the application: record them and acknowledge them
@@ -447,28 +484,23 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       for (const s of items) this.queue(s.queue).push(this.itemFromStorage(s), now);
       for (const [peer, uuids] of seen) {
         const w = this.seenWindow(peer);
-        for (const u of uuids) this.rememberSeen(w, uuidKey(u));
+        for (const u of uuids) {
+          if (u.length === 16) w.add(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
+        }
       }
       for (const q of this.queues.values()) this.armTtl(q);
       this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages`);
     } finally {
       this.loaded = true;
-      for (const ident of this.identConn.keys()) this.schedulePump(ident);
+      for (const ident of this.identConn.keys()) {
+        const q = this.queues.get(ident);
+        if (q) this.schedulePump(q);
+      }
     }
   }
 
   private itemFromStorage(s: StoredItem): QItem {
-    return {
-      uuid: s.uuid,
-      key: uuidKey(s.uuid),
-      body: s.body,
-      flags: s.flags,
-      ttl: s.ttl,
-      stored: true,
-      state: QUEUED,
-      packetId: 0,
-      removed: false,
-    };
+    return new QItem(s.uuid, 0, s.body, s.flags, s.ttl, true);
   }
 
   // ---------------------------------------------------------------- queues
@@ -488,72 +520,33 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   }
 
   /**
-   * Apply the queue policy before queueing `bytes` more. Synchronous: throws under 'reject',
-   * drops under 'drop-oldest'; under 'block' returns a waiter when this call must wait (the
-   * queue is full, or earlier calls are already waiting: they go first).
+   * Queue the messages of blocked senders, in call order, as long as the first one fits. The
+   * line is left holding only calls whose first one does not fit.
    */
-  private makeRoom(q: PeerQueue, bytes: number): Waiter | undefined {
-    switch (this.opts.queuePolicy) {
-      case 'reject':
-        if (this.full(q, bytes)) throw new QueueFullError(q.ident, this.opts.queueLimit);
-        return undefined;
-      case 'drop-oldest':
-        while (this.full(q, bytes)) {
-          const victim = q.oldestUnsent();
-          if (!victim) throw new QueueFullError(q.ident, this.opts.queueLimit);
-          this.removeItem(q, victim);
-          this.emit('message-drop', q.ident, victim.uuid, 'queue-full');
-        }
-        return undefined;
-      case 'block': {
-        let ws = this.waiters.get(q.ident);
-        if (!ws?.length && !this.full(q, bytes)) return undefined;
-        if (!ws) this.waiters.set(q.ident, (ws = []));
-        const w: Waiter = { bytes, woken: false, resolve: () => {}, reject: () => {} };
-        ws.push(w);
-        return w;
+  private wakeWaiters(q: PeerQueue): void {
+    const line = q.line;
+    while (q.lineHead < line.length) {
+      const w = line[q.lineHead]!;
+      if (this.full(q, w.message.body.length)) break;
+      line[q.lineHead++] = undefined;
+      let commit: Promise<void> | undefined;
+      try {
+        commit = this.enqueue(q.ident, q, w.message);
+      } catch (err) {
+        w.reject(err as Error);
+        continue;
       }
+      w.resolve(commit === undefined ? undefined : commit.then(noop));
     }
-  }
-
-  /**
-   * Wait until `w` is at the head of its queue's line and its message fits. It stays at the
-   * head (so later calls cannot overtake it) until the caller queues its message and calls
-   * {@link leaveLine}; on failure it leaves the line here.
-   */
-  private async takeTurn(q: PeerQueue, w: Waiter): Promise<void> {
-    try {
-      for (;;) {
-        await new Promise<void>((resolve, reject) => {
-          w.resolve = resolve;
-          w.reject = reject;
-          this.wakeWaiter(q);
-        });
-        if (this.closed) throw new ClosedError('messaging');
-        if (!this.full(q, w.bytes)) return;
-        w.woken = false;
+    if (q.lineHead === line.length) {
+      if (line.length > 0) {
+        q.line = [];
+        q.lineHead = 0;
       }
-    } catch (err) {
-      this.leaveLine(q, w);
-      throw err;
+    } else if (q.lineHead > 1024 && q.lineHead * 2 > line.length) {
+      q.line = line.slice(q.lineHead);
+      q.lineHead = 0;
     }
-  }
-
-  /** Remove a waiter from its queue's line and let the next one go if it fits. */
-  private leaveLine(q: PeerQueue, w: Waiter): void {
-    const ws = this.waiters.get(q.ident);
-    const i = ws ? ws.indexOf(w) : -1;
-    if (i >= 0) ws!.splice(i, 1);
-    if (ws?.length === 0) this.waiters.delete(q.ident);
-    this.wakeWaiter(q);
-  }
-
-  /** Let the first blocked sender of a queue go when its message fits. */
-  private wakeWaiter(q: PeerQueue): void {
-    const head = this.waiters.get(q.ident)?.[0];
-    if (!head || head.woken || this.full(q, head.bytes)) return;
-    head.woken = true;
-    head.resolve();
   }
 
   /** Remove an item from its queue and storage; wake blocked senders when there is room. */
@@ -561,15 +554,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const wasFull = this.full(q, 0);
     q.remove(item);
     if (item.stored) {
-      this.storage!.delete([{ queue: q.ident, uuid: item.uuid }]).catch((err) => this.reportError(err, undefined));
+      this.storage!.delete([{ queue: q.ident, uuid: item.uuid() }]).catch((err) => this.reportError(err, undefined));
     }
     this.afterRemoval(q, wasFull);
   }
 
-  /** Items left a queue: wake the first blocked sender, and report `drain` if it was full. */
+  /** Items left a queue: queue blocked senders' messages that fit, and report `drain` if it was full. */
   private afterRemoval(q: PeerQueue, wasFull: boolean): void {
-    this.wakeWaiter(q);
-    if (wasFull && !this.full(q, 0)) this.emit('drain', q.ident);
+    const drained = wasFull && !this.full(q, 0);
+    if (q.lineHead < q.line.length) this.wakeWaiters(q);
+    if (drained) this.emit('drain', q.ident);
   }
 
   private armTtl(q: PeerQueue): void {
@@ -592,9 +586,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const wasFull = this.full(q, 0);
     const expired = q.expire(this.clock.now());
     if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: it.uuid }));
+      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: it.uuid() }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', q.ident, it.uuid, 'ttl');
+      for (const it of expired) this.emit('message-drop', q.ident, it.uuid(), 'ttl');
       this.afterRemoval(q, wasFull);
     }
     this.armTtl(q);
@@ -605,7 +599,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const now = this.clock.now();
     const updates = [];
     for (const it of q.live()) {
-      if (it.stored && it.ttl !== null) updates.push({ queue: q.ident, uuid: it.uuid, ttl: Math.max(0, q.remaining(it, now)!) });
+      if (it.stored && it.ttl !== null) updates.push({ queue: q.ident, uuid: it.uuid(), ttl: Math.max(0, q.remaining(it, now)!) });
     }
     return updates.length ? this.storage.updateTtls(updates) : undefined;
   }
@@ -624,10 +618,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       pingAt: 0,
       dead: false,
       writing: [],
+      writingIds: [],
       writingHead: 0,
-      pendingAcks: [],
+      ackBuf: null,
+      ackCount: 0,
       pendingSeen: [],
       ackScheduled: false,
+      seen: undefined,
     };
     this.conns.set(connId, c);
     this.packeter.sendPacket(connId, encodeProtocolVersion(PROTOCOL_VERSION));
@@ -699,10 +696,29 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.keepalive = this.clock.setTimeout(fire, interval);
   }
 
-  private readonly onPacket = (connId: ConnId, payload: Buffer): void => {
+  private readonly onPacketEvent = (connId: ConnId, payload: Buffer): void => {
+    this.onPacket(connId, payload, 0, payload.length);
+  };
+
+  /** A packet's payload, `buf[start..end)`. */
+  private readonly onPacket = (connId: ConnId, buf: Buffer, start: number, end: number): void => {
+    if (this.closed) return;
     const c = this.conns.get(connId);
     if (!c || c.dead) return;
-    c.lastRecv = this.clock.now();
+    // Packets of one received chunk arrived together: read the clock once per chunk.
+    const chunk = this.packeter.chunksReceived;
+    if (chunk !== this.recvChunk || c.pingAt >= this.recvNow) {
+      this.recvChunk = chunk;
+      this.recvNow = this.clock.now();
+    }
+    c.lastRecv = this.recvNow;
+    if (c.ident !== undefined && end > start) {
+      // Fast paths for the frames of the stream, valid as decodeFrame would find them.
+      const type = buf[start];
+      if (type === FRAME_MESSAGE && end - start > MESSAGE_HEADER_SIZE) return this.onMessage(c, c.ident, buf, start, end);
+      if (type === FRAME_ACK && (end - start - 1) % 16 === 0) return this.onAck(c, c.ident, buf, start, end);
+    }
+    const payload = buf.subarray(start, end);
     let f: Frame;
     try {
       f = decodeFrame(payload);
@@ -713,10 +729,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     switch (f.kind) {
       case 'message':
         if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError());
-        return this.onMessage(c, c.ident, f.uuid, f.ttlMs, f.flags, f.body);
+        return this.onMessage(c, c.ident, payload, 0, payload.length);
       case 'ack':
         if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError('ack frame received before identification'));
-        return this.onAck(c, c.ident, f.uuids);
+        return this.onAck(c, c.ident, payload, 0, payload.length);
       case 'ping':
         this.packeter.sendPacket(connId, encodePong());
         return;
@@ -772,6 +788,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.closeConn(other, new DuplicateIdentityError(ident));
     }
     c.ident = ident;
+    c.seen = this.seenWindow(ident);
     this.identConn.set(ident, c);
     const q = this.queue(ident);
     const wasFull = this.full(q, 0);
@@ -782,29 +799,30 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.ttlTimers.delete(ident);
     }
     if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: it.uuid }));
+      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: it.uuid() }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', ident, it.uuid, 'ttl');
+      for (const it of expired) this.emit('message-drop', ident, it.uuid(), 'ttl');
       this.afterRemoval(q, wasFull);
     }
     this.writeBackTtls(q)?.catch((err) => this.reportError(err, undefined));
     this.log.debug(`messaging ${this.identifier}: ${ident} connected (${c.id}${c.ext ? ', extensions' : ''})`);
     this.emit('connect', c.id, ident);
-    this.schedulePump(ident);
+    this.schedulePump(q);
   }
 
   // ---------------------------------------------------------------- sending
 
-  private pumpScheduled = new Set<string>();
-
-  private schedulePump(ident: string): void {
-    if (!this.identConn.has(ident) || this.pumpScheduled.has(ident)) return;
-    this.pumpScheduled.add(ident);
+  private schedulePump(q: PeerQueue): void {
+    if (q.pumpScheduled || !this.identConn.has(q.ident)) return;
+    q.pumpScheduled = true;
     queueMicrotask(() => {
-      this.pumpScheduled.delete(ident);
-      this.pump(ident);
+      q.pumpScheduled = false;
+      this.pump(q.ident);
     });
   }
+
+  /** Message frame head (type, uuid, TTL, flags), rewritten for every message sent. */
+  private readonly head = Buffer.alloc(1 + MESSAGE_HEADER_SIZE);
 
   private pump(ident: string): void {
     if (!this.loaded || this.closed) return;
@@ -813,49 +831,70 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!c || !q || c.dead) return;
     const p = this.packeter;
     const windowed = c.acks;
+    const maxInFlight = this.opts.maxInFlight;
+    const maxInFlightBytes = this.opts.maxInFlightBytes;
+    const head = this.head;
+    head[0] = FRAME_MESSAGE;
+    // Bytes the connection takes before writable() turns false; asked again when used up.
+    let room = 0;
     for (;;) {
-      if (windowed && (q.inflight >= this.opts.maxInFlight || (q.inflight > 0 && q.inflightBytes >= this.opts.maxInFlightBytes))) return;
-      if (!p.writable(c.id)) return;
+      if (windowed && (q.inflight >= maxInFlight || (q.inflight > 0 && q.inflightBytes >= maxInFlightBytes))) return;
+      if (room <= 0) {
+        if (!p.writable(c.id)) return;
+        room = p.writableBytes(c.id);
+      }
       const item = q.peekUnsent();
       if (!item) return;
-      if (item.body.length + 1 + MESSAGE_HEADER_SIZE > c.peerMaxPacket) {
+      const len = item.body.length + 1 + MESSAGE_HEADER_SIZE;
+      if (len > c.peerMaxPacket) {
         q.sendCursor++;
         this.removeItem(q, item);
-        this.emit('message-drop', ident, item.uuid, 'too-large');
+        this.emit('message-drop', ident, item.uuid(), 'too-large');
         continue;
       }
-      const header = encodeMessageHeader({ uuid: item.uuid, ttlMs: item.ttl, flags: item.flags });
-      const id = p.sendPacket(c.id, [header, item.body]);
-      q.markWriting(item, id);
+      item.writeUuid(head, 1);
+      const ttl = item.ttl === null ? TTL_INFINITE_WIRE : ttlMsToWire(item.ttl);
+      head.writeUInt32BE(ttl, 17);
+      head.writeUInt32BE(item.flags, 21);
+      const id = p.sendPacketParts(c.id, head, item.body);
+      q.markWriting(item);
       c.writing.push(item);
+      c.writingIds.push(id);
+      room -= len + 4;
     }
   }
 
-  private readonly onPacketSent = (connId: ConnId, packetId: number): void => {
+  private readonly onPacketsSent = (connId: ConnId, lastId: number): void => {
     const c = this.conns.get(connId);
-    if (!c || c.ident === undefined) return;
+    // A dead connection's items went back to their queue when it died.
+    if (!c || c.ident === undefined || c.dead) return;
     const ident = c.ident;
     const q = this.queues.get(ident);
     const w = c.writing;
-    while (c.writingHead < w.length && w[c.writingHead].packetId <= packetId) {
-      const item = w[c.writingHead++];
-      if (item.removed || item.state !== WRITING || item.packetId > packetId) continue;
-      this.emit('message-sent', connId, ident, item.uuid);
+    const ids = c.writingIds;
+    let i = c.writingHead;
+    while (i < w.length && ids[i] <= lastId) {
+      const item = w[i++];
+      if (item.removed || item.state !== WRITING) continue;
+      if (this.listenerCount('message-sent') > 0) this.emit('message-sent', connId, ident, item.uuid());
       if (c.acks) {
         item.state = AWAITING_ACK;
       } else if (q) {
         this.removeItem(q, item);
-        this.emit('message-delivered', ident, item.uuid);
+        if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
       }
     }
-    if (c.writingHead === w.length) {
+    c.writingHead = i;
+    if (i === c.writing.length) {
       c.writing = [];
+      c.writingIds = [];
       c.writingHead = 0;
-    } else if (c.writingHead > 4096) {
-      c.writing = w.slice(c.writingHead);
+    } else if (i > 4096) {
+      c.writing = c.writing.slice(i);
+      c.writingIds = c.writingIds.slice(i);
       c.writingHead = 0;
     }
-    if (!c.acks) this.schedulePump(ident);
+    if (!c.acks && q) this.schedulePump(q);
   };
 
   private readonly onDrain = (connId: ConnId): void => {
@@ -863,36 +902,97 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (c?.ident !== undefined) this.pump(c.ident);
   };
 
-  private onAck(c: Conn, ident: string, uuids: Buffer[]): void {
+  /** An ack frame, `frame[start..end)`: type byte then n × 16-byte uuids. */
+  private onAck(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
     const q = this.queues.get(ident);
     if (!q) return;
-    for (const u of uuids) {
-      const item = q.byKey.get(uuidKey(u));
-      if (!item || item.state === QUEUED) continue;
+    // In-flight items by uuid, built only when an ack does not match the oldest item.
+    let index: Map<string, QItem> | undefined;
+    for (let off = start + 1; off < end; off += 16) {
+      // Acks come in sending order: the oldest item in flight is normally the one.
+      let item: QItem | undefined = q.items[q.head];
+      if (item === undefined || item.state === QUEUED || item.removed || !item.is(frame, off)) {
+        index ??= this.inflightIndex(q);
+        item = index.get(uuidKey(frame, off));
+        if (item === undefined || item.state === QUEUED || item.removed) continue;
+      }
       this.removeItem(q, item);
-      this.emit('message-delivered', ident, item.uuid);
+      if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
     }
-    this.schedulePump(ident);
+    this.schedulePump(q);
+  }
+
+  /** The items of a queue in flight (written or being written), by uuid key. */
+  private inflightIndex(q: PeerQueue): Map<string, QItem> {
+    const index = new Map<string, QItem>();
+    for (let i = q.head; i < q.sendCursor && i < q.items.length; i++) {
+      const it = q.items[i];
+      if (!it.removed && it.state !== QUEUED) index.set(it.key(), it);
+    }
+    return index;
   }
 
   // ---------------------------------------------------------------- receiving
 
-  private onMessage(c: Conn, ident: string, uuid: Buffer, ttl: number | null, flags: number, body: Buffer): void {
+  /** Which received chunk `recvNow` was read for. */
+  private recvChunk = -1;
+  private recvNow = 0;
+  /** Slab that received uuids and bodies are copied into. */
+  private rxSlab: Buffer = Buffer.alloc(0);
+  private rxOffset = 0;
+
+  /** A message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least 25 bytes. */
+  private onMessage(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
+    const ttlWire = readU32BE(frame, start + 17);
+    const ttl = ttlWire === TTL_INFINITE_WIRE ? null : ttlWire * 1000;
+    const flags = readU32BE(frame, start + 21);
     if (!c.acks) {
-      this.emit('message', c.id, ident, Message.fromTrusted(Buffer.from(body), Buffer.from(uuid), ttl, flags));
+      this.emit('message', c.id, ident, this.copyMessage(frame, start, end, ttl, flags));
       return;
     }
-    const w = this.seenWindow(ident);
-    const key = uuidKey(uuid);
-    const u = Buffer.from(uuid);
-    if (w.set.has(key)) {
-      this.queueAck(c, u);
+    const u0 = readI32(frame, start + 1);
+    const u1 = readI32(frame, start + 5);
+    const u2 = readI32(frame, start + 9);
+    const u3 = readI32(frame, start + 13);
+    const w = c.seen ?? this.seenWindow(ident);
+    if (w.has(u0, u1, u2, u3)) {
+      this.queueAck(c, u0, u1, u2, u3);
       return;
     }
-    this.emit('message', c.id, ident, Message.fromTrusted(Buffer.from(body), u, ttl, flags));
-    this.rememberSeen(w, key);
-    if (this.storage) this.queueSeen(c, ident, u);
-    else this.queueAck(c, u);
+    const m = this.copyMessage(frame, start, end, ttl, flags);
+    this.emit('message', c.id, ident, m);
+    w.add(u0, u1, u2, u3);
+    if (this.storage) this.queueSeen(c, ident, m.uuid);
+    else this.queueAck(c, u0, u1, u2, u3);
+  }
+
+  /**
+   * A received message with its own copy of uuid and body (the frame is a view of a larger
+   * chunk): both copied at once into a slab shared by received messages, as Node's Buffer pool
+   * does for small buffers; large bodies get their own memory.
+   */
+  private copyMessage(frame: Buffer, start: number, end: number, ttl: number | null, flags: number): Message {
+    const n = end - start - 1; // uuid, TTL, flags, body
+    let slab = this.rxSlab;
+    let off = this.rxOffset;
+    if (n > RX_SLAB_SIZE >>> 1) {
+      slab = Buffer.allocUnsafeSlow(n);
+      off = 0;
+    } else {
+      if (slab.length - off < n) {
+        slab = this.rxSlab = Buffer.allocUnsafeSlow(RX_SLAB_SIZE);
+        off = 0;
+      }
+      // keep the next copy 8-byte aligned
+      this.rxOffset = off + ((n + 7) & ~7);
+    }
+    frame.copy(slab, off, start + 1, end);
+    return Message.fromTrusted(
+      slab.subarray(off + MESSAGE_HEADER_SIZE, off + n),
+      slab.subarray(off, off + 16),
+      ttl,
+      flags,
+    );
   }
 
   /** Record received uuids in storage, one call per connection and turn; ack once committed. */
@@ -907,7 +1007,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.pendingSeen = [];
     const commit = this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
       () => {
-        for (const u of uuids) this.queueAck(c, u);
+        for (const u of uuids) this.queueAck(c, readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
       },
       (err) => this.reportError(err, c.id),
     );
@@ -919,27 +1019,27 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private seenWindow(ident: string): SeenWindow {
     let w = this.seen.get(ident);
     if (!w) {
-      w = { set: new Set(), order: [], head: 0 };
+      w = new SeenWindow(this.opts.dedupWindow);
       this.seen.set(ident, w);
     }
     return w;
   }
 
-  private rememberSeen(w: SeenWindow, key: string): void {
-    if (w.set.has(key)) return;
-    w.set.add(key);
-    w.order.push(key);
-    while (w.set.size > this.opts.dedupWindow) w.set.delete(w.order[w.head++]);
-    if (w.head > 4096 && w.head * 2 > w.order.length) {
-      w.order = w.order.slice(w.head);
-      w.head = 0;
-    }
-  }
-
-  private queueAck(c: Conn, uuid: Buffer): void {
+  /** Acknowledge a uuid (four little-endian int32): on the next turn, or now when the frame is full. */
+  private queueAck(c: Conn, u0: number, u1: number, u2: number, u3: number): void {
     if (c.dead || !this.conns.has(c.id)) return;
-    c.pendingAcks.push(uuid);
-    if (c.pendingAcks.length >= 1024) this.flushAcks(c);
+    let buf = c.ackBuf;
+    if (buf === null) {
+      buf = c.ackBuf = Buffer.allocUnsafe(1 + 16 * ACKS_PER_FRAME);
+      buf[0] = FRAME_ACK;
+      c.ackCount = 0;
+    }
+    const off = 1 + 16 * c.ackCount++;
+    writeI32(buf, off, u0);
+    writeI32(buf, off + 4, u1);
+    writeI32(buf, off + 8, u2);
+    writeI32(buf, off + 12, u3);
+    if (c.ackCount >= ACKS_PER_FRAME) this.flushAcks(c);
     else if (!c.ackScheduled) {
       c.ackScheduled = true;
       setImmediate(() => this.flushAcks(c));
@@ -948,9 +1048,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   private flushAcks(c: Conn): void {
     c.ackScheduled = false;
-    if (c.pendingAcks.length === 0 || c.dead || !this.conns.has(c.id)) return;
-    const uuids = c.pendingAcks;
-    c.pendingAcks = [];
-    this.packeter.sendPacket(c.id, encodeAck(uuids));
+    if (c.ackCount === 0 || c.dead || !this.conns.has(c.id)) return;
+    const buf = c.ackBuf!;
+    const n = c.ackCount;
+    c.ackBuf = null;
+    c.ackCount = 0;
+    this.packeter.sendPacket(c.id, buf.subarray(0, 1 + 16 * n));
   }
 }

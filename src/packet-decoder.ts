@@ -67,6 +67,15 @@ export class PacketDecoder {
    *   `'failed'` and throws the same error on every later call.
    */
   push(chunk: Buffer, onPacket: (payload: Buffer) => void): void {
+    this.pushRaw(chunk, (buf, start, end) => onPacket(start === 0 && end === buf.length ? buf : buf.subarray(start, end)));
+  }
+
+  /**
+   * Like {@link push}, but hands each payload over as `buf[start..end)` instead of as a view of
+   * its own, sparing a Buffer object per packet. `buf` is the chunk, or the joined parts of a
+   * payload that spanned several chunks.
+   */
+  pushRaw(chunk: Buffer, onPacket: (buf: Buffer, start: number, end: number) => void): void {
     if (this.error) throw this.error;
     const n = chunk.length;
     let off = 0;
@@ -91,11 +100,11 @@ export class PacketDecoder {
           throw this.error;
         }
         if (len === 0) {
-          onPacket(EMPTY);
+          onPacket(EMPTY, 0, 0);
         } else if (n - off >= len) {
-          const payload = chunk.subarray(off, off + len);
+          const start = off;
           off += len;
-          onPacket(payload);
+          onPacket(chunk, start, off);
         } else {
           this.expected = len;
           this.parts.push(chunk.subarray(off));
@@ -113,7 +122,7 @@ export class PacketDecoder {
         this.parts = [];
         this.received = 0;
         this.state_ = 'header';
-        onPacket(payload);
+        onPacket(payload, 0, payload.length);
       }
     }
   }

@@ -24,6 +24,15 @@ import {
 export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
 /** Payloads at least this large are written as they are instead of being copied into a batch. */
 const COPY_LIMIT = 16 * 1024;
+/**
+ * Small packets are copied, length prefix and all, into slabs of this size as they are sent; a
+ * flush writes the part of the slab filled since the last flush (no per-packet allocation, no
+ * joining at flush time). Written bytes of a slab are never touched again.
+ */
+const SLAB_SIZE = 64 * 1024;
+
+/** @internal Receives packets as `buf[start..end)`, see {@link Packeter.setPacketSink}. */
+export type PacketSink = (connId: ConnId, buf: Buffer, start: number, end: number) => void;
 
 /** Events of a {@link Packeter}. */
 export interface PacketerEvents {
@@ -33,6 +42,11 @@ export interface PacketerEvents {
   packet: [connId: ConnId, payload: Buffer];
   /** The packet with this id was fully handed to the kernel. */
   'packet-sent': [connId: ConnId, packetId: number];
+  /**
+   * Every packet of this connection up to and including `lastPacketId` was fully handed to the
+   * kernel: one event per write, after the `packet-sent` events of its packets.
+   */
+  'packets-sent': [connId: ConnId, lastPacketId: number];
   /** `writable(connId)` became true again. */
   drain: [connId: ConnId];
   /** A connection broke the framing (e.g. `ERR_FRAME_TOO_LARGE`); it has been closed. */
@@ -51,8 +65,13 @@ export interface PacketerOptions {
 interface ConnState {
   info: ConnectionInfo;
   decoder: PacketDecoder;
-  /** Buffers waiting for the next flush. */
+  /** Buffers waiting for the next flush, before the open slab part. */
   out: Buffer[];
+  /** Slab that small packets are copied into; bytes `slabStart..slabEnd` wait for the next flush. */
+  slab: Buffer | null;
+  slabStart: number;
+  slabEnd: number;
+  /** Bytes waiting for the next flush (`out` and the open slab part). */
   outBytes: number;
   /** Packet ids contained in `out`, in order. */
   outIds: number[];
@@ -81,6 +100,12 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   private readonly log: Logger;
   private readonly conns = new Map<ConnId, ConnState>();
   private nextPacketId = 1;
+  /**
+   * @internal Counts received chunks: packets emitted with the same value arrived together
+   * (so a listener can read the clock once per chunk).
+   */
+  chunksReceived = 0;
+  private sink: PacketSink | undefined;
 
   constructor(transport: Transport, options: PacketerOptions = {}) {
     super();
@@ -105,21 +130,95 @@ export class Packeter extends EventEmitter<PacketerEvents> {
    * @throws InvalidArgumentError when the payload is longer than a uint32 can announce.
    */
   sendPacket(connId: ConnId, payload: Uint8Array | Uint8Array[]): number {
-    const parts = Array.isArray(payload) ? payload : [payload];
+    if (!Array.isArray(payload)) return this.sendPacketParts(connId, undefined, payload);
     let len = 0;
-    for (const p of parts) len += p.length;
+    for (const p of payload) len += p.length;
     if (len > MAX_WIRE_PACKET_SIZE) {
       throw new InvalidArgumentError(`packet payload of ${len} bytes does not fit a uint32 length`);
     }
     const id = this.nextPacketId++;
     const c = this.conns.get(connId);
     if (!c || c.closed) return id;
-    const header = Buffer.allocUnsafe(PACKET_HEADER_SIZE);
-    header.writeUInt32BE(len, 0);
-    c.out.push(header);
-    for (const p of parts) {
-      if (p.length > 0) c.out.push(Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length));
+    this.put(c, len, undefined, payload);
+    return this.queued(connId, c, id, len);
+  }
+
+  /**
+   * Queue one packet whose payload is `head` followed by `body`: the same as
+   * `sendPacket(connId, [head, body])`, except that `head` is copied before this returns (so a
+   * caller may reuse it at once). `body` must not be modified until `packet-sent`.
+   * @internal
+   */
+  sendPacketParts(connId: ConnId, head: Uint8Array | undefined, body: Uint8Array): number {
+    const len = (head === undefined ? 0 : head.length) + body.length;
+    if (len > MAX_WIRE_PACKET_SIZE) {
+      throw new InvalidArgumentError(`packet payload of ${len} bytes does not fit a uint32 length`);
     }
+    const id = this.nextPacketId++;
+    const c = this.conns.get(connId);
+    if (!c || c.closed) return id;
+    this.put(c, len, head, body);
+    return this.queued(connId, c, id, len);
+  }
+
+  /** Append a packet to a connection's output: small parts copied into the slab, large ones kept. */
+  private put(c: ConnState, len: number, head: Uint8Array | undefined, body: Uint8Array | Uint8Array[]): void {
+    const copied = len < COPY_LIMIT;
+    const need = PACKET_HEADER_SIZE + (copied ? len : head === undefined ? 0 : head.length);
+    let slab = c.slab;
+    if (slab === null || slab.length - c.slabEnd < need) {
+      this.seal(c);
+      slab = c.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, need));
+      c.slabStart = c.slabEnd = 0;
+    }
+    let off = c.slabEnd;
+    slab.writeUInt32BE(len, off);
+    off += PACKET_HEADER_SIZE;
+    if (head !== undefined) {
+      slab.set(head, off);
+      off += head.length;
+    }
+    if (copied) {
+      if (Array.isArray(body)) {
+        for (const p of body) {
+          slab.set(p, off);
+          off += p.length;
+        }
+      } else {
+        slab.set(body, off);
+        off += body.length;
+      }
+      c.slabEnd = off;
+      return;
+    }
+    c.slabEnd = off;
+    for (const p of Array.isArray(body) ? body : [body]) {
+      if (p.length === 0) continue;
+      if (p.length < COPY_LIMIT) {
+        // a small part of a large packet: copy it too
+        if (slab.length - c.slabEnd < p.length) {
+          this.seal(c);
+          slab = c.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+          c.slabStart = c.slabEnd = 0;
+        }
+        slab.set(p, c.slabEnd);
+        c.slabEnd += p.length;
+      } else {
+        this.seal(c);
+        c.out.push(Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length));
+      }
+    }
+  }
+
+  /** Move the open slab part to `out`. */
+  private seal(c: ConnState): void {
+    if (c.slab !== null && c.slabEnd > c.slabStart) {
+      c.out.push(c.slab.subarray(c.slabStart, c.slabEnd));
+      c.slabStart = c.slabEnd;
+    }
+  }
+
+  private queued(connId: ConnId, c: ConnState, id: number, len: number): number {
     c.outBytes += PACKET_HEADER_SIZE + len;
     c.outIds.push(id);
     if (!c.scheduled && !c.blocked) {
@@ -138,6 +237,17 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   }
 
   /**
+   * How many more bytes a connection takes before `writable()` turns false (0 when it is
+   * already false or the connection is unknown). Does not arm `drain`: call `writable()` for that.
+   */
+  writableBytes(connId: ConnId): number {
+    const c = this.conns.get(connId);
+    if (!c || c.closed) return 0;
+    const room = this.highWaterMark - c.outBytes - this.transport.bufferedAmount(connId);
+    return room > 0 ? room : 0;
+  }
+
+  /**
    * Whether a connection takes more packets without growing past `highWaterMark`. When this
    * returns false, a `drain` event follows once it is true again.
    */
@@ -147,6 +257,18 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     if (this.bufferedAmount(connId) < this.highWaterMark) return true;
     c.needDrain = true;
     return false;
+  }
+
+  /**
+   * @internal Have every received packet handed to `sink` as `buf[start..end)` (before the
+   * `packet` listeners), sparing a Buffer object per packet; the layer above uses this instead
+   * of a `packet` listener. One sink per Packeter: returns false when another one is set.
+   */
+  setPacketSink(sink: PacketSink | undefined, previous?: PacketSink): boolean {
+    if (sink !== undefined && this.sink !== undefined) return false;
+    if (sink === undefined && this.sink !== previous) return false;
+    this.sink = sink;
+    return true;
   }
 
   /** What the transport told about a connection when it was established, or `undefined`. */
@@ -175,6 +297,9 @@ export class Packeter extends EventEmitter<PacketerEvents> {
       info,
       decoder: new PacketDecoder(this.maxPacketSize),
       out: [],
+      slab: null,
+      slabStart: 0,
+      slabEnd: 0,
       outBytes: 0,
       outIds: [],
       blocked: false,
@@ -193,9 +318,14 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   private readonly onRecv = (connId: ConnId, data: Buffer): void => {
     const c = this.conns.get(connId);
     if (!c || c.closed) return;
+    this.chunksReceived++;
     try {
-      c.decoder.push(data, (payload) => {
-        if (!c.closed) this.emit('packet', connId, payload);
+      c.decoder.pushRaw(data, (buf, start, end) => {
+        if (c.closed) return;
+        // Looked up per packet: a listener may come or go while a chunk is being decoded.
+        const sink = this.sink;
+        if (sink !== undefined) sink(connId, buf, start, end);
+        if (!c.closed && this.listenerCount('packet') > 0) this.emit('packet', connId, buf.subarray(start, end));
       });
     } catch (err) {
       if (!(err instanceof SnakeMQError)) throw err;
@@ -234,30 +364,17 @@ export class Packeter extends EventEmitter<PacketerEvents> {
 
   private flush(connId: ConnId, c: ConnState): void {
     if (c.blocked || c.closed || c.outIds.length === 0) return;
+    this.seal(c);
     const ids = c.outIds;
     const out = c.out;
     c.out = [];
     c.outIds = [];
     c.outBytes = 0;
-    // Join runs of small buffers; pass large ones through untouched.
-    const chunks: Buffer[] = [];
-    let run: Buffer[] = [];
-    let runBytes = 0;
-    for (const b of out) {
-      if (b.length >= COPY_LIMIT) {
-        if (run.length) chunks.push(run.length === 1 ? run[0] : Buffer.concat(run, runBytes));
-        run = [];
-        runBytes = 0;
-        chunks.push(b);
-      } else {
-        run.push(b);
-        runBytes += b.length;
-      }
-    }
-    if (run.length) chunks.push(run.length === 1 ? run[0] : Buffer.concat(run, runBytes));
-    const ok = this.transport.send(connId, chunks.length === 1 ? chunks[0] : chunks, (err) => {
+    // Packets are in slab parts and large buffers already: write them as they are.
+    const ok = this.transport.send(connId, out.length === 1 ? out[0] : out, (err) => {
       if (err) return;
-      for (const id of ids) this.emit('packet-sent', connId, id);
+      if (this.listenerCount('packet-sent') > 0) for (const id of ids) this.emit('packet-sent', connId, id);
+      this.emit('packets-sent', connId, ids[ids.length - 1]);
     });
     if (!ok) c.blocked = true;
   }
