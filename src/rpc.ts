@@ -631,7 +631,8 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private sendReply(ident: string, body: Buffer): void {
     if (this.closed) return;
-    this.messaging.sendMessage(ident, Message.fromTrusted(body, newUuid(), this.replyTtl, 0)).catch((err) => this.report(err, ident));
+    // A Message that draws its own uuid lets Messaging skip the duplicate-uuid index.
+    this.messaging.sendMessage(ident, new Message(body, { ttl: this.replyTtl })).catch((err) => this.report(err, ident));
   }
 }
 
