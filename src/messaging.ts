@@ -648,7 +648,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (ident === undefined || this.identConn.get(ident) !== c) return;
     this.identConn.delete(ident);
     const q = this.queues.get(ident);
-    if (q) {
+    if (q && q.size === 0 && q.lineHead >= q.line.length) {
+      // Nothing waits for this peer: forget its queue, so peers that come and go under ever
+      // new identities cannot grow memory. It is made anew when needed.
+      this.queues.delete(ident);
+    } else if (q) {
       q.disconnect(this.clock.now());
       this.armTtl(q);
     }

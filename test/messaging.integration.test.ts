@@ -89,6 +89,34 @@ describe('Messaging between two peers', () => {
   });
 });
 
+describe('memory', () => {
+  it('forgets the empty queues of peers that came and went, so new identities cannot grow it', async () => {
+    const alice = makePeer('alice');
+    const port = await listen(alice);
+    const net = await import('node:net');
+    let disconnects = 0;
+    alice.messaging.on('disconnect', () => disconnects++);
+    for (let i = 0; i < 100; i++) {
+      const ident = Buffer.from(`visitor-${i}`);
+      const frame = Buffer.alloc(5 + ident.length);
+      frame.writeUInt32BE(1 + ident.length);
+      frame[4] = 2;
+      ident.copy(frame, 5);
+      const sock = net.connect(port, '127.0.0.1');
+      await new Promise((r) => sock.once('connect', r));
+      sock.write(Buffer.concat([Buffer.from('000000050000000001', 'hex'), frame]));
+      await until(() => alice.messaging.isConnected(`visitor-${i}`));
+      sock.destroy();
+      await until(() => disconnects === i + 1);
+    }
+    const queues = (alice.messaging as unknown as { queues: Map<string, unknown> }).queues;
+    expect(queues.size).toBe(0);
+    // a peer that still has messages waiting keeps its queue
+    await alice.messaging.sendMessage('visitor-0', new Message('later'));
+    expect(queues.size).toBe(1);
+  });
+});
+
 describe('TTL', () => {
   it('drops a TTL-0 message to an absent peer at once, never queued', async () => {
     const bob = makePeer('bob');
