@@ -130,7 +130,7 @@ describe('sqlite storage specifics', () => {
     expect((await s.load()).length).toBe(2);
   });
 
-  it('uses WAL with synchronous=FULL by default', async () => {
+  it('uses WAL with synchronous=NORMAL by default, FULL on request', async () => {
     const file = newFile();
     await open(file).push([itemOf('q', 1)]);
     const db = new Database(file, { readonly: true });
@@ -141,7 +141,108 @@ describe('sqlite storage specifics', () => {
     }
     // synchronous is per connection: read it from the storage's own connection
     const s = opened[0] as unknown as { db: Database.Database };
-    expect(s.db.pragma('synchronous', { simple: true })).toBe(2);
+    expect(s.db.pragma('synchronous', { simple: true })).toBe(1);
+    const full = open(newFile(), { synchronous: 'full' }) as unknown as { db: Database.Database };
+    expect(full.db.pragma('synchronous', { simple: true })).toBe(2);
+    expect(() => new SqliteQueuesStorage(newFile(), { synchronous: 'FULL' as 'full' })).toThrow(
+      expect.objectContaining({ code: 'ERR_STORAGE' }),
+    );
+  });
+
+  it('migrates a schema version 1 file (unique key index, one seen row per uuid)', async () => {
+    const file = newFile();
+    const v1 = new Database(file);
+    v1.pragma('journal_mode = WAL');
+    v1.exec(`
+      CREATE TABLE items (seq INTEGER PRIMARY KEY, queue TEXT NOT NULL, uuid BLOB NOT NULL, ttl INTEGER,
+                          flags INTEGER NOT NULL, body BLOB NOT NULL);
+      CREATE UNIQUE INDEX items_key ON items (queue, uuid);
+      CREATE TABLE seen (seq INTEGER PRIMARY KEY, peer TEXT NOT NULL, uuid BLOB NOT NULL);
+      CREATE UNIQUE INDEX seen_key ON seen (peer, uuid);
+      CREATE INDEX seen_order ON seen (peer, seq);
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+      PRAGMA user_version = 1;
+    `);
+    const ins = v1.prepare('INSERT INTO items (queue, uuid, ttl, flags, body) VALUES (?, ?, ?, ?, ?)');
+    for (const it of [itemOf('b', 1), itemOf('a', 2, { ttl: 7 }), itemOf('b', 3)]) ins.run(it.queue, it.uuid, it.ttl, it.flags, it.body);
+    v1.prepare('DELETE FROM items WHERE seq = 2').run();
+    const seen = v1.prepare('INSERT INTO seen (peer, uuid) VALUES (?, ?)');
+    for (let i = 0; i < 600; i++) seen.run(i % 2 ? 'p' : 'r', uuidOf(i));
+    seen.run('odd', Buffer.from('short'));
+    v1.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('k', Buffer.from('v'));
+    v1.close();
+
+    const s = open(file);
+    expect((await s.load()).map((i) => `${i.queue}:${i.uuid.readUInt32BE(12)}`)).toEqual(['b:1', 'b:3']);
+    let w = await s.loadSeen();
+    expect(w.get('p')).toEqual(Array.from({ length: 300 }, (_, i) => uuidOf(2 * i + 1)));
+    expect(w.get('r')).toEqual(Array.from({ length: 300 }, (_, i) => uuidOf(2 * i)));
+    expect(w.get('odd')).toEqual([Buffer.from('short')]);
+    expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
+    // keys still dedupe, and new items go last
+    await s.push([itemOf('b', 1, { body: Buffer.from('dup') }), itemOf('a', 2)]);
+    await s.delete([{ queue: 'b', uuid: uuidOf(3) }]);
+    await s.addSeen('p', [uuidOf(1), uuidOf(1000)], 3);
+    const items = await s.load();
+    expect(items.map((i) => `${i.queue}:${i.uuid.readUInt32BE(12)}`)).toEqual(['b:1', 'a:2']);
+    expect(items[0]!.body.toString()).toBe('body-1');
+    w = await s.loadSeen();
+    expect(w.get('p')).toEqual([uuidOf(599), uuidOf(1), uuidOf(1000)]);
+    const raw = opened[0] as unknown as { db: Database.Database };
+    expect(raw.db.pragma('user_version', { simple: true })).toBe(2);
+    const names = raw.db.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all();
+    expect(names).not.toContain('seen');
+    expect(names).not.toContain('items_key');
+  });
+
+  it('keeps large seen windows exact across chunks, re-adds, trims and reopens', async () => {
+    const file = newFile();
+    let s = open(file);
+    // a reference model: the memory backend's semantics
+    const model = new Map<string, Buffer[]>();
+    const add = (peer: string, uuids: Buffer[], keep: number): Promise<void> => {
+      let list = model.get(peer) ?? [];
+      for (const u of uuids) list = [...list.filter((x) => !x.equals(u)), u];
+      list = list.slice(Math.max(0, list.length - keep));
+      if (list.length) model.set(peer, list);
+      else model.delete(peer);
+      return s.addSeen(peer, uuids, keep);
+    };
+    let n = 0;
+    let rnd = 12345;
+    const next = (m: number): number => {
+      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
+      return rnd % m;
+    };
+    for (let round = 0; round < 12; round++) {
+      const ps: Promise<void>[] = [];
+      for (let call = 0; call < 5; call++) {
+        const peer = `p${next(2)}`;
+        const uuids: Buffer[] = [];
+        const count = next(700);
+        for (let i = 0; i < count; i++) uuids.push(next(5) === 0 && n > 10 ? uuidOf(n - 1 - next(Math.min(n, 900))) : uuidOf(n++));
+        if (next(7) === 0) uuids.push(Buffer.from([n & 0xff, 1, 2]));
+        ps.push(add(peer, uuids, next(9) === 0 ? next(300) : 1000));
+      }
+      await Promise.all(ps);
+      if (round % 4 === 3) {
+        await s.close();
+        s = open(file);
+      }
+      const got = await s.loadSeen();
+      expect([...got.keys()].sort()).toEqual([...model.keys()].sort());
+      for (const [peer, list] of model) expect(got.get(peer)).toEqual(list);
+    }
+  });
+
+  it('deletes only the keys asked for when their sequence numbers are not consecutive', async () => {
+    const s = open(newFile());
+    await s.push(Array.from({ length: 10 }, (_, i) => itemOf(i % 2 ? 'odd' : 'even', i)));
+    await s.delete([0, 2, 3, 4, 6, 9].map((i) => ({ queue: i % 2 ? 'odd' : 'even', uuid: uuidOf(i) })));
+    await s.updateTtls([{ queue: 'odd', uuid: uuidOf(5), ttl: 55 }]);
+    const items = await s.load();
+    expect(items.map((i) => i.uuid.readUInt32BE(12))).toEqual([1, 5, 7, 8]);
+    expect(items[1]!.ttl).toBe(55);
   });
 
   it('refuses a file that is not a database, and a schema from a newer version, with ERR_STORAGE', async () => {
