@@ -44,7 +44,7 @@ import {
   ttlMsToWire,
 } from './protocol.js';
 import { AWAITING_ACK, PeerQueue, QItem, QUEUED, SeenWindow, WRITING, readI32, uuidKey, writeI32 } from './queue.js';
-import type { QueuesStorage, StoredItem } from './storage.js';
+import type { ItemKey, QueuesStorage, StoredItem } from './storage.js';
 
 export { Message, FLAG_PERSISTENT };
 
@@ -550,13 +550,24 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   }
 
   /** Remove an item from its queue and storage; wake blocked senders when there is room. */
-  private removeItem(q: PeerQueue, item: QItem): void {
+  /**
+   * Remove an item from its queue and storage; wake blocked senders when there is room. With
+   * `deletes`, its storage key is collected there for one `storage.delete` of many (see
+   * {@link deleteStored}) instead of a call of its own.
+   */
+  private removeItem(q: PeerQueue, item: QItem, deletes?: ItemKey[]): void {
     const wasFull = this.full(q, 0);
     q.remove(item);
     if (item.stored) {
-      this.storage!.delete([{ queue: q.ident, uuid: item.uuid() }]).catch((err) => this.reportError(err, undefined));
+      const key = { queue: q.ident, uuid: item.uuid() };
+      if (deletes) deletes.push(key);
+      else this.deleteStored([key]);
     }
     this.afterRemoval(q, wasFull);
+  }
+
+  private deleteStored(keys: ItemKey[]): void {
+    if (keys.length) this.storage!.delete(keys).catch((err) => this.reportError(err, undefined));
   }
 
   /** Items left a queue: queue blocked senders' messages that fit, and report `drain` if it was full. */
@@ -877,6 +888,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const w = c.writing;
     const ids = c.writingIds;
     let i = c.writingHead;
+    const deletes: ItemKey[] = [];
     while (i < w.length && ids[i] <= lastId) {
       const item = w[i++];
       if (item.removed || item.state !== WRITING) continue;
@@ -884,10 +896,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       if (c.acks) {
         item.state = AWAITING_ACK;
       } else if (q) {
-        this.removeItem(q, item);
+        this.removeItem(q, item, deletes);
         if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
       }
     }
+    this.deleteStored(deletes);
     c.writingHead = i;
     if (i === c.writing.length) {
       c.writing = [];
@@ -912,6 +925,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!q) return;
     // In-flight items by uuid, built only when an ack does not match the oldest item.
     let index: Map<string, QItem> | undefined;
+    const deletes: ItemKey[] = [];
     for (let off = start + 1; off < end; off += 16) {
       // Acks come in sending order: the oldest item in flight is normally the one.
       let item: QItem | undefined = q.items[q.head];
@@ -920,9 +934,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         item = index.get(uuidKey(frame, off));
         if (item === undefined || item.state === QUEUED || item.removed) continue;
       }
-      this.removeItem(q, item);
+      this.removeItem(q, item, deletes);
       if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
     }
+    this.deleteStored(deletes);
     this.schedulePump(q);
   }
 
