@@ -468,6 +468,18 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   }
 
   /**
+   * The registered object and method a request names, and whether the method is a signal.
+   * @throws UnknownObjectError, UnknownMethodError
+   */
+  private lookup(req: WireRequest): { obj: object; fn: AnyFunction; signal: boolean } {
+    const reg = this.objects.get(req.object);
+    if (!reg) throw new UnknownObjectError(req.object);
+    const fn = findMethod(reg.obj, req.method);
+    if (!fn) throw new UnknownMethodError(req.object, req.method);
+    return { obj: reg.obj, fn, signal: isRpcSignal(fn) || reg.signals.has(req.method) };
+  }
+
+  /**
    * Run a request that is not persisted and send its reply. A method returning a value that is
    * not a promise (or thenable) is answered at once; otherwise once it settles.
    */
@@ -475,12 +487,9 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     let markedSignal = false;
     let result: unknown;
     try {
-      const reg = this.objects.get(req.object);
-      if (!reg) throw new UnknownObjectError(req.object);
-      const fn = findMethod(reg.obj, req.method);
-      if (!fn) throw new UnknownMethodError(req.object, req.method);
-      markedSignal = isRpcSignal(fn) || reg.signals.has(req.method);
-      result = fn.apply(reg.obj, req.args);
+      const { obj, fn, signal } = this.lookup(req);
+      markedSignal = signal;
+      result = fn.apply(obj, req.args);
       if (result instanceof Promise) {
         this.runAsync(ident, entry, req, result, markedSignal);
         return;
@@ -521,12 +530,9 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     let markedSignal = false;
     let result: unknown;
     try {
-      const reg = this.objects.get(req.object);
-      if (!reg) throw new UnknownObjectError(req.object);
-      const fn = findMethod(reg.obj, req.method);
-      if (!fn) throw new UnknownMethodError(req.object, req.method);
-      markedSignal = isRpcSignal(fn) || reg.signals.has(req.method);
-      result = await fn.apply(reg.obj, req.args);
+      const { obj, fn, signal } = this.lookup(req);
+      markedSignal = signal;
+      result = await fn.apply(obj, req.args);
     } catch (err) {
       return this.failureReply(ident, req, err, markedSignal);
     }

@@ -81,3 +81,21 @@ export function checkMeta(key: string, value?: Buffer | null): void {
     throw new InvalidArgumentError('meta value must be a Buffer or null');
   }
 }
+
+/** A promise with its settle functions, shared by every caller of one storage batch. */
+export interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** A new {@link Deferred} (Node 20 has no `Promise.withResolvers`). */
+export function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}

@@ -15,7 +15,7 @@ import {
 } from 'mongodb';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
+import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
 
 /** Options of {@link MongoQueuesStorage.connect}. */
 export interface MongoQueuesStorageOptions {
@@ -45,13 +45,7 @@ interface Batch {
 }
 
 function newBatch(): Batch {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { ops: [], caps: null, promise, resolve, reject };
+  return { ops: [], caps: null, ...deferred() };
 }
 
 function errMessage(err: unknown): string {

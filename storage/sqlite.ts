@@ -7,7 +7,7 @@
 import Database from 'better-sqlite3';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
+import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
 
 /** Options of {@link SqliteQueuesStorage}. */
 export interface SqliteQueuesStorageOptions {
@@ -78,13 +78,7 @@ interface Batch {
 }
 
 function newBatch(): Batch {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { ops: [], promise, resolve, reject };
+  return { ops: [], ...deferred() };
 }
 
 function errMessage(err: unknown): string {
