@@ -130,17 +130,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
    * @throws InvalidArgumentError when the payload is longer than a uint32 can announce.
    */
   sendPacket(connId: ConnId, payload: Uint8Array | Uint8Array[]): number {
-    if (!Array.isArray(payload)) return this.sendPacketParts(connId, undefined, payload);
+    if (!Array.isArray(payload)) return this.enqueue(connId, payload.length, undefined, payload);
     let len = 0;
     for (const p of payload) len += p.length;
-    if (len > MAX_WIRE_PACKET_SIZE) {
-      throw new InvalidArgumentError(`packet payload of ${len} bytes does not fit a uint32 length`);
-    }
-    const id = this.nextPacketId++;
-    const c = this.conns.get(connId);
-    if (!c || c.closed) return id;
-    this.put(c, len, undefined, payload);
-    return this.queued(connId, c, id, len);
+    return this.enqueue(connId, len, undefined, payload);
   }
 
   /**
@@ -150,7 +143,11 @@ export class Packeter extends EventEmitter<PacketerEvents> {
    * @internal
    */
   sendPacketParts(connId: ConnId, head: Uint8Array | undefined, body: Uint8Array): number {
-    const len = (head === undefined ? 0 : head.length) + body.length;
+    return this.enqueue(connId, (head === undefined ? 0 : head.length) + body.length, head, body);
+  }
+
+  /** Check the length, number the packet and queue it (dropped for unknown or closed connections). */
+  private enqueue(connId: ConnId, len: number, head: Uint8Array | undefined, body: Uint8Array | Uint8Array[]): number {
     if (len > MAX_WIRE_PACKET_SIZE) {
       throw new InvalidArgumentError(`packet payload of ${len} bytes does not fit a uint32 length`);
     }
