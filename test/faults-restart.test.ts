@@ -3,39 +3,24 @@
  * - the sender: every send whose promise resolved arrives exactly once, in order;
  * - the receiver: nothing is lost, and each restart repeats at most one in-flight window.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SqliteQueuesStorage } from '../storage/sqlite.js';
 import { FLAG_PERSISTENT, Message } from '../src/message.js';
 import { type Child, killAllChildren, spawnFixture } from './helpers/children.js';
 import { prng, randInt } from './helpers/fault-proxy.js';
 import { closeAllPeers, listen, makePeer } from './helpers/peers.js';
+import { cleanupTemp, sqlite, tempDir } from './helpers/temp.js';
 import { until } from './helpers/wait.js';
 
 const SEED = Number(process.env.SNAKEMQ_FAULT_SEED ?? 20240611);
-const storages: SqliteQueuesStorage[] = [];
-const dirs: string[] = [];
 
 afterEach(async () => {
   await killAllChildren();
   await closeAllPeers();
-  for (const s of storages.splice(0)) await s.close();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  await cleanupTemp();
 });
 
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'snakemq-restart-'));
-  dirs.push(d);
-  return d;
-}
 
-function sqlite(file: string): SqliteQueuesStorage {
-  const s = new SqliteQueuesStorage(file);
-  storages.push(s);
-  return s;
-}
 
 /** "<gen>:<i>" → [gen, i] */
 const parse = (body: string): [number, number] => body.split(':').map(Number) as [number, number];
@@ -46,7 +31,7 @@ describe('a sender killed with SIGKILL and restarted twice on the same SQLite fi
     'delivers every send whose promise resolved exactly once, in order',
     async () => {
       const rand = prng(SEED);
-      const dir = tempDir();
+      const dir = tempDir('snakemq-restart-');
       const alice = makePeer('alice', { storage: sqlite(join(dir, 'alice.db')) });
       const received: string[] = [];
       alice.messaging.on('message', (_c, ident, m) => {
@@ -104,7 +89,7 @@ describe('a receiver killed with SIGKILL and restarted twice on the same SQLite 
     'loses nothing and repeats at most one in-flight window per restart',
     async () => {
       const rand = prng(SEED + 1);
-      const dir = tempDir();
+      const dir = tempDir('snakemq-restart-');
       const MAX_IN_FLIGHT = 64;
       const bob = makePeer('bob', { storage: sqlite(join(dir, 'bob.db')), maxInFlight: MAX_IN_FLIGHT });
       const port = await listen(bob);

@@ -4,45 +4,30 @@
  * Acknowledged delivery must still hand every message to alice's application exactly once and
  * in order.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SqliteQueuesStorage } from '../storage/sqlite.js';
 import { FLAG_PERSISTENT, Message } from '../src/message.js';
 import { FaultProxy, FrameTracker, prng, randInt } from './helpers/fault-proxy.js';
 import { closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
+import { cleanupTemp, sqlite, tempDir } from './helpers/temp.js';
 import { until, waitFor } from './helpers/wait.js';
 
 const SEED = Number(process.env.SNAKEMQ_FAULT_SEED ?? 20240611);
 
 const proxies: FaultProxy[] = [];
-const storages: SqliteQueuesStorage[] = [];
 const sockets: net.Socket[] = [];
 const servers: net.Server[] = [];
-const dirs: string[] = [];
 
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.destroy();
   for (const p of proxies.splice(0)) await p.close();
   await closeAllPeers();
-  for (const s of storages.splice(0)) await s.close();
+  await cleanupTemp();
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'snakemq-faults-'));
-  dirs.push(d);
-  return d;
-}
 
-function sqlite(file: string): SqliteQueuesStorage {
-  const s = new SqliteQueuesStorage(file);
-  storages.push(s);
-  return s;
-}
 
 function proxy(...args: ConstructorParameters<typeof FaultProxy>): FaultProxy {
   const p = new FaultProxy(...args);
@@ -149,7 +134,7 @@ describe('acknowledged delivery through a connection cut at random offsets', () 
   it(
     '10,000 persistent messages, 20+ cuts (10+ inside a packet): each arrives once, in order',
     async () => {
-      const dir = tempDir();
+      const dir = tempDir('snakemq-faults-');
       const alice = makePeer('alice', { storage: sqlite(join(dir, 'alice.db')) });
       const bob = makePeer('bob', { storage: sqlite(join(dir, 'bob.db')) });
       const errors: Error[] = [];
