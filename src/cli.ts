@@ -304,26 +304,18 @@ function makePeer(name: string, storage: QueuesStorage | undefined): Peer {
   return { link, packeter, messaging, storage };
 }
 
-const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-
 /**
  * Stop a peer without losing what it owes the other side: stop taking messages, let pending
  * acknowledgements be committed and written, end every connection with a FIN (not a reset),
  * then close everything.
  */
 async function shutdown(p: Peer, cmd: string): Promise<void> {
+  // Messaging.close() commits the uuids of received messages and queues their acks; closing
+  // a connection below lets queued packets leave before the FIN.
   await p.messaging.close();
-  // Messaging.close() does not wait for what it still owes the peer: received uuids are
-  // handed to storage.addSeen in a setImmediate, acknowledged once committed (another
-  // setImmediate), and the packeter writes in the next one. Let those run before and after
-  // the storage commits its last batch.
-  await tick();
-  await tick();
   if (p.storage) {
     await p.storage.close().catch((err: Error) => warn(cmd, `closing the storage failed: ${err.message}`));
   }
-  await tick();
-  await tick();
   const ids = p.link.connectionIds();
   if (ids.length > 0) {
     await new Promise<void>((resolve) => {
