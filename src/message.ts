@@ -27,14 +27,22 @@ export interface MessageOptions {
 export class Message {
   /** The body. */
   readonly body: Buffer;
-  /** 16-byte uuid. */
-  readonly uuid: Buffer;
   /** Time to live in milliseconds, `null` = infinite. For a received message: as it came on the wire. */
   readonly ttl: number | null;
   /** Flag bits. */
   readonly flags: number;
-  /** The uuid was drawn by {@link newUuid} for this message, which no queue has taken yet. */
-  #fresh = false;
+  /**
+   * @internal Where the uuid's 16 bytes are: `_src[_off..]`, a slab of random bytes or of
+   * received frames shared with other messages. A Buffer of its own is made only when
+   * {@link uuid} is read, so sending or receiving a message creates no uuid object.
+   */
+  _src: Buffer;
+  /** @internal */
+  _off: number;
+  /** @internal The Buffer handed out by {@link uuid}, once read. */
+  _uuid: Buffer | undefined;
+  /** @internal The uuid was drawn by {@link newUuid} for this message and no queue has taken it yet. */
+  _fresh: boolean;
 
   /**
    * @param body bytes, or a string (encoded as UTF-8)
@@ -47,11 +55,6 @@ export class Message {
       this.body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     } else throw new InvalidArgumentError('message body must be a Buffer, Uint8Array or string');
     const { uuid, ttl = null, flags = 0 } = options;
-    if (uuid === undefined) {
-      this.uuid = newUuid();
-      this.#fresh = true;
-    } else if (uuid instanceof Uint8Array && uuid.length === 16) this.uuid = Buffer.from(uuid);
-    else throw new InvalidArgumentError('message uuid must be 16 bytes');
     if (ttl !== null && (typeof ttl !== 'number' || !(ttl >= 0) || !Number.isFinite(ttl))) {
       throw new InvalidArgumentError(`message ttl must be a non-negative number of ms or null, got ${ttl}`);
     }
@@ -60,6 +63,22 @@ export class Message {
     }
     this.ttl = ttl;
     this.flags = flags;
+    if (uuid === undefined) {
+      this._src = takeRandom16();
+      this._off = slabOffset - 16;
+      this._uuid = undefined;
+      this._fresh = true;
+    } else if (uuid instanceof Uint8Array && uuid.length === 16) {
+      this._src = Buffer.from(uuid);
+      this._off = 0;
+      this._uuid = this._src;
+      this._fresh = false;
+    } else throw new InvalidArgumentError('message uuid must be 16 bytes');
+  }
+
+  /** 16-byte uuid. */
+  get uuid(): Buffer {
+    return (this._uuid ??= this._src.subarray(this._off, this._off + 16));
   }
 
   /** Whether {@link FLAG_PERSISTENT} is set. */
@@ -69,16 +88,24 @@ export class Message {
 
   /** The uuid as 32 lowercase hex digits. */
   get uuidHex(): string {
-    return this.uuid.toString('hex');
+    return this._src.toString('hex', this._off, this._off + 16);
   }
 
   /** @internal Build without validation (decoded from the wire or storage). */
   static fromTrusted(body: Buffer, uuid: Buffer, ttl: number | null, flags: number): Message {
+    return Message.fromWire(body, uuid, 0, ttl, flags);
+  }
+
+  /** @internal Build without validation, the uuid being `src[off..off + 16)` (not copied). */
+  static fromWire(body: Buffer, src: Buffer, off: number, ttl: number | null, flags: number): Message {
     const m = Object.create(Message.prototype) as { -readonly [K in keyof Message]: Message[K] };
     m.body = body;
-    m.uuid = uuid;
     m.ttl = ttl;
     m.flags = flags;
+    m._src = src;
+    m._off = off;
+    m._uuid = undefined;
+    m._fresh = false;
     return m as Message;
   }
 
@@ -88,32 +115,36 @@ export class Message {
    * equal the uuid of any message queued so far (the bytes of a Message must not be changed).
    */
   static takeFresh(m: Message): boolean {
-    if (!(#fresh in m) || !m.#fresh) return false;
-    m.#fresh = false;
+    if (!m._fresh) return false;
+    m._fresh = false;
     return true;
   }
 }
 
-// Uuids are views of slabs of random bytes: one randomFillSync per 256 uuids instead of one per
+// Uuids are drawn from slabs of random bytes: one randomFillSync per 256 uuids instead of one per
 // uuid (which cost over a quarter of the send path's CPU), and none of Node's shared Buffer pool
 // (whose slabs the bodies of queued messages keep alive).
 const SLAB_BYTES = 16 * 256;
-let slab = new ArrayBuffer(0);
+let slab = Buffer.alloc(0);
 let slabOffset = SLAB_BYTES;
 
-/** A fresh random 16-byte uuid (version 4, RFC 9562). */
-export function newUuid(): Buffer {
+/** The slab holding 16 fresh random bytes (version 4 uuid) at `slabOffset - 16`. */
+function takeRandom16(): Buffer {
   if (slabOffset === SLAB_BYTES) {
-    slab = new ArrayBuffer(SLAB_BYTES);
-    const bytes = new Uint8Array(slab);
-    randomFillSync(bytes);
+    slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    randomFillSync(slab);
     for (let off = 0; off < SLAB_BYTES; off += 16) {
-      bytes[off + 6] = (bytes[off + 6] & 0x0f) | 0x40;
-      bytes[off + 8] = (bytes[off + 8] & 0x3f) | 0x80;
+      slab[off + 6] = (slab[off + 6] & 0x0f) | 0x40;
+      slab[off + 8] = (slab[off + 8] & 0x3f) | 0x80;
     }
     slabOffset = 0;
   }
-  const out = Buffer.from(slab, slabOffset, 16);
   slabOffset += 16;
-  return out;
+  return slab;
+}
+
+/** A fresh random 16-byte uuid (version 4, RFC 9562). */
+export function newUuid(): Buffer {
+  const src = takeRandom16();
+  return src.subarray(slabOffset - 16, slabOffset);
 }

@@ -43,8 +43,19 @@ import {
   encodeProtocolVersion,
   ttlMsToWire,
 } from './protocol.js';
-import { AWAITING_ACK, PeerQueue, QItem, QUEUED, SeenWindow, WRITING, readI32, uuidKey, writeI32 } from './queue.js';
-import type { ItemKey, QueuesStorage, StoredItem } from './storage.js';
+import {
+  AWAITING_ACK,
+  FRAME_HEAD_SIZE,
+  FRAME_TTL_OFFSET,
+  PeerQueue,
+  QUEUED,
+  SeenWindow,
+  WRITING,
+  readI32,
+  uuidKey,
+  writeI32,
+} from './queue.js';
+import type { ItemKey, QueuesStorage } from './storage.js';
 
 export { Message, FLAG_PERSISTENT };
 
@@ -140,8 +151,8 @@ interface Conn {
   keepalive?: TimerHandle;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
-  /** Items being written on this connection, in packet order, and their packet ids. */
-  writing: QItem[];
+  /** Seqs of the items being written on this connection, in packet order, and their packet ids. */
+  writing: number[];
   writingIds: number[];
   writingHead: number;
   /** The ack frame being gathered: type byte then `ackCount` uuids. */
@@ -309,9 +320,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       case 'drop-oldest':
         while (this.full(q, bytes)) {
           const victim = q.oldestUnsent();
-          if (!victim) throw new QueueFullError(q.ident, this.opts.queueLimit);
+          if (victim < 0) throw new QueueFullError(q.ident, this.opts.queueLimit);
+          const uuid = q.uuid(victim);
           this.removeItem(q, victim);
-          this.emit('message-drop', q.ident, victim.uuid(), 'queue-full');
+          this.emit('message-drop', q.ident, uuid, 'queue-full');
         }
         break;
       case 'block':
@@ -334,18 +346,19 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Push a message into its queue (and storage); synchronous. Returns the storage commit, if any. */
   private enqueue(ident: string, q: PeerQueue, message: Message): Promise<void> | undefined {
     if (this.closed) throw new ClosedError('messaging');
-    const uuid = message.uuid;
+    const src = message._src;
+    const off = message._off;
     // A uuid drawn for this message and never queued before cannot be queued already; any
     // other one is looked up (which makes the queue keep an index until it empties).
-    if ((!Message.takeFresh(message) || q.index !== undefined) && q.find(uuid, 0) !== undefined) {
+    if ((!Message.takeFresh(message) || q.index !== undefined) && q.find(src, off) >= 0) {
       throw new InvalidArgumentError('a message with this uuid is already queued', 'ERR_DUPLICATE_UUID');
     }
     const stored = this.storage !== undefined && (message.flags & FLAG_PERSISTENT) !== 0;
-    const item = new QItem(uuid, 0, message.body, message.flags, message.ttl, stored);
-    q.push(item, item.ttl !== null && q.since !== null ? this.clock.now() : 0);
+    const ttl = message.ttl;
+    q.push(src, off, message.body, message.flags, ttl, stored, ttl !== null && q.since !== null ? this.clock.now() : 0);
     let commit: Promise<void> | undefined;
     if (stored) {
-      commit = this.storage!.push([{ queue: ident, uuid, ttl: message.ttl, flags: item.flags, body: item.body }]);
+      commit = this.storage!.push([{ queue: ident, uuid: message.uuid, ttl, flags: message.flags, body: message.body }]);
     }
     if (!q.pumpScheduled) this.schedulePump(q);
     if (q.since !== null) this.armTtl(q);
@@ -360,9 +373,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   cancelMessage(ident: string, uuid: Uint8Array): boolean {
     const q = this.queues.get(ident);
     if (!q || !(uuid instanceof Uint8Array) || uuid.length !== 16) return false;
-    const item = q.find(Buffer.from(uuid.buffer, uuid.byteOffset, 16), 0);
-    if (!item || item.state !== QUEUED) return false;
-    this.removeItem(q, item);
+    const slot = q.slotOf(q.find(Buffer.from(uuid.buffer, uuid.byteOffset, 16), 0));
+    if (slot < 0 || q.isRemoved(slot) || q.state(slot) !== QUEUED) return false;
+    this.removeItem(q, slot);
     return true;
   }
 
@@ -481,7 +494,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       if (!this.storage) return;
       const [items, seen] = await Promise.all([this.storage.load(), this.storage.loadSeen()]);
       const now = this.clock.now();
-      for (const s of items) this.queue(s.queue).push(this.itemFromStorage(s), now);
+      for (const s of items) this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now);
       for (const [peer, uuids] of seen) {
         const w = this.seenWindow(peer);
         for (const u of uuids) {
@@ -497,10 +510,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         if (q) this.schedulePump(q);
       }
     }
-  }
-
-  private itemFromStorage(s: StoredItem): QItem {
-    return new QItem(s.uuid, 0, s.body, s.flags, s.ttl, true);
   }
 
   // ---------------------------------------------------------------- queues
@@ -549,20 +558,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
   }
 
-  /** Remove an item from its queue and storage; wake blocked senders when there is room. */
   /**
-   * Remove an item from its queue and storage; wake blocked senders when there is room. With
-   * `deletes`, its storage key is collected there for one `storage.delete` of many (see
-   * {@link deleteStored}) instead of a call of its own.
+   * Remove an item (by slot) from its queue and storage; wake blocked senders when there is
+   * room. Slots of the queue may move afterwards.
    */
-  private removeItem(q: PeerQueue, item: QItem, deletes?: ItemKey[]): void {
+  private removeItem(q: PeerQueue, slot: number): void {
     const wasFull = this.full(q, 0);
-    q.remove(item);
-    if (item.stored) {
-      const key = { queue: q.ident, uuid: item.uuid() };
-      if (deletes) deletes.push(key);
-      else this.deleteStored([key]);
-    }
+    if (q.isStored(slot)) this.deleteStored([{ queue: q.ident, uuid: q.uuid(slot) }]);
+    q.remove(slot);
     this.afterRemoval(q, wasFull);
   }
 
@@ -597,9 +600,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const wasFull = this.full(q, 0);
     const expired = q.expire(this.clock.now());
     if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: it.uuid() }));
+      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: Buffer.from(it.uuid) }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', q.ident, it.uuid(), 'ttl');
+      for (const it of expired) this.emit('message-drop', q.ident, it.uuid, 'ttl');
       this.afterRemoval(q, wasFull);
     }
     this.armTtl(q);
@@ -607,11 +610,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   private writeBackTtls(q: PeerQueue): Promise<void> | undefined {
     if (!this.storage || q.finite === 0) return;
-    const now = this.clock.now();
-    const updates = [];
-    for (const it of q.live()) {
-      if (it.stored && it.ttl !== null) updates.push({ queue: q.ident, uuid: it.uuid(), ttl: Math.max(0, q.remaining(it, now)!) });
-    }
+    const updates = q.storedTtls(this.clock.now()).map((u) => ({ queue: q.ident, uuid: u.uuid, ttl: u.ttl }));
     return updates.length ? this.storage.updateTtls(updates) : undefined;
   }
 
@@ -814,9 +813,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.ttlTimers.delete(ident);
     }
     if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: it.uuid() }));
+      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: Buffer.from(it.uuid) }));
       if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', ident, it.uuid(), 'ttl');
+      for (const it of expired) this.emit('message-drop', ident, it.uuid, 'ttl');
       this.afterRemoval(q, wasFull);
     }
     this.writeBackTtls(q)?.catch((err) => this.reportError(err, undefined));
@@ -836,9 +835,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     });
   }
 
-  /** Message frame head (type, uuid, TTL, flags), rewritten for every message sent. */
-  private readonly head = Buffer.alloc(1 + MESSAGE_HEADER_SIZE);
-
   private pump(ident: string): void {
     if (!this.loaded || this.closed) return;
     const c = this.identConn.get(ident);
@@ -848,8 +844,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const windowed = c.acks;
     const maxInFlight = this.opts.maxInFlight;
     const maxInFlightBytes = this.opts.maxInFlightBytes;
-    const head = this.head;
-    head[0] = FRAME_MESSAGE;
     // Bytes the connection takes before writable() turns false; asked again when used up.
     let room = 0;
     for (;;) {
@@ -858,22 +852,32 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         if (!p.writable(c.id)) return;
         room = p.writableBytes(c.id);
       }
-      const item = q.peekUnsent();
-      if (!item) return;
-      const len = item.body.length + 1 + MESSAGE_HEADER_SIZE;
+      const s = q.peekUnsent();
+      if (s < 0) return;
+      const len = q.bodyLength(s) + FRAME_HEAD_SIZE;
       if (len > c.peerMaxPacket) {
-        q.sendCursor++;
-        this.removeItem(q, item);
-        this.emit('message-drop', ident, item.uuid(), 'too-large');
+        const uuid = q.uuid(s);
+        this.removeItem(q, s);
+        this.emit('message-drop', ident, uuid, 'too-large');
         continue;
       }
-      item.writeUuid(head, 1);
-      const ttl = item.ttl === null ? TTL_INFINITE_WIRE : ttlMsToWire(item.ttl);
-      head.writeUInt32BE(ttl, 17);
-      head.writeUInt32BE(item.flags, 21);
-      const id = p.sendPacketParts(c.id, head, item.body);
-      q.markWriting(item);
-      c.writing.push(item);
+      // The queue keeps the frame as it goes on the wire; only the TTL is filled in now.
+      const chunk = q.chunk(s);
+      const off = q.frameOffset(s);
+      const t = q.ttl(s);
+      const ttl = t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t);
+      const o = off + FRAME_TTL_OFFSET;
+      chunk[o] = ttl >>> 24;
+      chunk[o + 1] = ttl >>> 16;
+      chunk[o + 2] = ttl >>> 8;
+      chunk[o + 3] = ttl;
+      const body = q.largeBody(s);
+      const id =
+        body === undefined
+          ? p.sendPacket(c.id, chunk.subarray(off, off + len))
+          : p.sendPacketParts(c.id, chunk.subarray(off, off + FRAME_HEAD_SIZE), body);
+      q.markWriting(s);
+      c.writing.push(q.seqOf(s));
       c.writingIds.push(id);
       room -= len + 4;
     }
@@ -888,17 +892,27 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const w = c.writing;
     const ids = c.writingIds;
     let i = c.writingHead;
+    const sentEvents = this.listenerCount('message-sent') > 0;
+    const deliveredEvents = this.listenerCount('message-delivered') > 0;
+    const wasFull = q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
     while (i < w.length && ids[i] <= lastId) {
-      const item = w[i++];
-      if (item.removed || item.state !== WRITING) continue;
-      if (this.listenerCount('message-sent') > 0) this.emit('message-sent', connId, ident, item.uuid());
+      const seq = w[i++];
+      if (q === undefined) continue;
+      // Looked up per item: a listener may have queued or removed messages meanwhile.
+      const s = q.slotOf(seq);
+      if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
+      const uuid = sentEvents || deliveredEvents ? q.uuid(s) : undefined;
       if (c.acks) {
-        item.state = AWAITING_ACK;
-      } else if (q) {
-        this.removeItem(q, item, deletes);
-        if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
+        q.setState(s, AWAITING_ACK);
+        if (sentEvents) this.emit('message-sent', connId, ident, uuid!);
+        continue;
       }
+      // A plain snakeMQ peer: written is delivered.
+      if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
+      q.remove(s);
+      if (sentEvents) this.emit('message-sent', connId, ident, deliveredEvents ? Buffer.from(uuid!) : uuid!);
+      if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
     c.writingHead = i;
@@ -911,7 +925,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       c.writingIds = c.writingIds.slice(i);
       c.writingHead = 0;
     }
-    if (!c.acks && q) this.schedulePump(q);
+    if (!c.acks && q) {
+      this.afterRemoval(q, wasFull);
+      this.schedulePump(q);
+    }
   };
 
   private readonly onDrain = (connId: ConnId): void => {
@@ -923,32 +940,29 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private onAck(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
     const q = this.queues.get(ident);
     if (!q) return;
-    // In-flight items by uuid, built only when an ack does not match the oldest item.
-    let index: Map<string, QItem> | undefined;
+    const deliveredEvents = this.listenerCount('message-delivered') > 0;
+    const wasFull = this.full(q, 0);
+    // Seqs of the items in flight by uuid, built only when an ack does not match the oldest item.
+    let index: Map<string, number> | undefined;
     const deletes: ItemKey[] = [];
     for (let off = start + 1; off < end; off += 16) {
       // Acks come in sending order: the oldest item in flight is normally the one.
-      let item: QItem | undefined = q.items[q.head];
-      if (item === undefined || item.state === QUEUED || item.removed || !item.is(frame, off)) {
-        index ??= this.inflightIndex(q);
-        item = index.get(uuidKey(frame, off));
-        if (item === undefined || item.state === QUEUED || item.removed) continue;
+      let s = q.head;
+      if (s >= q.end || !q.isInFlight(s) || !q.uuidIs(s, frame, off)) {
+        index ??= q.inflightIndex();
+        const seq = index.get(uuidKey(frame, off));
+        if (seq === undefined) continue;
+        s = q.slotOf(seq);
+        if (s < 0 || !q.isInFlight(s)) continue;
       }
-      this.removeItem(q, item, deletes);
-      if (this.listenerCount('message-delivered') > 0) this.emit('message-delivered', ident, item.uuid());
+      if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
+      const uuid = deliveredEvents ? q.uuid(s) : undefined;
+      q.remove(s);
+      if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
+    this.afterRemoval(q, wasFull);
     this.schedulePump(q);
-  }
-
-  /** The items of a queue in flight (written or being written), by uuid key. */
-  private inflightIndex(q: PeerQueue): Map<string, QItem> {
-    const index = new Map<string, QItem>();
-    for (let i = q.head; i < q.sendCursor && i < q.items.length; i++) {
-      const it = q.items[i];
-      if (!it.removed && it.state !== QUEUED) index.set(it.key(), it);
-    }
-    return index;
   }
 
   // ---------------------------------------------------------------- receiving
@@ -1006,12 +1020,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.rxOffset = off + ((n + 7) & ~7);
     }
     frame.copy(slab, off, start + 1, end);
-    return Message.fromTrusted(
-      slab.subarray(off + MESSAGE_HEADER_SIZE, off + n),
-      slab.subarray(off, off + 16),
-      ttl,
-      flags,
-    );
+    return Message.fromWire(slab.subarray(off + MESSAGE_HEADER_SIZE, off + n), slab, off, ttl, flags);
   }
 
   /** Record received uuids in storage, one call per connection and turn; ack once committed. */

@@ -3,18 +3,23 @@
  * the peer is not connected) and the cursors of acknowledged delivery; and the receiver's
  * dedup window. Pure: no I/O, time comes in as arguments.
  *
- * Layout of `items` from `head`: items awaiting acknowledgement or being written, then
- * items not yet sent (from `sendCursor`). Removed items are flagged and skipped.
+ * Memory: a queued message is no JavaScript object at all. Its frame as it goes on the wire
+ * (type byte, uuid, TTL, flags, body) is copied into a chunk of queue memory when it is
+ * queued, and its bookkeeping lives in parallel typed arrays: the garbage collector sees a few
+ * arrays and chunk buffers per queue however many messages wait, and the application's body
+ * and Message die young. Bodies of {@link COPY_BODY_LIMIT} bytes or more are kept by
+ * reference instead of copied (only their frame head goes into a chunk).
  *
- * Memory: a queued item is one small object holding its uuid as four int32 (no Buffer, no
- * string) plus the body the application handed over; no per-item map entry unless a queue
- * needs one (see {@link PeerQueue.index}).
+ * Items are named by a sequence number (`seq`), stable for the life of the queue; the arrays
+ * hold the items `head..end` at slots `seq - base`, removed items flagged and skipped until
+ * the head passes them.
  *
  * @module
  */
 import type { Message } from './message.js';
+import { FRAME_MESSAGE, MESSAGE_HEADER_SIZE } from './protocol.js';
 
-/** Item states (the low bits of {@link QItem.bits}). */
+/** Item states (the low bits of an item's bits). */
 export const QUEUED = 0;
 export const WRITING = 1;
 export const AWAITING_ACK = 2;
@@ -23,83 +28,21 @@ const STATE = 3;
 const STORED = 4;
 const REMOVED = 8;
 
-/** A queued message. The uuid is kept as four little-endian int32 of its bytes. */
-export class QItem {
-  u0: number;
-  u1: number;
-  u2: number;
-  u3: number;
-  body: Buffer;
-  flags: number;
-  /**
-   * Remaining TTL in ms: while the queue is connected, the remaining time; while not, the
-   * remaining time as of `PeerQueue.since` (so expiry = since + ttl). `null` = infinite.
-   */
-  ttl: number | null;
-  /** State, stored and removed bits. */
-  bits: number;
+/** Bytes of a message frame before its body: type byte, uuid, TTL, flags. */
+export const FRAME_HEAD_SIZE = 1 + MESSAGE_HEADER_SIZE;
+/** Offset of the wire TTL in a message frame. */
+export const FRAME_TTL_OFFSET = 17;
+/** Bodies of at least this many bytes are kept by reference, not copied into a chunk. */
+export const COPY_BODY_LIMIT = 16 * 1024;
+const MIN_CHUNK = 4 * 1024;
+const MAX_CHUNK = 64 * 1024;
+const MIN_SLOTS = 16;
 
-  /** @param uuid 16 bytes at `off` of `uuid` */
-  constructor(uuid: Buffer, off: number, body: Buffer, flags: number, ttl: number | null, stored: boolean) {
-    this.u0 = readI32(uuid, off);
-    this.u1 = readI32(uuid, off + 4);
-    this.u2 = readI32(uuid, off + 8);
-    this.u3 = readI32(uuid, off + 12);
-    this.body = body;
-    this.flags = flags;
-    this.ttl = ttl;
-    this.bits = stored ? STORED : 0;
-  }
-
-  get state(): number {
-    return this.bits & STATE;
-  }
-
-  set state(s: number) {
-    this.bits = (this.bits & ~STATE) | s;
-  }
-
-  get stored(): boolean {
-    return (this.bits & STORED) !== 0;
-  }
-
-  get removed(): boolean {
-    return (this.bits & REMOVED) !== 0;
-  }
-
-  /** Whether the 16 bytes at `off` of `buf` are this item's uuid. */
-  is(buf: Buffer, off: number): boolean {
-    return (
-      readI32(buf, off) === this.u0 &&
-      readI32(buf, off + 4) === this.u1 &&
-      readI32(buf, off + 8) === this.u2 &&
-      readI32(buf, off + 12) === this.u3
-    );
-  }
-
-  /** Write the uuid at `off` of `buf`. */
-  writeUuid(buf: Buffer, off: number): void {
-    writeI32(buf, off, this.u0);
-    writeI32(buf, off + 4, this.u1);
-    writeI32(buf, off + 8, this.u2);
-    writeI32(buf, off + 12, this.u3);
-  }
-
-  /** The uuid as a new Buffer. */
-  uuid(): Buffer {
-    const b = Buffer.allocUnsafe(16);
-    this.writeUuid(b, 0);
-    return b;
-  }
-
-  /** The uuid as a latin1 string (a map key). */
-  key(): string {
-    this.writeUuid(keyScratch, 0);
-    return keyScratch.toString('latin1', 0, 16);
-  }
+/** A message removed by expiry: what the caller reports and deletes from storage. */
+export interface RemovedItem {
+  uuid: Buffer;
+  stored: boolean;
 }
-
-const keyScratch = Buffer.alloc(16);
 
 /**
  * The little-endian int32 at `off` (which the caller knows to be in bounds). Plain indexing:
@@ -131,15 +74,38 @@ export interface Waiter {
 
 export class PeerQueue {
   readonly ident: string;
-  items: QItem[] = [];
+  /** First slot in use (items before it are gone). */
   head = 0;
-  /** Index of the first item not yet handed to a connection. */
+  /** One past the last slot in use. */
+  end = 0;
+  /** First slot not yet handed to a connection. */
   sendCursor = 0;
+  /** Seq of the item at slot 0. */
+  private base = 0;
+  private cap = 0;
+  /** Per slot: number of the chunk holding the frame, its offset there, body length. */
+  private chunkNo = new Int32Array(0);
+  private offs = new Int32Array(0);
+  private lens = new Int32Array(0);
   /**
-   * Live items by uuid key, kept only once a queue needed a lookup by uuid (a message whose
-   * uuid may repeat a queued one, or `cancelMessage`), and dropped when the queue empties.
+   * Per slot: remaining TTL in ms (NaN = infinite): while the queue is connected, the
+   * remaining time; while not, the remaining time as of `since` (so expiry = since + ttl).
    */
-  index: Map<string, QItem> | undefined;
+  private ttls = new Float64Array(0);
+  /** Per slot: state, stored and removed bits. */
+  private bits = new Uint8Array(0);
+  /** Chunks of frames; `chunks[k]` is chunk number `chunkBase + k`; the last one is being filled. */
+  private chunks: Buffer[] = [];
+  private chunkBase = 0;
+  /** Bytes used of the last chunk. */
+  private fill = 0;
+  /** Bodies kept by reference (at least {@link COPY_BODY_LIMIT} bytes), by seq. */
+  private large: Map<number, Buffer> | undefined;
+  /**
+   * Seqs of live items by uuid key, kept only once a queue needed a lookup by uuid (a message
+   * whose uuid may repeat a queued one, or `cancelMessage`), and dropped when the queue empties.
+   */
+  index: Map<string, number> | undefined;
   /** Live items and their body bytes. */
   size = 0;
   bytes = 0;
@@ -165,83 +131,218 @@ export class PeerQueue {
     return this.since === null;
   }
 
-  /** Remaining TTL of an item at `now`, ms (`null` = infinite). */
-  remaining(item: QItem, now: number): number | null {
-    if (item.ttl === null) return null;
-    return this.since === null ? item.ttl : item.ttl - (now - this.since);
-  }
-
-  /** Append an item whose TTL counts from `now`. */
-  push(item: QItem, now: number): void {
-    if (item.ttl !== null) {
-      if (this.since !== null) item.ttl += now - this.since;
+  /**
+   * Append a message: `src[srcOff..srcOff + 16)` is its uuid. Its TTL counts from `now`
+   * (read only for a finite TTL while disconnected). Returns its seq.
+   */
+  push(src: Uint8Array, srcOff: number, body: Buffer, flags: number, ttl: number | null, stored: boolean, now: number): number {
+    if (this.end === this.cap) this.makeRoom();
+    const n = body.length;
+    const byRef = n >= COPY_BODY_LIMIT;
+    const need = FRAME_HEAD_SIZE + (byRef ? 0 : n);
+    let k = this.chunks.length - 1;
+    let chunk = this.chunks[k];
+    if (chunk === undefined || chunk.length - this.fill < need) {
+      chunk = this.newChunk(need);
+      k++;
+    }
+    const off = this.fill;
+    chunk[off] = FRAME_MESSAGE;
+    writeI32(chunk, off + 1, readI32(src, srcOff));
+    writeI32(chunk, off + 5, readI32(src, srcOff + 4));
+    writeI32(chunk, off + 9, readI32(src, srcOff + 8));
+    writeI32(chunk, off + 13, readI32(src, srcOff + 12));
+    // the TTL (off + 17) is written when the frame is sent
+    chunk[off + 21] = flags >>> 24;
+    chunk[off + 22] = flags >>> 16;
+    chunk[off + 23] = flags >>> 8;
+    chunk[off + 24] = flags;
+    if (!byRef) chunk.set(body, off + FRAME_HEAD_SIZE);
+    this.fill = off + need;
+    const s = this.end++;
+    this.chunkNo[s] = this.chunkBase + k;
+    this.offs[s] = off;
+    this.lens[s] = n;
+    let t = NaN;
+    if (ttl !== null) {
+      t = this.since !== null ? ttl + (now - this.since) : ttl;
       this.finite++;
     }
-    this.items.push(item);
-    if (this.index !== undefined) this.index.set(item.key(), item);
+    this.ttls[s] = t;
+    this.bits[s] = stored ? STORED : 0;
+    const seq = this.base + s;
+    if (byRef) (this.large ??= new Map()).set(seq, body);
+    if (this.index !== undefined) this.index.set(this.key(s), seq);
     this.size++;
-    this.bytes += item.body.length;
+    this.bytes += n;
+    return seq;
   }
 
-  /** Remove an item (delivered, dropped or expired). */
-  remove(item: QItem): void {
-    const bits = item.bits;
-    if ((bits & REMOVED) !== 0) return;
-    item.bits = bits | REMOVED;
-    if (this.index !== undefined) this.index.delete(item.key());
+  /** The slot of a live or removed item still in the arrays, or -1. */
+  slotOf(seq: number): number {
+    const s = seq - this.base;
+    return s >= this.head && s < this.end ? s : -1;
+  }
+
+  seqOf(slot: number): number {
+    return this.base + slot;
+  }
+
+  state(slot: number): number {
+    return this.bits[slot] & STATE;
+  }
+
+  setState(slot: number, state: number): void {
+    this.bits[slot] = (this.bits[slot] & ~STATE) | state;
+  }
+
+  isRemoved(slot: number): boolean {
+    return (this.bits[slot] & REMOVED) !== 0;
+  }
+
+  /** Live and in flight (written or being written). */
+  isInFlight(slot: number): boolean {
+    const b = this.bits[slot];
+    return (b & REMOVED) === 0 && (b & STATE) !== QUEUED;
+  }
+
+  isStored(slot: number): boolean {
+    return (this.bits[slot] & STORED) !== 0;
+  }
+
+  bodyLength(slot: number): number {
+    return this.lens[slot];
+  }
+
+  /** The item's TTL as kept (see `ttls`), `null` = infinite. */
+  ttl(slot: number): number | null {
+    const t = this.ttls[slot];
+    return Number.isNaN(t) ? null : t;
+  }
+
+  /** Remaining TTL of an item at `now`, ms (`null` = infinite). */
+  remaining(slot: number, now: number): number | null {
+    const t = this.ttls[slot];
+    if (Number.isNaN(t)) return null;
+    return this.since === null ? t : t - (now - this.since);
+  }
+
+  /** The chunk holding the item's frame, at {@link frameOffset}. */
+  chunk(slot: number): Buffer {
+    return this.chunks[this.chunkNo[slot] - this.chunkBase];
+  }
+
+  frameOffset(slot: number): number {
+    return this.offs[slot];
+  }
+
+  /**
+   * The body kept by reference, or `undefined` when the body follows the frame head in the
+   * chunk (a body shorter than {@link COPY_BODY_LIMIT}).
+   */
+  largeBody(slot: number): Buffer | undefined {
+    return this.lens[slot] >= COPY_BODY_LIMIT ? this.large!.get(this.base + slot) : undefined;
+  }
+
+  /** Whether the 16 bytes at `off` of `buf` are the item's uuid. */
+  uuidIs(slot: number, buf: Uint8Array, off: number): boolean {
+    const c = this.chunk(slot);
+    const o = this.offs[slot] + 1;
+    return (
+      readI32(c, o) === readI32(buf, off) &&
+      readI32(c, o + 4) === readI32(buf, off + 4) &&
+      readI32(c, o + 8) === readI32(buf, off + 8) &&
+      readI32(c, o + 12) === readI32(buf, off + 12)
+    );
+  }
+
+  /** The item's uuid as a new Buffer. */
+  uuid(slot: number): Buffer {
+    const c = this.chunk(slot);
+    const o = this.offs[slot] + 1;
+    const b = Buffer.allocUnsafe(16);
+    // four int32 moves: Buffer#copy costs several times more for 16 bytes
+    writeI32(b, 0, readI32(c, o));
+    writeI32(b, 4, readI32(c, o + 4));
+    writeI32(b, 8, readI32(c, o + 8));
+    writeI32(b, 12, readI32(c, o + 12));
+    return b;
+  }
+
+  /** The item's uuid as a map key. */
+  key(slot: number): string {
+    return uuidKey(this.chunk(slot), this.offs[slot] + 1);
+  }
+
+  /** Remove an item (delivered, dropped or expired). Slots stay valid until the next push. */
+  remove(slot: number): void {
+    if (slot < this.head || slot >= this.end) return;
+    const b = this.bits[slot];
+    if ((b & REMOVED) !== 0) return;
+    this.bits[slot] = b | REMOVED;
+    const n = this.lens[slot];
+    if (this.index !== undefined) this.index.delete(this.key(slot));
+    if (n >= COPY_BODY_LIMIT) this.large!.delete(this.base + slot);
     this.size--;
-    this.bytes -= item.body.length;
-    if (item.ttl !== null) this.finite--;
-    if ((bits & STATE) !== QUEUED) {
+    this.bytes -= n;
+    if (!Number.isNaN(this.ttls[slot])) this.finite--;
+    if ((b & STATE) !== QUEUED) {
       this.inflight--;
-      this.inflightBytes -= item.body.length;
+      this.inflightBytes -= n;
     }
-    this.trim();
+    if (slot === this.head) this.trim();
   }
 
-  /** The live item with the uuid at `off` of `buf`, or `undefined`. */
-  find(buf: Buffer, off: number): QItem | undefined {
+  /** The seq of the live item with the uuid at `off` of `buf`, or -1. */
+  find(buf: Buffer, off: number): number {
     if (this.index === undefined) {
-      if (this.size === 0) return undefined;
-      const index = new Map<string, QItem>();
-      for (let i = this.head; i < this.items.length; i++) {
-        const it = this.items[i];
-        if (!it.removed) index.set(it.key(), it);
-      }
+      if (this.size === 0) return -1;
+      const index = new Map<string, number>();
+      for (let s = this.head; s < this.end; s++) if ((this.bits[s] & REMOVED) === 0) index.set(this.key(s), this.base + s);
       this.index = index;
     }
-    return this.index.get(uuidKey(buf, off));
+    return this.index.get(uuidKey(buf, off)) ?? -1;
   }
 
-  /** Next item to send, marked WRITING with `packetId` by the caller via {@link markWriting}. */
-  peekUnsent(): QItem | undefined {
-    const items = this.items;
-    let i = this.sendCursor;
-    while (i < items.length && (items[i].bits & REMOVED) !== 0) i++;
-    this.sendCursor = i;
-    return items[i];
+  /** Seqs of the items in flight (written or being written), by uuid key. */
+  inflightIndex(): Map<string, number> {
+    const index = new Map<string, number>();
+    for (let s = this.head; s < this.sendCursor && s < this.end; s++) {
+      if (this.isInFlight(s)) index.set(this.key(s), this.base + s);
+    }
+    return index;
   }
 
-  markWriting(item: QItem): void {
-    item.bits = (item.bits & ~STATE) | WRITING;
+  /** Slot of the next item to send (marked by the caller via {@link markWriting}), or -1. */
+  peekUnsent(): number {
+    const bits = this.bits;
+    const end = this.end;
+    let s = this.sendCursor;
+    while (s < end && (bits[s] & REMOVED) !== 0) s++;
+    this.sendCursor = s;
+    return s < end ? s : -1;
+  }
+
+  /** Mark the item {@link peekUnsent} returned as being written. */
+  markWriting(slot: number): void {
+    this.bits[slot] = (this.bits[slot] & ~STATE) | WRITING;
     this.inflight++;
-    this.inflightBytes += item.body.length;
-    this.sendCursor++;
+    this.inflightBytes += this.lens[slot];
+    this.sendCursor = slot + 1;
   }
 
-  /** The oldest item not in flight (for the drop-oldest policy). */
-  oldestUnsent(): QItem | undefined {
+  /** The slot of the oldest item not in flight (for the drop-oldest policy), or -1. */
+  oldestUnsent(): number {
     return this.peekUnsent();
   }
 
   /** The peer connected: freeze remaining TTLs. Returns the items that expired meanwhile. */
-  connect(now: number): QItem[] {
+  connect(now: number): RemovedItem[] {
     const expired = this.since === null ? [] : this.expire(now);
     if (this.since !== null && this.finite > 0) {
       const elapsed = now - this.since;
-      for (let i = this.head; i < this.items.length; i++) {
-        const it = this.items[i];
-        if (!it.removed && it.ttl !== null) it.ttl -= elapsed;
+      for (let s = this.head; s < this.end; s++) {
+        if ((this.bits[s] & REMOVED) === 0 && !Number.isNaN(this.ttls[s])) this.ttls[s] -= elapsed;
       }
     }
     this.since = null;
@@ -253,12 +354,11 @@ export class PeerQueue {
    * TTLs start running down from `now`.
    */
   disconnect(now: number): void {
-    for (let i = this.head; i < this.sendCursor && i < this.items.length; i++) {
-      const it = this.items[i];
-      if (!it.removed && it.state !== QUEUED) {
-        it.state = QUEUED;
+    for (let s = this.head; s < this.sendCursor && s < this.end; s++) {
+      if (this.isInFlight(s)) {
+        this.bits[s] &= ~STATE;
         this.inflight--;
-        this.inflightBytes -= it.body.length;
+        this.inflightBytes -= this.lens[s];
       }
     }
     this.sendCursor = this.head;
@@ -266,15 +366,22 @@ export class PeerQueue {
   }
 
   /** Remove and return the items whose TTL ran out at `now` (only while disconnected). */
-  expire(now: number): QItem[] {
+  expire(now: number): RemovedItem[] {
     if (this.since === null || this.finite === 0) return [];
     const elapsed = now - this.since;
-    const out: QItem[] = [];
-    for (let i = this.head; i < this.items.length; i++) {
-      const it = this.items[i];
-      if (!it.removed && it.ttl !== null && it.ttl - elapsed <= 0 && it.state === QUEUED) out.push(it);
+    const seqs: number[] = [];
+    const out: RemovedItem[] = [];
+    for (let s = this.head; s < this.end; s++) {
+      const b = this.bits[s];
+      if ((b & REMOVED) === 0 && (b & STATE) === QUEUED && this.ttls[s] - elapsed <= 0) {
+        seqs.push(this.base + s);
+        out.push({ uuid: this.uuid(s), stored: (b & STORED) !== 0 });
+      }
     }
-    for (const it of out) this.remove(it);
+    for (const seq of seqs) {
+      const s = this.slotOf(seq);
+      if (s >= 0) this.remove(s);
+    }
     return out;
   }
 
@@ -282,33 +389,92 @@ export class PeerQueue {
   nextExpiry(): number | null {
     if (this.since === null || this.finite === 0) return null;
     let min = Infinity;
-    for (let i = this.head; i < this.items.length; i++) {
-      const it = this.items[i];
-      if (!it.removed && it.ttl !== null && it.ttl < min) min = it.ttl;
+    for (let s = this.head; s < this.end; s++) {
+      if ((this.bits[s] & REMOVED) === 0 && this.ttls[s] < min) min = this.ttls[s];
     }
     return min === Infinity ? null : this.since + min;
   }
 
-  /** Live items in order (for TTL write-back and inspection). */
-  *live(): IterableIterator<QItem> {
-    for (let i = this.head; i < this.items.length; i++) if (!this.items[i].removed) yield this.items[i];
+  /** Uuids and remaining TTLs (at `now`, at least 0) of the live stored items with a finite TTL. */
+  storedTtls(now: number): { uuid: Buffer; ttl: number }[] {
+    const out: { uuid: Buffer; ttl: number }[] = [];
+    for (let s = this.head; s < this.end; s++) {
+      const b = this.bits[s];
+      if ((b & REMOVED) === 0 && (b & STORED) !== 0 && !Number.isNaN(this.ttls[s])) {
+        out.push({ uuid: this.uuid(s), ttl: Math.max(0, this.remaining(s, now)!) });
+      }
+    }
+    return out;
   }
 
+  /** Room for one more slot: move the live slots to the front when half is free, else grow. */
+  private makeRoom(): void {
+    const h = this.head;
+    if (h > 0 && h * 2 >= this.end) {
+      const end = this.end;
+      this.chunkNo.copyWithin(0, h, end);
+      this.offs.copyWithin(0, h, end);
+      this.lens.copyWithin(0, h, end);
+      this.ttls.copyWithin(0, h, end);
+      this.bits.copyWithin(0, h, end);
+      this.base += h;
+      this.end -= h;
+      this.sendCursor -= h;
+      this.head = 0;
+      return;
+    }
+    this.resize(Math.max(MIN_SLOTS, this.cap * 2));
+  }
+
+  private resize(cap: number): void {
+    const n = Math.min(this.end, cap);
+    const grow = <T extends Int32Array | Float64Array | Uint8Array>(a: T, b: T): T => {
+      b.set(a.subarray(0, n));
+      return b;
+    };
+    this.chunkNo = grow(this.chunkNo, new Int32Array(cap));
+    this.offs = grow(this.offs, new Int32Array(cap));
+    this.lens = grow(this.lens, new Int32Array(cap));
+    this.ttls = grow(this.ttls, new Float64Array(cap));
+    this.bits = grow(this.bits, new Uint8Array(cap));
+    this.cap = cap;
+  }
+
+  /** Start a chunk of at least `need` bytes; larger ones as more chunks are in use. */
+  private newChunk(need: number): Buffer {
+    const size = Math.max(need, Math.min(MAX_CHUNK, MIN_CHUNK << this.chunks.length));
+    const chunk = Buffer.allocUnsafeSlow(size);
+    this.chunks.push(chunk);
+    this.fill = 0;
+    return chunk;
+  }
+
+  /** Advance the head past removed items; release chunks no item needs any more. */
   private trim(): void {
-    const items = this.items;
-    let head = this.head;
-    while (head < items.length && (items[head].bits & REMOVED) !== 0) head++;
-    this.head = head;
-    if (this.sendCursor < head) this.sendCursor = head;
-    if (head === items.length) {
-      this.items = [];
-      this.head = 0;
-      this.sendCursor = 0;
+    const bits = this.bits;
+    const end = this.end;
+    let h = this.head;
+    while (h < end && (bits[h] & REMOVED) !== 0) h++;
+    this.head = h;
+    if (this.sendCursor < h) this.sendCursor = h;
+    if (h === end) {
+      // Empty: keep the chunk being filled (appending goes on after what it holds).
+      this.base += end;
+      this.head = this.end = this.sendCursor = 0;
       this.index = undefined;
-    } else if (head > 1024 && head * 2 > items.length) {
-      this.items = items.slice(head);
-      this.sendCursor -= head;
-      this.head = 0;
+      this.large = undefined;
+      const n = this.chunks.length;
+      if (n > 1) {
+        this.chunks = [this.chunks[n - 1]];
+        this.chunkBase += n - 1;
+      }
+      if (this.cap > 8192) this.resize(MIN_SLOTS);
+      return;
+    }
+    const drop = this.chunkNo[h] - this.chunkBase;
+    if (drop > 0) {
+      this.chunks.splice(0, drop);
+      this.chunkBase += drop;
     }
   }
 }
