@@ -517,8 +517,15 @@ export class SeenWindow {
 
   /** Add a uuid (four little-endian int32); no-op when present. */
   add(a: number, b: number, c: number, d: number): void {
+    if (!this.has(a, b, c, d)) this.addAbsent(a, b, c, d);
+  }
+
+  /**
+   * Add a uuid that {@link has} just reported absent (skips the second lookup). Adding one
+   * that is present only wastes a place in the window.
+   */
+  addAbsent(a: number, b: number, c: number, d: number): void {
     const h = hash(a, b, c, d);
-    if (this.slotOf(a, b, c, d, h) >= 0) return;
     let pos: number;
     if (this.count === this.limit) {
       pos = this.first;

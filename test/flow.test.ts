@@ -164,7 +164,7 @@ describe('a producer and a slow reader', () => {
       // The reader's side of the connection passes on at most 1 MiB/s (a frame here is ~37
       // bytes: ~28,000 messages/s, well below what the producer offers unhindered here), and
       // would stop reading from the producer if it fell behind by more than 64 KiB (the
-      // producer's in-flight window of 1000 unacknowledged messages keeps it below that).
+      // producer's queue limit of 1000 messages, in flight included, keeps it below that).
       const proxy = new FaultProxy({
         target: { port: await listen(alice) },
         bytesPerSecond: SLOW_BYTES_PER_SECOND,
