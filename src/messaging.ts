@@ -49,6 +49,7 @@ import {
   FRAME_TTL_OFFSET,
   PeerQueue,
   QUEUED,
+  type SeenIndex,
   SeenWindow,
   WRITING,
   readI32,
@@ -167,6 +168,12 @@ interface Conn {
   ackScheduled: boolean;
   /** The dedup window of the identified peer. */
   seen: SeenWindow | undefined;
+  /**
+   * Received messages of this connection still to be looked up in the dedup window, and the
+   * lookup set (built on the first of them; `null` once none is left or the window was empty).
+   */
+  checkLeft: number;
+  seenIndex: SeenIndex | null | undefined;
 }
 
 /** Uuids per ack frame at most (an ack frame is sent at the latest on the next turn). */
@@ -639,6 +646,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       pendingSeen: [],
       ackScheduled: false,
       seen: undefined,
+      checkLeft: 0,
+      seenIndex: undefined,
     };
     this.conns.set(connId, c);
     this.packeter.sendPacket(connId, encodeProtocolVersion(PROTOCOL_VERSION));
@@ -807,6 +816,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     c.ident = ident;
     c.seen = this.seenWindow(ident);
+    // Only a new connection's first messages can repeat ones received before (see SeenWindow).
+    c.checkLeft = c.seen.limit;
+    c.seenIndex = undefined;
     this.identConn.set(ident, c);
     const q = this.queue(ident);
     const wasFull = this.full(q, 0);
@@ -992,13 +1004,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const u2 = readI32(frame, start + 9);
     const u3 = readI32(frame, start + 13);
     const w = c.seen ?? this.seenWindow(ident);
-    if (w.has(u0, u1, u2, u3)) {
-      this.queueAck(c, u0, u1, u2, u3);
-      return;
+    if (c.checkLeft > 0) {
+      c.checkLeft--;
+      let index = c.seenIndex;
+      if (index === undefined) index = c.seenIndex = w.size > 0 ? w.index() : null;
+      if (c.checkLeft === 0) c.seenIndex = null;
+      if (index !== null && index.has(u0, u1, u2, u3)) {
+        // a resend of one we have: acknowledge it again, deliver it not
+        this.queueAck(c, u0, u1, u2, u3);
+        return;
+      }
     }
     const m = this.copyMessage(frame, start, end, ttl, flags);
     this.emit('message', c.id, ident, m);
-    w.addAbsent(u0, u1, u2, u3);
+    w.add(u0, u1, u2, u3);
     if (this.storage) this.queueSeen(c, ident, m.uuid);
     else this.queueAck(c, u0, u1, u2, u3);
   }

@@ -480,56 +480,39 @@ export class PeerQueue {
 }
 
 /**
- * The receiver's dedup window of one peer: the newest `limit` distinct uuids, oldest evicted
- * first (adding a uuid already present changes nothing). An open-addressing hash table over
- * a ring of uuids kept as int32 quadruples: no object, string or Buffer per uuid.
+ * The receiver's dedup window of one peer: the newest `limit` uuids received from it, oldest
+ * dropped first, in a ring of int32 quadruples (no object, string or Buffer per uuid). Adding
+ * is a sequential write.
+ *
+ * Looking up needs a {@link SeenIndex}, built from the window when a connection of the peer
+ * starts: a sender resends only what was in flight when its previous connection ended, and
+ * resends it first, so only the first `limit` messages of a connection (at least twice the
+ * sender's in-flight window) can repeat one already received. Messages after them are not
+ * looked up at all.
  */
 export class SeenWindow {
   readonly limit: number;
   private cap: number;
   /** Ring of uuids, 4 int32 each, oldest at `first`. */
   private ring: Int32Array;
-  private hashes: Int32Array;
   private first = 0;
   private count = 0;
-  /** Hash table of ring positions + 1 (0 = empty), linear probing. */
-  private table: Int32Array;
-  private mask: number;
 
   constructor(limit: number) {
     this.limit = Math.max(1, Math.floor(limit));
     this.cap = Math.min(this.limit, 1024);
     this.ring = new Int32Array(this.cap * 4);
-    this.hashes = new Int32Array(this.cap);
-    const size = tableSize(this.cap);
-    this.table = new Int32Array(size);
-    this.mask = size - 1;
   }
 
   get size(): number {
     return this.count;
   }
 
-  /** Whether the uuid (as four little-endian int32) is in the window. */
-  has(a: number, b: number, c: number, d: number): boolean {
-    return this.slotOf(a, b, c, d, hash(a, b, c, d)) >= 0;
-  }
-
-  /** Add a uuid (four little-endian int32); no-op when present. */
+  /** Add a uuid (four little-endian int32), dropping the oldest when the window is full. */
   add(a: number, b: number, c: number, d: number): void {
-    if (!this.has(a, b, c, d)) this.addAbsent(a, b, c, d);
-  }
-
-  /**
-   * Add a uuid that {@link has} just reported absent (skips the second lookup). Adding one
-   * that is present only wastes a place in the window.
-   */
-  addAbsent(a: number, b: number, c: number, d: number): void {
-    const h = hash(a, b, c, d);
     let pos: number;
     if (this.count === this.limit) {
       pos = this.first;
-      this.unlink(pos);
       this.first = pos + 1 === this.cap ? 0 : pos + 1;
     } else {
       if (this.count === this.cap) this.grow();
@@ -538,79 +521,73 @@ export class SeenWindow {
       this.count++;
     }
     const r = this.ring;
-    r[pos * 4] = a;
-    r[pos * 4 + 1] = b;
-    r[pos * 4 + 2] = c;
-    r[pos * 4 + 3] = d;
-    this.hashes[pos] = h;
-    this.link(pos, h);
+    const p = pos * 4;
+    r[p] = a;
+    r[p + 1] = b;
+    r[p + 2] = c;
+    r[p + 3] = d;
   }
 
-  /** Table slot holding the uuid, or -1. */
-  private slotOf(a: number, b: number, c: number, d: number, h: number): number {
-    const t = this.table;
-    const r = this.ring;
-    const mask = this.mask;
-    for (let i = h & mask; ; i = (i + 1) & mask) {
-      const e = t[i];
-      if (e === 0) return -1;
-      const p = (e - 1) * 4;
-      if (r[p] === a && r[p + 1] === b && r[p + 2] === c && r[p + 3] === d) return i;
+  /** A lookup set of the uuids in the window now (later adds do not change it). */
+  index(): SeenIndex {
+    const n = this.count;
+    const uuids = new Int32Array(n * 4);
+    for (let k = 0; k < n; k++) {
+      let p = this.first + k;
+      if (p >= this.cap) p -= this.cap;
+      uuids.set(this.ring.subarray(p * 4, p * 4 + 4), k * 4);
     }
-  }
-
-  private link(pos: number, h: number): void {
-    const t = this.table;
-    const mask = this.mask;
-    let i = h & mask;
-    while (t[i] !== 0) i = (i + 1) & mask;
-    t[i] = pos + 1;
-  }
-
-  /** Remove ring position `pos` from the table (backward-shift deletion). */
-  private unlink(pos: number): void {
-    const t = this.table;
-    const mask = this.mask;
-    let i = this.hashes[pos] & mask;
-    while (t[i] !== pos + 1) i = (i + 1) & mask;
-    for (let j = (i + 1) & mask; ; j = (j + 1) & mask) {
-      const e = t[j];
-      if (e === 0) break;
-      const home = this.hashes[e - 1] & mask;
-      // Leave the entry at j when its home lies cyclically in (i, j].
-      if (i <= j ? i < home && home <= j : i < home || home <= j) continue;
-      t[i] = e;
-      i = j;
-    }
-    t[i] = 0;
+    return new SeenIndex(uuids);
   }
 
   private grow(): void {
     const cap = Math.min(this.limit, this.cap * 2);
     const ring = new Int32Array(cap * 4);
-    const hashes = new Int32Array(cap);
     for (let k = 0; k < this.count; k++) {
       let p = this.first + k;
       if (p >= this.cap) p -= this.cap;
       ring.set(this.ring.subarray(p * 4, p * 4 + 4), k * 4);
-      hashes[k] = this.hashes[p];
     }
     this.ring = ring;
-    this.hashes = hashes;
     this.cap = cap;
     this.first = 0;
-    const size = tableSize(cap);
-    this.table = new Int32Array(size);
-    this.mask = size - 1;
-    for (let k = 0; k < this.count; k++) this.link(k, hashes[k]);
   }
 }
 
-/** A power of two at least four times `n` (load factor at most 1/4: short probe runs). */
-function tableSize(n: number): number {
-  let s = 16;
-  while (s < n * 4) s *= 2;
-  return s;
+/** A fixed set of uuids (int32 quadruples): an open-addressing hash table over them. */
+export class SeenIndex {
+  private readonly uuids: Int32Array;
+  /** Positions + 1 (0 = empty), linear probing, load factor at most 1/2. */
+  private readonly table: Int32Array;
+  private readonly mask: number;
+
+  constructor(uuids: Int32Array) {
+    this.uuids = uuids;
+    const n = uuids.length >>> 2;
+    let size = 16;
+    while (size < n * 2) size *= 2;
+    this.table = new Int32Array(size);
+    this.mask = size - 1;
+    for (let k = 0; k < n; k++) {
+      const p = k * 4;
+      if (this.has(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3])) continue;
+      let i = hash(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3]) & this.mask;
+      while (this.table[i] !== 0) i = (i + 1) & this.mask;
+      this.table[i] = k + 1;
+    }
+  }
+
+  has(a: number, b: number, c: number, d: number): boolean {
+    const t = this.table;
+    const u = this.uuids;
+    const mask = this.mask;
+    for (let i = hash(a, b, c, d) & mask; ; i = (i + 1) & mask) {
+      const e = t[i];
+      if (e === 0) return false;
+      const p = (e - 1) * 4;
+      if (u[p] === a && u[p + 1] === b && u[p + 2] === c && u[p + 3] === d) return true;
+    }
+  }
 }
 
 function hash(a: number, b: number, c: number, d: number): number {

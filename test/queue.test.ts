@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { FRAME_MESSAGE } from '../src/protocol.js';
-import { AWAITING_ACK, COPY_BODY_LIMIT, FRAME_HEAD_SIZE, PeerQueue, QUEUED, WRITING } from '../src/queue.js';
+import { AWAITING_ACK, COPY_BODY_LIMIT, FRAME_HEAD_SIZE, PeerQueue, QUEUED, SeenWindow, WRITING } from '../src/queue.js';
 
 function uuidOf(i: number): Buffer {
   const u = Buffer.alloc(16);
@@ -149,5 +149,32 @@ describe('PeerQueue', () => {
     const after = chunks.reduce((n, c) => n + c.length, 0);
     expect(after).toBeLessThan(before / 5);
     for (let i = 19_000; i < 20_000; i++) expect(q.uuid(q.slotOf(seqs[i])).equals(uuidOf(i))).toBe(true);
+  });
+});
+
+describe('SeenWindow', () => {
+  const u = (i: number): [number, number, number, number] => [i, i ^ 0x1234567, ~i, i * 7];
+
+  it('keeps the newest `limit` uuids; an index built from it finds exactly those', () => {
+    const w = new SeenWindow(3000);
+    for (let i = 0; i < 10_000; i++) w.add(...u(i));
+    expect(w.size).toBe(3000);
+    const index = w.index();
+    for (let i = 0; i < 10_000; i++) expect(index.has(...u(i))).toBe(i >= 7000);
+  });
+
+  it('an index is a snapshot: later adds and evictions do not change it', () => {
+    const w = new SeenWindow(4);
+    for (let i = 0; i < 4; i++) w.add(...u(i));
+    const index = w.index();
+    for (let i = 4; i < 8; i++) w.add(...u(i));
+    for (let i = 0; i < 4; i++) expect(index.has(...u(i))).toBe(true);
+    for (let i = 4; i < 8; i++) expect(index.has(...u(i))).toBe(false);
+    expect(w.index().has(...u(7))).toBe(true);
+    expect(w.index().has(...u(3))).toBe(false);
+  });
+
+  it('an empty window gives an empty index', () => {
+    expect(new SeenWindow(10).index().has(...u(1))).toBe(false);
   });
 });
