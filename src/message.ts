@@ -23,6 +23,11 @@ export interface MessageOptions {
   flags?: number;
 }
 
+/** Marks the constructor call of {@link Message.fromWire}, whose fields wait in `trusted`. */
+const TRUSTED: MessageOptions = Object.freeze({});
+const EMPTY = Buffer.alloc(0);
+const trusted = { src: EMPTY as Buffer, off: 0, ttl: null as number | null, flags: 0 };
+
 /** A message to send or one received. Immutable. */
 export class Message {
   /** The body. */
@@ -50,6 +55,17 @@ export class Message {
    *   bytes, a negative or non-finite TTL, or flags that are not a uint32.
    */
   constructor(body: Uint8Array | string, options: MessageOptions = {}) {
+    if (options === TRUSTED) {
+      // fromWire: the fields as they are, no validation (same shape as below)
+      this.body = body as Buffer;
+      this.ttl = trusted.ttl;
+      this.flags = trusted.flags;
+      this._src = trusted.src;
+      this._off = trusted.off;
+      this._uuid = undefined;
+      this._fresh = false;
+      return;
+    }
     if (typeof body === 'string') this.body = Buffer.from(body, 'utf8');
     else if (body instanceof Uint8Array) {
       this.body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
@@ -98,15 +114,13 @@ export class Message {
 
   /** @internal Build without validation, the uuid being `src[off..off + 16)` (not copied). */
   static fromWire(body: Buffer, src: Buffer, off: number, ttl: number | null, flags: number): Message {
-    const m = Object.create(Message.prototype) as { -readonly [K in keyof Message]: Message[K] };
-    m.body = body;
-    m.ttl = ttl;
-    m.flags = flags;
-    m._src = src;
-    m._off = off;
-    m._uuid = undefined;
-    m._fresh = false;
-    return m as Message;
+    trusted.src = src;
+    trusted.off = off;
+    trusted.ttl = ttl;
+    trusted.flags = flags;
+    const m = new Message(body, TRUSTED);
+    trusted.src = EMPTY;
+    return m;
   }
 
   /**

@@ -60,6 +60,32 @@ describe('Messaging between two peers', () => {
     expect(got.map(([, b]) => Number(b))).toEqual(Array.from({ length: N }, (_, i) => i));
   });
 
+  it('delivers bodies of every size intact and in order, large ones kept by reference, across a reconnect', async () => {
+    const alice = makePeer('alice');
+    const bob = makePeer('bob');
+    const got: Buffer[] = [];
+    alice.messaging.on('message', (_c, _i, m) => got.push(Buffer.from(m.body)));
+    // around the queue's copy limit (16 KiB) and the Packeter's, empty, and 1 MiB
+    const sizes = [0, 1, 100, 16 * 1024 - 26, 16 * 1024 - 25, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 1 << 20, 100];
+    const bodies = sizes.map((n, i) => {
+      const b = Buffer.alloc(n);
+      for (let k = 0; k < n; k++) b[k] = (k * 31 + i) & 0xff;
+      return b;
+    });
+    // queued while alice is away, then half of them again after a reconnect
+    for (const b of bodies) await bob.messaging.sendMessage('alice', new Message(b));
+    const port = await listen(alice);
+    connect(bob, port, 10);
+    await until(() => got.length === bodies.length, 10_000);
+    const connId = bob.messaging.connectionOf('alice')!;
+    for (const b of bodies.slice(0, 5)) await bob.messaging.sendMessage('alice', new Message(b));
+    bob.link.closeConnection(connId);
+    await until(() => got.length === bodies.length + 5 && bob.messaging.queueSize('alice') === 0, 10_000);
+    const want = [...bodies, ...bodies.slice(0, 5)];
+    expect(got.map((b) => b.length)).toEqual(want.map((b) => b.length));
+    for (let i = 0; i < want.length; i++) expect(got[i].equals(want[i])).toBe(true);
+  });
+
   it('cancelMessage takes back a queued message, never one already delivered', async () => {
     const bob = makePeer('bob');
     const keep = new Message('keep');
