@@ -37,14 +37,31 @@ export interface SqliteQueuesStorageOptions {
 }
 
 /**
- * The schema version this code writes (`PRAGMA user_version`). 1: `items` with a unique
- * `(queue, uuid)` index, `seen` with one row per uuid. 2: no unique index (the key → seq index
- * is kept in memory), `seen_chunks` with many uuids per row. Version 1 files are migrated.
+ * The schema version this code writes (`PRAGMA user_version`). 1: `items` (one row per item)
+ * with a unique `(queue, uuid)` index, `seen` with one row per uuid. 2: no unique index (the
+ * key → seq index is kept in memory), `seen_chunks` with many uuids per row. 3: `items`
+ * replaced by `item_chunks` (many items per row) with `item_dead` and `item_ttls`. Version 1
+ * and 2 files are migrated.
  */
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
-/** Rows per multi-row INSERT statement. */
-const INSERT_ROWS = 64;
+/** Most items in one `item_chunks` row. */
+const CHUNK_ITEMS = 4096;
+/** A chunk takes no more items once it holds this many bytes (one larger item gets its own). */
+const CHUNK_BYTES = 1 << 20;
+/** Bytes of the fixed part of an item's entry in `item_chunks.keys`. */
+const ENTRY_FIXED = 28;
+/** A chunk is compacted when less than a quarter of its bytes is live and at least this much is dead. */
+const COMPACT_MIN_DEAD = 16 * 1024;
+/** ...and none of its items was deleted in this many batches (so chunks being drained in order are left alone). */
+const COMPACT_COLD_BATCHES = 32;
+/**
+ * Write-ahead log size at which SQLite checkpoints (copies it into the database file and, at
+ * either `synchronous` level, fsyncs): 32 MiB instead of SQLite's 1000 pages (4 MiB). A checkpoint
+ * blocks the event loop on two fsyncs; fewer, larger ones cost less (a page rewritten many
+ * times is copied once), at the cost of a larger `-wal` file on disk.
+ */
+const WAL_CHECKPOINT_BYTES = 32 << 20;
 /** Most uuids in one `seen_chunks` row. */
 const SEEN_CHUNK = 256;
 
@@ -118,6 +135,147 @@ function keyBytes(k: string, out: Buffer, off: number): void {
 }
 
 /**
+ * One `item_chunks` row: items with seqs `seq + off` (`off` < `span`), written together.
+ * Deleted items stay in the row until it is deleted (when its last item is) or compacted;
+ * `item_dead` records them.
+ */
+interface ItemChunk {
+  /** Row key: the seq of its first item as written (kept when compacted). */
+  seq: number;
+  span: number;
+  /** Bytes each live item takes in the row (entry + body), by `off`; 0 = deleted or absent. */
+  sizes: Uint32Array;
+  /** Bit `off` set: the item was deleted (the `item_dead` row, when `hasDeadRow`). */
+  dead: Buffer;
+  live: number;
+  /** Bytes of the row (both blobs) and of its live items. */
+  bytes: number;
+  liveBytes: number;
+  hasDeadRow: boolean;
+  /** Some `item_ttls` rows may lie in this chunk's seq range. */
+  hasTtls: boolean;
+  /** Batch number of the last delete in it. */
+  touched: number;
+  /** Deleted from the database (and soon from {@link SqliteQueuesStorage.chunks}). */
+  gone: boolean;
+}
+
+/** An item and the seq it is stored under. */
+interface SeqItem {
+  seq: number;
+  item: StoredItem;
+}
+
+/** The encoded form of a queue name last seen, as most items go to the same few queues. */
+let lastQueue = '';
+let lastQueueBytes = Buffer.alloc(0);
+
+function queueBytes(queue: string): Buffer {
+  if (queue !== lastQueue) {
+    lastQueueBytes = Buffer.from(queue, 'utf8');
+    lastQueue = queue;
+  }
+  return lastQueueBytes;
+}
+
+/**
+ * Encode items (ascending seqs, all within 2^32 of the first) as the two blobs of an
+ * `item_chunks` row. `keys`: per item, in order, `u32 off, u32 flags, f64 ttl (-1 = null),
+ * u32 body length, u32 queue length, u32 uuid length` (little-endian), the queue (UTF-8) and
+ * the uuid; `data`: the bodies, concatenated in the same order.
+ */
+function encodeChunk(items: readonly SeqItem[]): { keys: Buffer; data: Buffer; span: number; sizes: Uint32Array } {
+  const base = items[0]!.seq;
+  let keyLen = 0;
+  let dataLen = 0;
+  for (const { item } of items) {
+    keyLen += ENTRY_FIXED + queueBytes(item.queue).length + item.uuid.length;
+    dataLen += item.body.length;
+  }
+  const span = items[items.length - 1]!.seq - base + 1;
+  const keys = Buffer.allocUnsafe(keyLen);
+  const data = Buffer.allocUnsafe(dataLen);
+  const sizes = new Uint32Array(span);
+  const view = new DataView(keys.buffer, keys.byteOffset, keys.length);
+  let p = 0;
+  let d = 0;
+  for (const { seq, item } of items) {
+    const q = queueBytes(item.queue);
+    const u = item.uuid;
+    const b = item.body;
+    view.setUint32(p, seq - base, true);
+    view.setUint32(p + 4, item.flags, true);
+    view.setFloat64(p + 8, item.ttl === null ? -1 : item.ttl, true);
+    view.setUint32(p + 16, b.length, true);
+    view.setUint32(p + 20, q.length, true);
+    view.setUint32(p + 24, u.length, true);
+    p += ENTRY_FIXED;
+    for (let i = 0; i < q.length; i++) keys[p++] = q[i]!;
+    for (let i = 0; i < u.length; i++) keys[p++] = u[i]!;
+    if (b.length > 64) data.set(b, d);
+    else for (let i = 0; i < b.length; i++) data[d + i] = b[i]!;
+    d += b.length;
+    sizes[seq - base] = ENTRY_FIXED + q.length + u.length + b.length;
+  }
+  return { keys, data, span, sizes };
+}
+
+/** One entry of an `item_chunks.keys` blob, as {@link forEachEntry} reads it. */
+interface Entry {
+  off: number;
+  flags: number;
+  ttl: number | null;
+  /** Where the queue name and the uuid are in `keys`, and the body in `data`. */
+  queueAt: number;
+  queueLen: number;
+  uuidAt: number;
+  uuidLen: number;
+  bodyAt: number;
+  bodyLen: number;
+}
+
+/** Call `fn` for every entry of a `keys` blob, in order (the object is reused). */
+function forEachEntry(keys: Buffer, fn: (e: Entry) => void): void {
+  const e: Entry = { off: 0, flags: 0, ttl: null, queueAt: 0, queueLen: 0, uuidAt: 0, uuidLen: 0, bodyAt: 0, bodyLen: 0 };
+  let d = 0;
+  for (let p = 0; p < keys.length; ) {
+    e.off = keys.readUInt32LE(p);
+    e.flags = keys.readUInt32LE(p + 4);
+    const ttl = keys.readDoubleLE(p + 8);
+    e.ttl = ttl < 0 ? null : ttl;
+    e.bodyAt = d;
+    e.bodyLen = keys.readUInt32LE(p + 16);
+    e.queueLen = keys.readUInt32LE(p + 20);
+    e.uuidLen = keys.readUInt32LE(p + 24);
+    e.queueAt = p + ENTRY_FIXED;
+    e.uuidAt = e.queueAt + e.queueLen;
+    p = e.uuidAt + e.uuidLen;
+    d += e.bodyLen;
+    fn(e);
+  }
+}
+
+const isDead = (bits: Uint8Array | undefined, off: number): boolean =>
+  bits !== undefined && off >> 3 < bits.length && (bits[off >> 3]! & (1 << (off & 7))) !== 0;
+
+/** Write `items` (ascending seqs) as `item_chunks` rows of at most {@link CHUNK_ITEMS} / {@link CHUNK_BYTES}. */
+function chunkItems(items: readonly SeqItem[], write: (part: SeqItem[]) => void): void {
+  let part: SeqItem[] = [];
+  let bytes = 0;
+  for (const si of items) {
+    const size = ENTRY_FIXED + si.item.uuid.length + si.item.body.length + si.item.queue.length;
+    if (part.length > 0 && (part.length >= CHUNK_ITEMS || bytes + size > CHUNK_BYTES || si.seq - part[0]!.seq >= 2 ** 31)) {
+      write(part);
+      part = [];
+      bytes = 0;
+    }
+    part.push(si);
+    bytes += size;
+  }
+  if (part.length) write(part);
+}
+
+/**
  * Consecutive received uuids of one peer, one `seen_chunks` row: all of one width, oldest first.
  * Entries trimmed from the front or moved to a newer chunk become `null`.
  */
@@ -167,18 +325,22 @@ function compact(c: SeenChunk): void {
   c.start = 0;
 }
 
-/** Bring a version 0 (new) or 1 file to {@link SCHEMA_VERSION}; runs in a transaction. */
+/** Bring a version 0 (new), 1 or 2 file to {@link SCHEMA_VERSION}; runs in a transaction. */
 function migrate(db: Database.Database): void {
   db.exec(`
-    CREATE TABLE IF NOT EXISTS items (
-      seq   INTEGER PRIMARY KEY,
-      queue TEXT    NOT NULL,
-      uuid  BLOB    NOT NULL,
-      ttl   INTEGER,
-      flags INTEGER NOT NULL,
-      body  BLOB    NOT NULL
+    CREATE TABLE IF NOT EXISTS item_chunks (
+      seq  INTEGER PRIMARY KEY,
+      keys BLOB    NOT NULL,
+      data BLOB    NOT NULL
     );
-    DROP INDEX IF EXISTS items_key;
+    CREATE TABLE IF NOT EXISTS item_dead (
+      seq  INTEGER PRIMARY KEY,
+      bits BLOB    NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS item_ttls (
+      seq  INTEGER PRIMARY KEY,
+      ttl  INTEGER
+    );
     CREATE TABLE IF NOT EXISTS seen_chunks (
       seq   INTEGER PRIMARY KEY,
       peer  TEXT    NOT NULL,
@@ -191,7 +353,27 @@ function migrate(db: Database.Database): void {
       value BLOB NOT NULL
     ) WITHOUT ROWID;
   `);
-  if (db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seen'`).get()) {
+  const hasTable = (name: string): boolean => !!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name);
+  if (hasTable('items')) {
+    // versions 1 and 2: one row per item; the items keep their seqs (read a page at a time:
+    // the connection cannot write while a statement iterates)
+    const page = db.prepare('SELECT seq, queue, uuid, ttl, flags, body FROM items WHERE seq > ? ORDER BY seq LIMIT ?');
+    const ins = db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)');
+    for (let after = -Infinity; ; ) {
+      const rows = page.all(after, CHUNK_ITEMS) as (StoredItem & { seq: number })[];
+      if (rows.length === 0) break;
+      chunkItems(
+        rows.map((r) => ({ seq: r.seq, item: r })),
+        (part) => {
+          const c = encodeChunk(part);
+          ins.run(part[0]!.seq, c.keys, c.data);
+        },
+      );
+      after = rows[rows.length - 1]!.seq;
+    }
+    db.exec('DROP TABLE items');
+  }
+  if (hasTable('seen')) {
     // version 1: one row per uuid, oldest first by seq
     const perPeer = new Map<string, Buffer[]>();
     for (const [peer, uuid] of db.prepare('SELECT peer, uuid FROM seen ORDER BY seq').raw().iterate() as IterableIterator<[string, Buffer]>) {
@@ -233,38 +415,47 @@ function migrate(db: Database.Database): void {
  * - One `SqliteQueuesStorage` per file: the key index and the sequence numbers are kept in
  *   memory, so another writer to the same file would corrupt the queues.
  *
- * Schema (version 2): `items(seq INTEGER PRIMARY KEY, queue, uuid, ttl, flags, body)`. `seq` is
- * assigned by this class, one more than the largest ever used since the file was opened (and
- * at least one more than the largest present), so it grows with insertion order. The (queue,
- * uuid) → seq index lives in memory, built when the file is opened (one pass over the
- * stored keys): a push of a present key is ignored there, and deletes and TTL updates go by
- * seq — consecutive seqs deleted in one batch by one range `DELETE`. New items are written by
- * multi-row `INSERT`s. `seen_chunks(seq INTEGER PRIMARY KEY, peer, width, n, uuids)`: a peer's
+ * Schema (version 3). Items: `item_chunks(seq INTEGER PRIMARY KEY, keys BLOB, data BLOB)`,
+ * one row per batch of pushed items (up to 4096 items / 1 MiB): `keys` holds each item's
+ * entry (seq offset, flags, TTL, lengths, queue, uuid — see `encodeChunk`), `data` the bodies.
+ * Item seqs are assigned by this class, one more than the largest ever used since the file was
+ * opened (and than the largest present), so they grow with insertion order; a row's key is its
+ * first item's seq. `item_dead(seq, bits)`: for a row with deleted items, a bitmap by seq
+ * offset; the row itself is deleted with its last item. `item_ttls(seq, ttl)`: TTLs rewritten
+ * after the item was written. A row less than a quarter live (and at least 16 KiB dead) is
+ * rewritten with only its live items once no delete touched it for 32 batches. The (queue,
+ * uuid) → seq index lives in memory, built when the file is opened (one pass over the `keys`
+ * blobs): a push of a present key is ignored there; deletes and TTL updates go by seq.
+ * `seen_chunks(seq INTEGER PRIMARY KEY, peer, width, n, uuids)`: a peer's
  * dedup window as rows of up to 256 uuids of `width` bytes concatenated, oldest row first; an
  * `addSeen` batch adds rows, trimming deletes the oldest rows and rewrites the one row it cuts
  * into, and re-adding a uuid rewrites the row it was in. `meta(key PRIMARY KEY, value)`. The
- * schema version is kept in `PRAGMA user_version`; a version 1 file is migrated when opened.
+ * schema version is kept in `PRAGMA user_version`; version 1 and 2 files are migrated when
+ * opened. The WAL is checkpointed at 32 MiB (see `WAL_CHECKPOINT_BYTES`).
  */
 export class SqliteQueuesStorage implements QueuesStorage {
   private readonly db: Database.Database;
   private readonly delayMs: number;
   private readonly stmt: {
-    del: Database.Statement;
-    ttl: Database.Statement;
-    delQueue: Database.Statement;
-    delAll: Database.Statement;
+    chunkIns: Database.Statement;
+    chunkUpd: Database.Statement;
+    chunkDel: Database.Statement;
+    chunkGet: Database.Statement;
+    deadSet: Database.Statement;
+    deadDel: Database.Statement;
+    ttlSet: Database.Statement;
+    ttlDelRange: Database.Statement;
     seenIns: Database.Statement;
     seenUpd: Database.Statement;
     seenDel: Database.Statement;
     setMeta: Database.Statement;
     delMeta: Database.Statement;
-    load: Database.Statement;
+    loadChunks: Database.Statement;
+    loadDead: Database.Statement;
+    loadTtls: Database.Statement;
     loadSeen: Database.Statement;
     getMeta: Database.Statement;
   };
-  /** Multi-row INSERT statements by row count, prepared when first needed. */
-  private readonly insertStmts: (Database.Statement | undefined)[] = [];
-  private readonly insertArgs: unknown[] = new Array(INSERT_ROWS * 6);
   private readonly writeBatch: (ops: PendingOp[]) => void;
   private batch: Batch | null = null;
   private immediate: NodeJS.Immediate | null = null;
@@ -279,9 +470,19 @@ export class SqliteQueuesStorage implements QueuesStorage {
   /** Items of the current transaction not yet written; item `i` gets seq `insSeq0 + i`. */
   private pendingIns: (StoredItem | null)[] = [];
   private insSeq0 = 1;
-  /** Seqs of stored rows to delete, and TTLs of stored rows to rewrite, in this transaction. */
-  private pendingDel: number[] = [];
+  /** TTLs of written items to rewrite in this transaction. */
   private pendingTtl = new Map<number, number | null>();
+  /** The `item_chunks` rows, by seq (some may be `gone`, swept now and then). */
+  private chunks: ItemChunk[] = [];
+  private goneChunks = 0;
+  /** The chunk the last lookup found (deletes tend to hit the same one). */
+  private lastChunk: ItemChunk | null = null;
+  /** Chunks with deletions not written yet. */
+  private chunkDirty = new Set<ItemChunk>();
+  /** Chunks that are mostly dead: compacted once cold. */
+  private compactable = new Set<ItemChunk>();
+  /** Number of the current batch. */
+  private batchNo = 0;
 
   private seen = new Map<string, PeerSeen>();
   private nextSeenSeq = 1;
@@ -309,22 +510,30 @@ export class SqliteQueuesStorage implements QueuesStorage {
       db = new Database(filename);
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+      const pageSize = db.pragma('page_size', { simple: true }) as number;
+      db.pragma(`wal_autocheckpoint = ${Math.max(1000, Math.ceil(WAL_CHECKPOINT_BYTES / pageSize))}`);
       const version = db.pragma('user_version', { simple: true }) as number;
       if (version > SCHEMA_VERSION) {
         throw new StorageError(`${filename} has schema version ${version}; this code knows up to ${SCHEMA_VERSION}`);
       }
       if (version < SCHEMA_VERSION) db.transaction(() => migrate(db!))();
       this.stmt = {
-        del: db.prepare('DELETE FROM items WHERE seq BETWEEN ? AND ?'),
-        ttl: db.prepare('UPDATE items SET ttl = ? WHERE seq = ?'),
-        delQueue: db.prepare('DELETE FROM items WHERE queue = ?'),
-        delAll: db.prepare('DELETE FROM items'),
+        chunkIns: db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)'),
+        chunkUpd: db.prepare('UPDATE item_chunks SET keys = ?, data = ? WHERE seq = ?'),
+        chunkDel: db.prepare('DELETE FROM item_chunks WHERE seq = ?'),
+        chunkGet: db.prepare('SELECT keys, data FROM item_chunks WHERE seq = ?').raw(),
+        deadSet: db.prepare('INSERT OR REPLACE INTO item_dead (seq, bits) VALUES (?, ?)'),
+        deadDel: db.prepare('DELETE FROM item_dead WHERE seq = ?'),
+        ttlSet: db.prepare('INSERT OR REPLACE INTO item_ttls (seq, ttl) VALUES (?, ?)'),
+        ttlDelRange: db.prepare('DELETE FROM item_ttls WHERE seq BETWEEN ? AND ?'),
         seenIns: db.prepare('INSERT INTO seen_chunks (seq, peer, width, n, uuids) VALUES (?, ?, ?, ?, ?)'),
         seenUpd: db.prepare('UPDATE seen_chunks SET n = ?, uuids = ? WHERE seq = ?'),
         seenDel: db.prepare('DELETE FROM seen_chunks WHERE seq = ?'),
         setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
         delMeta: db.prepare('DELETE FROM meta WHERE key = ?'),
-        load: db.prepare('SELECT queue, uuid, ttl, flags, body FROM items ORDER BY seq'),
+        loadChunks: db.prepare('SELECT seq, keys, data FROM item_chunks ORDER BY seq').raw(),
+        loadDead: db.prepare('SELECT seq, bits FROM item_dead').raw(),
+        loadTtls: db.prepare('SELECT seq, ttl FROM item_ttls').raw(),
         loadSeen: db.prepare('SELECT seq, peer, width, n, uuids FROM seen_chunks ORDER BY seq'),
         getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
       };
@@ -348,14 +557,10 @@ export class SqliteQueuesStorage implements QueuesStorage {
             this.applyTtls(o.updates);
             break;
           case Op.DeleteQueue:
-            this.writeItems();
-            this.stmt.delQueue.run(o.queue);
-            this.index.delete(o.queue);
+            this.applyDeleteQueue(o.queue);
             break;
           case Op.DeleteAllItems:
-            this.writeItems();
-            this.stmt.delAll.run();
-            this.index.clear();
+            this.applyDeleteAll();
             break;
           case Op.Seen:
             this.applySeen(o.peer, o.uuids, o.keep);
@@ -376,17 +581,64 @@ export class SqliteQueuesStorage implements QueuesStorage {
   /** (Re)build the in-memory state from the database: at open, and after a failed batch. */
   private rebuild(): void {
     this.pendingIns = [];
-    this.pendingDel = [];
     this.pendingTtl.clear();
     this.seenDirty.clear();
+    this.chunkDirty.clear();
+    this.compactable.clear();
+    this.chunks = [];
+    this.goneChunks = 0;
+    this.lastChunk = null;
     const index = new Map<string, Map<string, number>>();
     let maxSeq = 0;
-    const rows = this.db.prepare('SELECT seq, queue, uuid FROM items').raw().iterate() as IterableIterator<[number, string, Buffer]>;
-    for (const [seq, queue, uuid] of rows) {
-      let m = index.get(queue);
-      if (!m) index.set(queue, (m = new Map()));
-      const k = keyOf(uuid);
-      if (!m.has(k)) m.set(k, seq);
+    const deadRows = new Map(this.stmt.loadDead.all() as [number, Buffer][]);
+    const rows = this.db.prepare('SELECT seq, keys, length(data) FROM item_chunks ORDER BY seq').raw().iterate() as IterableIterator<[number, Buffer, number]>;
+    for (const [seq, keys, dataLen] of rows) {
+      let span = 0;
+      forEachEntry(keys, (e) => {
+        if (e.off >= span) span = e.off + 1;
+      });
+      const c: ItemChunk = {
+        seq,
+        span,
+        sizes: new Uint32Array(span),
+        dead: Buffer.alloc((span + 7) >> 3),
+        live: 0,
+        bytes: keys.length + dataLen,
+        liveBytes: 0,
+        hasDeadRow: false,
+        hasTtls: false,
+        touched: -Infinity,
+        gone: false,
+      };
+      const bits = deadRows.get(seq);
+      if (bits) {
+        c.dead.set(bits.subarray(0, c.dead.length));
+        c.hasDeadRow = true;
+      }
+      forEachEntry(keys, (e) => {
+        if (isDead(c.dead, e.off)) return;
+        const queue = keys.toString('utf8', e.queueAt, e.queueAt + e.queueLen);
+        let m = index.get(queue);
+        if (!m) index.set(queue, (m = new Map()));
+        const k = keyOf(keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen));
+        // (a key present twice, which this code never writes, counts at its first place)
+        if (m.has(k)) return;
+        m.set(k, seq + e.off);
+        const size = ENTRY_FIXED + e.queueLen + e.uuidLen + e.bodyLen;
+        c.sizes[e.off] = size;
+        c.live++;
+        c.liveBytes += size;
+      });
+      this.chunks.push(c);
+      if (seq + span - 1 > maxSeq) maxSeq = seq + span - 1;
+      // an emptied row (never left behind by this code) goes with the next batch
+      if (c.live === 0) this.chunkDirty.add(c);
+      else this.checkCompactable(c);
+    }
+    for (const [seq] of this.stmt.loadTtls.iterate() as IterableIterator<[number]>) {
+      const c = this.chunkOf(seq);
+      if (c) c.hasTtls = true;
+      // (a TTL row of a deleted item must never apply to a new one)
       if (seq > maxSeq) maxSeq = seq;
     }
     this.index = index;
@@ -434,12 +686,70 @@ export class SqliteQueuesStorage implements QueuesStorage {
       if (seq === undefined) continue;
       m.delete(k);
       if (m.size === 0) this.index.delete(key.queue);
-      if (seq >= this.insSeq0) this.pendingIns[seq - this.insSeq0] = null;
-      else {
-        this.pendingDel.push(seq);
-        if (this.pendingTtl.size) this.pendingTtl.delete(seq);
-      }
+      this.deleteSeq(seq);
     }
+  }
+
+  private applyDeleteQueue(queue: string): void {
+    const m = this.index.get(queue);
+    if (!m) return;
+    this.index.delete(queue);
+    for (const seq of m.values()) this.deleteSeq(seq);
+  }
+
+  private applyDeleteAll(): void {
+    this.index.clear();
+    this.pendingIns = [];
+    this.insSeq0 = this.nextSeq;
+    this.pendingTtl.clear();
+    this.chunks = [];
+    this.goneChunks = 0;
+    this.lastChunk = null;
+    this.chunkDirty.clear();
+    this.compactable.clear();
+    this.db.exec('DELETE FROM item_chunks; DELETE FROM item_dead; DELETE FROM item_ttls;');
+  }
+
+  /** Forget the item stored (or to be written) under `seq`; it is no longer in the index. */
+  private deleteSeq(seq: number): void {
+    if (seq >= this.insSeq0) {
+      this.pendingIns[seq - this.insSeq0] = null;
+      return;
+    }
+    if (this.pendingTtl.size) this.pendingTtl.delete(seq);
+    const c = this.chunkOf(seq);
+    if (!c) return;
+    const off = seq - c.seq;
+    const size = c.sizes[off]!;
+    if (size === 0) return;
+    c.sizes[off] = 0;
+    c.dead[off >> 3]! |= 1 << (off & 7);
+    c.live--;
+    c.liveBytes -= size;
+    c.touched = this.batchNo;
+    this.chunkDirty.add(c);
+  }
+
+  /** The chunk holding `seq`, if any. */
+  private chunkOf(seq: number): ItemChunk | undefined {
+    const last = this.lastChunk;
+    if (last && !last.gone && seq >= last.seq && seq < last.seq + last.span) return last;
+    const cs = this.chunks;
+    let lo = 0;
+    let hi = cs.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (cs[mid]!.seq <= seq) lo = mid;
+      else hi = mid - 1;
+    }
+    const c = cs[lo];
+    if (!c || c.gone || seq < c.seq || seq >= c.seq + c.span) return undefined;
+    this.lastChunk = c;
+    return c;
+  }
+
+  private checkCompactable(c: ItemChunk): void {
+    if (c.live > 0 && c.liveBytes * 4 < c.bytes && c.bytes - c.liveBytes >= COMPACT_MIN_DEAD) this.compactable.add(c);
   }
 
   private applyTtls(updates: TtlUpdate[]): void {
@@ -453,71 +763,102 @@ export class SqliteQueuesStorage implements QueuesStorage {
 
   /** Write the item changes gathered so far in this transaction. */
   private writeItems(): void {
+    this.batchNo++;
     const ins = this.pendingIns;
     if (ins.length) {
-      const args = this.insertArgs;
-      let seq = this.insSeq0;
-      let n = 0;
-      for (let i = 0; i < ins.length; i++, seq++) {
+      const items: SeqItem[] = [];
+      for (let i = 0; i < ins.length; i++) {
         const it = ins[i];
-        if (!it) continue;
-        const a = n * 6;
-        args[a] = seq;
-        args[a + 1] = it.queue;
-        args[a + 2] = it.uuid;
-        args[a + 3] = it.ttl;
-        args[a + 4] = it.flags;
-        args[a + 5] = it.body;
-        if (++n === INSERT_ROWS) {
-          this.insertStatement(n).run(args);
-          n = 0;
-        }
+        if (it) items.push({ seq: this.insSeq0 + i, item: it });
       }
-      if (n > 0) {
-        args.length = n * 6;
-        this.insertStatement(n).run(args);
-        args.length = INSERT_ROWS * 6;
-      }
-      args.fill(null);
+      if (items.length) chunkItems(items, (part) => this.writeChunk(part));
       this.pendingIns = [];
     }
     this.insSeq0 = this.nextSeq;
-    const del = this.pendingDel;
-    if (del.length) {
-      let sorted = true;
-      for (let i = 1; i < del.length; i++) {
-        if (del[i]! < del[i - 1]!) {
-          sorted = false;
-          break;
-        }
-      }
-      if (!sorted) del.sort((a, b) => a - b);
-      let lo = del[0]!;
-      let hi = lo;
-      for (let i = 1; i < del.length; i++) {
-        const s = del[i]!;
-        if (s === hi + 1) hi = s;
-        else {
-          this.stmt.del.run(lo, hi);
-          lo = hi = s;
-        }
-      }
-      this.stmt.del.run(lo, hi);
-      this.pendingDel = [];
-    }
     if (this.pendingTtl.size) {
-      for (const [seq, ttl] of this.pendingTtl) this.stmt.ttl.run(ttl, seq);
+      for (const [seq, ttl] of this.pendingTtl) {
+        const c = this.chunkOf(seq);
+        if (!c) continue;
+        this.stmt.ttlSet.run(seq, ttl);
+        c.hasTtls = true;
+      }
       this.pendingTtl.clear();
+    }
+    if (this.chunkDirty.size) {
+      const s = this.stmt;
+      for (const c of this.chunkDirty) {
+        if (c.live === 0) {
+          s.chunkDel.run(c.seq);
+          if (c.hasDeadRow) s.deadDel.run(c.seq);
+          if (c.hasTtls) s.ttlDelRange.run(c.seq, c.seq + c.span - 1);
+          c.gone = true;
+          this.goneChunks++;
+        } else {
+          s.deadSet.run(c.seq, c.dead);
+          c.hasDeadRow = true;
+          this.checkCompactable(c);
+        }
+      }
+      this.chunkDirty.clear();
+      if (this.goneChunks > 16 && this.goneChunks * 2 > this.chunks.length) {
+        this.chunks = this.chunks.filter((c) => !c.gone);
+        this.goneChunks = 0;
+      }
+    }
+    if (this.compactable.size) {
+      for (const c of this.compactable) {
+        if (c.gone || c.live === 0) this.compactable.delete(c);
+        else if (this.batchNo - c.touched >= COMPACT_COLD_BATCHES) {
+          this.compactable.delete(c);
+          this.compactChunk(c);
+        }
+      }
     }
   }
 
-  private insertStatement(rows: number): Database.Statement {
-    let s = this.insertStmts[rows];
-    if (!s) {
-      const values = new Array<string>(rows).fill('(?, ?, ?, ?, ?, ?)').join(', ');
-      s = this.insertStmts[rows] = this.db.prepare(`INSERT INTO items (seq, queue, uuid, ttl, flags, body) VALUES ${values}`);
-    }
-    return s;
+  /** Write one new `item_chunks` row. */
+  private writeChunk(part: SeqItem[]): void {
+    const e = encodeChunk(part);
+    this.stmt.chunkIns.run(part[0]!.seq, e.keys, e.data);
+    const bytes = e.keys.length + e.data.length;
+    this.chunks.push({
+      seq: part[0]!.seq,
+      span: e.span,
+      sizes: e.sizes,
+      dead: Buffer.alloc((e.span + 7) >> 3),
+      live: part.length,
+      bytes,
+      liveBytes: bytes,
+      hasDeadRow: false,
+      hasTtls: false,
+      touched: this.batchNo,
+      gone: false,
+    });
+  }
+
+  /** Rewrite a chunk's row with only its live items (same seqs), and drop its `item_dead` row. */
+  private compactChunk(c: ItemChunk): void {
+    const row = this.stmt.chunkGet.get(c.seq) as [Buffer, Buffer] | undefined;
+    if (!row) return;
+    const [keys, data] = row;
+    const outKeys = Buffer.allocUnsafe(keys.length);
+    const outData = Buffer.allocUnsafe(data.length);
+    let p = 0;
+    let d = 0;
+    forEachEntry(keys, (e) => {
+      if (c.sizes[e.off] === 0) {
+        if (c.hasTtls) this.stmt.ttlDelRange.run(c.seq + e.off, c.seq + e.off);
+        return;
+      }
+      const at = e.queueAt - ENTRY_FIXED;
+      p += keys.copy(outKeys, p, at, e.uuidAt + e.uuidLen);
+      d += data.copy(outData, d, e.bodyAt, e.bodyAt + e.bodyLen);
+    });
+    this.stmt.chunkUpd.run(outKeys.subarray(0, p), outData.subarray(0, d), c.seq);
+    if (c.hasDeadRow) this.stmt.deadDel.run(c.seq);
+    c.hasDeadRow = false;
+    c.dead.fill(0);
+    c.bytes = p + d;
   }
 
   private applySeen(peer: string, uuids: Buffer[], keep: number): void {
@@ -608,7 +949,35 @@ export class SqliteQueuesStorage implements QueuesStorage {
    * @throws {StorageError} (rejects) when SQLite fails. @throws {ClosedError} after `close()`.
    */
   load(): Promise<StoredItem[]> {
-    return this.read(() => this.stmt.load.all() as StoredItem[]);
+    return this.read(() => {
+      const deadRows = new Map(this.stmt.loadDead.all() as [number, Buffer][]);
+      const ttls = new Map(this.stmt.loadTtls.all() as [number, number | null][]);
+      const out: StoredItem[] = [];
+      for (const [seq, keys, data] of this.stmt.loadChunks.iterate() as IterableIterator<[number, Buffer, Buffer]>) {
+        const bits = deadRows.get(seq);
+        let queue = '';
+        let queueAt = -1;
+        let queueLen = 0;
+        forEachEntry(keys, (e) => {
+          if (isDead(bits, e.off)) return;
+          // the same queue as the entry before: reuse its string
+          if (queueAt < 0 || e.queueLen !== queueLen || keys.compare(keys, e.queueAt, e.queueAt + e.queueLen, queueAt, queueAt + queueLen) !== 0) {
+            queue = keys.toString('utf8', e.queueAt, e.queueAt + e.queueLen);
+          }
+          queueAt = e.queueAt;
+          queueLen = e.queueLen;
+          const s = seq + e.off;
+          out.push({
+            queue,
+            uuid: keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen),
+            ttl: ttls.size && ttls.has(s) ? ttls.get(s)! : e.ttl,
+            flags: e.flags,
+            body: data.subarray(e.bodyAt, e.bodyAt + e.bodyLen),
+          });
+        });
+      }
+      return out;
+    });
   }
 
   /**

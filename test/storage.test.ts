@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { SqliteQueuesStorage } from '../storage/sqlite.js';
+import type { StoredItem } from '../src/storage.js';
 import { itemOf, queuesStorageConformance, uuidOf } from './storage-conformance.js';
 
 let dir = '';
@@ -97,7 +98,7 @@ describe('sqlite storage specifics', () => {
     await s.push([itemOf('q', 1)]);
     // another connection adds a trigger that aborts inserts into the 'poison' queue
     const other = new Database(file);
-    other.exec(`CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.queue = 'poison'
+    other.exec(`CREATE TRIGGER poison BEFORE INSERT ON item_chunks WHEN instr(NEW.keys, CAST('poison' AS BLOB)) > 0
                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;`);
     other.close();
     const calls = [
@@ -189,10 +190,124 @@ describe('sqlite storage specifics', () => {
     w = await s.loadSeen();
     expect(w.get('p')).toEqual([uuidOf(599), uuidOf(1), uuidOf(1000)]);
     const raw = opened[0] as unknown as { db: Database.Database };
-    expect(raw.db.pragma('user_version', { simple: true })).toBe(2);
+    expect(raw.db.pragma('user_version', { simple: true })).toBe(3);
     const names = raw.db.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all();
     expect(names).not.toContain('seen');
+    expect(names).not.toContain('items');
     expect(names).not.toContain('items_key');
+  });
+
+  it('migrates a schema version 2 file (one items row per item), keeping order, TTLs, seen windows and meta', async () => {
+    const file = newFile();
+    const v2 = new Database(file);
+    v2.pragma('journal_mode = WAL');
+    v2.exec(`
+      CREATE TABLE items (seq INTEGER PRIMARY KEY, queue TEXT NOT NULL, uuid BLOB NOT NULL, ttl INTEGER,
+                          flags INTEGER NOT NULL, body BLOB NOT NULL);
+      CREATE TABLE seen_chunks (seq INTEGER PRIMARY KEY, peer TEXT NOT NULL, width INTEGER NOT NULL,
+                                n INTEGER NOT NULL, uuids BLOB NOT NULL);
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+      PRAGMA user_version = 2;
+    `);
+    // 9000 items (more than one chunk's worth), with gaps in the seqs, odd queues and bodies
+    const ins = v2.prepare('INSERT INTO items (seq, queue, uuid, ttl, flags, body) VALUES (?, ?, ?, ?, ?, ?)');
+    const want: StoredItem[] = [];
+    for (let i = 0; i < 9000; i++) {
+      const it = itemOf(i % 3 ? 'a' : 'ünï', i, { ttl: i % 4 ? i * 1.5 : null, flags: i % 2, body: i % 500 ? Buffer.from(`body-${i}`) : Buffer.alloc(0) });
+      ins.run(10 + 3 * i, it.queue, it.uuid, it.ttl, it.flags, it.body);
+      want.push(it);
+    }
+    const big = itemOf('a', 9000, { body: Buffer.alloc(3 << 20, 7) });
+    ins.run(2 ** 40, big.queue, big.uuid, big.ttl, big.flags, big.body);
+    want.push(big);
+    v2.prepare('INSERT INTO seen_chunks (peer, width, n, uuids) VALUES (?, ?, ?, ?)').run('p', 16, 2, Buffer.concat([uuidOf(1), uuidOf(2)]));
+    v2.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('k', Buffer.from('v'));
+    v2.close();
+
+    // (compared as strings: a deep equality over megabytes of Buffer takes very long)
+    const show = (items: StoredItem[]): string[] =>
+      items.map((it) => `${it.queue}|${it.uuid.toString('hex')}|${it.ttl}|${it.flags}|${createHash('sha1').update(it.body).digest('hex')}`);
+    let s = open(file);
+    expect(show(await s.load())).toEqual(show(want));
+    expect((await s.loadSeen()).get('p')).toEqual([uuidOf(1), uuidOf(2)]);
+    expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
+    const raw = s as unknown as { db: Database.Database };
+    expect(raw.db.pragma('user_version', { simple: true })).toBe(3);
+    expect(raw.db.prepare(`SELECT name FROM sqlite_master WHERE name = 'items'`).get()).toBeUndefined();
+    // keys still dedupe, deletes and TTL updates find the migrated items, new items go last
+    await s.push([itemOf('a', 1, { body: Buffer.from('dup') }), itemOf('b', 9001)]);
+    await s.delete([{ queue: 'a', uuid: uuidOf(2) }, { queue: 'ünï', uuid: uuidOf(0) }]);
+    await s.updateTtls([{ queue: 'a', uuid: uuidOf(4), ttl: 99 }]);
+    await s.close();
+    s = open(file);
+    const items = await s.load();
+    const expected = want.filter((_, i) => i !== 2 && i !== 0).map((it) => (it.uuid.equals(uuidOf(4)) ? { ...it, ttl: 99 } : it));
+    expected.push(itemOf('b', 9001));
+    expect(show(items)).toEqual(show(expected));
+  });
+
+  it('stores the items written in one batch as one row, and keeps each delete across reopen', async () => {
+    const file = newFile();
+    let s = open(file);
+    const ps: Promise<void>[] = [];
+    for (let i = 0; i < 1000; i++) ps.push(s.push([itemOf(`q${i % 2}`, i)]));
+    await Promise.all(ps);
+    const rows = (x: SqliteQueuesStorage): number =>
+      (x as unknown as { db: Database.Database }).db.prepare('SELECT count(*) FROM item_chunks').pluck().get() as number;
+    expect(rows(s)).toBe(1);
+    // deletes in several batches, in and out of order; TTL updates of written items
+    await s.delete([5, 1, 999, 500].map((i) => ({ queue: `q${i % 2}`, uuid: uuidOf(i) })));
+    await s.updateTtls([{ queue: 'q0', uuid: uuidOf(2), ttl: 1234 }]);
+    await s.delete(Array.from({ length: 100 }, (_, i) => ({ queue: `q${(i + 100) % 2}`, uuid: uuidOf(i + 100) })));
+    await s.deleteAll('q1');
+    await s.close();
+    s = open(file);
+    let items = await s.load();
+    const left = Array.from({ length: 1000 }, (_, i) => i).filter((i) => i % 2 === 0 && i !== 500 && !(i >= 100 && i < 200));
+    expect(items.map((it) => it.uuid.readUInt32BE(12))).toEqual(left);
+    expect(items[1]!.ttl).toBe(1234);
+    expect(items[0]!.ttl).toBeNull();
+    // deleting the rest removes the row and its bookkeeping
+    await s.delete(left.map((i) => ({ queue: 'q0', uuid: uuidOf(i) })));
+    expect(rows(s)).toBe(0);
+    const db = (s as unknown as { db: Database.Database }).db;
+    expect(db.prepare('SELECT count(*) FROM item_dead').pluck().get()).toBe(0);
+    expect(db.prepare('SELECT count(*) FROM item_ttls').pluck().get()).toBe(0);
+    // a deleted item's TTL never applies to a later item, even after a reopen
+    await s.push([itemOf('q0', 5000)]);
+    await s.close();
+    s = open(file);
+    await s.push([itemOf('q0', 5001)]);
+    items = await s.load();
+    expect(items.map((it) => [it.uuid.readUInt32BE(12), it.ttl])).toEqual([
+      [5000, null],
+      [5001, null],
+    ]);
+  });
+
+  it('compacts a mostly deleted row once no delete touched it for a while, keeping its live items', async () => {
+    const file = newFile();
+    let s = open(file);
+    const body = Buffer.alloc(1000, 1);
+    await s.push(Array.from({ length: 200 }, (_, i) => itemOf(i % 20 ? 'gone' : 'kept', i, { body, ttl: i })));
+    await s.updateTtls([{ queue: 'kept', uuid: uuidOf(20), ttl: 7 }]);
+    await s.deleteAll('gone');
+    const db = (s as unknown as { db: Database.Database }).db;
+    const size = (): number => db.prepare('SELECT sum(length(keys) + length(data)) FROM item_chunks').pluck().get() as number;
+    const before = size();
+    expect(before).toBeGreaterThan(200_000);
+    // other writes, in separate batches
+    for (let i = 0; i < 40; i++) await s.setMeta('tick', Buffer.from([i]));
+    expect(size()).toBeLessThan(before / 10);
+    expect(db.prepare('SELECT count(*) FROM item_dead').pluck().get()).toBe(0);
+    const want = Array.from({ length: 10 }, (_, j) => itemOf('kept', j * 20, { body, ttl: j === 1 ? 7 : j * 20 }));
+    expect(await s.load()).toEqual(want);
+    await s.close();
+    s = open(file);
+    expect(await s.load()).toEqual(want);
+    await s.delete([{ queue: 'kept', uuid: uuidOf(40) }]);
+    await s.push([itemOf('kept', 1000)]);
+    expect((await s.load()).map((it) => it.uuid.readUInt32BE(12))).toEqual([0, 20, 60, 80, 100, 120, 140, 160, 180, 1000]);
   });
 
   it('keeps large seen windows exact across chunks, re-adds, trims and reopens', async () => {
