@@ -18,7 +18,11 @@ export const MAX_WIRE_PACKET_SIZE = 0xffffffff;
 /** Where the decoder stands: reading a length prefix, or a payload. */
 export type PacketDecoderState = 'header' | 'payload' | 'failed';
 
-const EMPTY = Buffer.alloc(0);
+/**
+ * Payloads up to this many bytes (1 MiB) that span chunks get their buffer at the announced
+ * length as soon as their first bytes arrive; longer ones once a quarter of them has arrived.
+ */
+export const EAGER_ALLOC_LIMIT = 1024 * 1024;
 
 /** Validate a `maxPacketSize` option (payload bytes). */
 export function checkMaxPacketSize(v: number): number {
@@ -31,18 +35,28 @@ export function checkMaxPacketSize(v: number): number {
 /**
  * Decodes length-prefixed packets.
  *
- * Payloads that arrive whole inside one chunk are returned as views of that chunk (no copy);
- * payloads spread over several chunks are joined into a new buffer once complete, so memory
- * held for a partial packet is only what has arrived.
+ * Payloads that arrive whole inside one chunk are returned as views of that chunk (no copy).
+ * A payload spread over several chunks is copied, as its bytes arrive, into one buffer of its
+ * announced length (each byte copied once, while the chunk is still in the CPU's cache). That
+ * buffer is allocated when the payload's first bytes arrive if it is at most
+ * {@link EAGER_ALLOC_LIMIT} bytes long; a longer payload is first kept as the chunks it arrived
+ * in, and gets its buffer once a quarter of it has arrived, so a peer that announces a large
+ * packet and stalls makes us hold at most four times what it sent (and never more than the
+ * limit allows).
  */
 export class PacketDecoder {
   /** Largest accepted payload in bytes; a packet of exactly this size is accepted. */
   readonly maxPacketSize: number;
   private readonly header = Buffer.alloc(PACKET_HEADER_SIZE);
   private headerFill = 0;
+  /** Payload length of the packet in progress. */
   private expected = 0;
-  private parts: Buffer[] = [];
+  /** Payload bytes of the packet in progress received so far. */
   private received = 0;
+  /** Where the packet in progress is assembled (`expected` bytes), once allocated. */
+  private target: Buffer | null = null;
+  /** Chunks of a packet in progress that has no `target` yet (longer than EAGER_ALLOC_LIMIT). */
+  private parts: Buffer[] = [];
   private state_: PacketDecoderState = 'header';
   private error: FrameTooLargeError | undefined;
 
@@ -56,7 +70,10 @@ export class PacketDecoder {
     return this.state_;
   }
 
-  /** Bytes held for the packet in progress (header bytes included). */
+  /**
+   * Bytes of the packet in progress received so far (header bytes included). The memory held
+   * for it may be more: see the class description.
+   */
   get buffered(): number {
     return this.state_ === 'payload' ? PACKET_HEADER_SIZE + this.received : this.headerFill;
   }
@@ -72,59 +89,110 @@ export class PacketDecoder {
 
   /**
    * Like {@link push}, but hands each payload over as `buf[start..end)` instead of as a view of
-   * its own, sparing a Buffer object per packet. `buf` is the chunk, or the joined parts of a
-   * payload that spanned several chunks.
+   * its own, sparing a Buffer object per packet. `buf` is the chunk, or the buffer a payload that
+   * spanned several chunks was assembled in.
    */
   pushRaw(chunk: Buffer, onPacket: (buf: Buffer, start: number, end: number) => void): void {
     if (this.error) throw this.error;
     const n = chunk.length;
     let off = 0;
-    while (off < n) {
-      if (this.state_ === 'header') {
-        let len: number;
-        if (this.headerFill === 0 && n - off >= PACKET_HEADER_SIZE) {
-          len = chunk.readUInt32BE(off);
-          off += PACKET_HEADER_SIZE;
-        } else {
-          const take = Math.min(PACKET_HEADER_SIZE - this.headerFill, n - off);
-          chunk.copy(this.header, this.headerFill, off, off + take);
-          this.headerFill += take;
-          off += take;
-          if (this.headerFill < PACKET_HEADER_SIZE) return;
-          this.headerFill = 0;
-          len = this.header.readUInt32BE(0);
-        }
-        if (len > this.maxPacketSize) {
-          this.state_ = 'failed';
-          this.error = new FrameTooLargeError(len, this.maxPacketSize);
-          throw this.error;
-        }
-        if (len === 0) {
-          onPacket(EMPTY, 0, 0);
-        } else if (n - off >= len) {
-          const start = off;
-          off += len;
-          onPacket(chunk, start, off);
-        } else {
-          this.expected = len;
-          this.parts.push(chunk.subarray(off));
-          this.received = n - off;
-          this.state_ = 'payload';
-          return;
-        }
-      } else {
-        const take = Math.min(this.expected - this.received, n - off);
-        this.parts.push(chunk.subarray(off, off + take));
-        this.received += take;
-        off += take;
-        if (this.received < this.expected) return;
-        const payload = Buffer.concat(this.parts, this.expected);
-        this.parts = [];
-        this.received = 0;
-        this.state_ = 'header';
-        onPacket(payload, 0, payload.length);
-      }
+    if (this.state_ !== 'header' || this.headerFill !== 0) {
+      off = this.resume(chunk, onPacket);
+      if (off === n) return;
     }
+    // Whole packets inside the chunk: handed over as views, nothing copied or allocated.
+    const max = this.maxPacketSize;
+    while (n - off >= PACKET_HEADER_SIZE) {
+      const len = chunk.readUInt32BE(off);
+      if (len > max) this.fail(len);
+      const start = off + PACKET_HEADER_SIZE;
+      if (n - start < len) {
+        this.begin(chunk, start, len);
+        return;
+      }
+      off = start + len;
+      onPacket(chunk, start, off);
+    }
+    if (off < n) {
+      chunk.copy(this.header, 0, off, n);
+      this.headerFill = n - off;
+    }
+  }
+
+  /**
+   * Continue the length prefix or payload in progress with the start of `chunk`. Returns the
+   * offset where the rest of the chunk starts with a new packet, or `chunk.length`.
+   */
+  private resume(chunk: Buffer, onPacket: (buf: Buffer, start: number, end: number) => void): number {
+    const n = chunk.length;
+    let off = 0;
+    if (this.state_ === 'header') {
+      const take = Math.min(PACKET_HEADER_SIZE - this.headerFill, n);
+      chunk.copy(this.header, this.headerFill, 0, take);
+      this.headerFill += take;
+      if (this.headerFill < PACKET_HEADER_SIZE) return n;
+      this.headerFill = 0;
+      off = take;
+      const len = this.header.readUInt32BE(0);
+      if (len > this.maxPacketSize) this.fail(len);
+      if (n - off < len) {
+        this.begin(chunk, off, len);
+        return n;
+      }
+      onPacket(chunk, off, off + len);
+      return off + len;
+    }
+    const take = Math.min(this.expected - this.received, n);
+    const target = this.target;
+    if (target !== null) {
+      chunk.copy(target, this.received, 0, take);
+      this.received += take;
+    } else {
+      this.parts.push(take === n ? chunk : chunk.subarray(0, take));
+      this.received += take;
+      this.maybeAllocate();
+    }
+    if (this.received < this.expected) return n;
+    const payload = this.target as Buffer;
+    this.target = null;
+    this.received = 0;
+    this.state_ = 'header';
+    onPacket(payload, 0, payload.length);
+    return take;
+  }
+
+  /** A payload of `len` bytes (limit checked) starts at `chunk[off]` and continues in later chunks. */
+  private begin(chunk: Buffer, off: number, len: number): void {
+    this.expected = len;
+    this.received = chunk.length - off;
+    this.state_ = 'payload';
+    if (len <= EAGER_ALLOC_LIMIT) {
+      const target = (this.target = Buffer.allocUnsafe(len));
+      chunk.copy(target, 0, off);
+    } else {
+      this.parts.push(chunk.subarray(off));
+      this.maybeAllocate();
+    }
+  }
+
+  /** Refuse a length prefix above the limit: the decoder fails for good. */
+  private fail(len: number): never {
+    this.state_ = 'failed';
+    this.error = new FrameTooLargeError(len, this.maxPacketSize);
+    throw this.error;
+  }
+
+  /** Give a long payload in progress its buffer once a quarter of it has arrived. */
+  private maybeAllocate(): void {
+    if (this.received * 4 < this.expected) return;
+    const target = Buffer.allocUnsafe(this.expected);
+    let at = 0;
+    for (const p of this.parts) {
+      target.set(p, at);
+      at += p.length;
+    }
+    this.parts = [];
+    this.target = target;
   }
 }
 

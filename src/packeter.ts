@@ -31,6 +31,9 @@ const COPY_LIMIT = 16 * 1024;
  */
 const SLAB_SIZE = 64 * 1024;
 
+/** Placeholder packet callback of a connection being set up. */
+const ignorePacket = (): void => {};
+
 /** @internal Receives packets as `buf[start..end)`, see {@link Packeter.setPacketSink}. */
 export type PacketSink = (connId: ConnId, buf: Buffer, start: number, end: number) => void;
 
@@ -65,6 +68,8 @@ export interface PacketerOptions {
 interface ConnState {
   info: ConnectionInfo;
   decoder: PacketDecoder;
+  /** Hands this connection's decoded packets on (made once per connection, not per chunk). */
+  deliver: (buf: Buffer, start: number, end: number) => void;
   /** Buffers waiting for the next flush, before the open slab part. */
   out: Buffer[];
   /** Slab that small packets are copied into; bytes `slabStart..slabEnd` wait for the next flush. */
@@ -290,9 +295,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   }
 
   private readonly onConnect = (connId: ConnId, info: ConnectionInfo): void => {
-    this.conns.set(connId, {
+    const c: ConnState = {
       info,
       decoder: new PacketDecoder(this.maxPacketSize),
+      deliver: ignorePacket,
       out: [],
       slab: null,
       slabStart: 0,
@@ -303,7 +309,9 @@ export class Packeter extends EventEmitter<PacketerEvents> {
       scheduled: false,
       needDrain: false,
       closed: false,
-    });
+    };
+    c.deliver = this.deliverer(connId, c);
+    this.conns.set(connId, c);
     this.emit('connect', connId, info);
   };
 
@@ -317,13 +325,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     if (!c || c.closed) return;
     this.chunksReceived++;
     try {
-      c.decoder.pushRaw(data, (buf, start, end) => {
-        if (c.closed) return;
-        // Looked up per packet: a listener may come or go while a chunk is being decoded.
-        const sink = this.sink;
-        if (sink !== undefined) sink(connId, buf, start, end);
-        if (!c.closed && this.listenerCount('packet') > 0) this.emit('packet', connId, buf.subarray(start, end));
-      });
+      c.decoder.pushRaw(data, c.deliver);
     } catch (err) {
       if (!(err instanceof SnakeMQError)) throw err;
       // The layer above closed the connection while this chunk was being decoded (e.g. on a
@@ -335,6 +337,17 @@ export class Packeter extends EventEmitter<PacketerEvents> {
       if (this.listenerCount('error') > 0) this.emit('error', err, connId);
     }
   };
+
+  /** The decoder's packet callback of one connection: the sink first, then `packet` listeners. */
+  private deliverer(connId: ConnId, c: ConnState): ConnState['deliver'] {
+    return (buf, start, end) => {
+      if (c.closed) return;
+      // Looked up per packet: a listener may come or go while a chunk is being decoded.
+      const sink = this.sink;
+      if (sink !== undefined) sink(connId, buf, start, end);
+      if (!c.closed && this.listenerCount('packet') > 0) this.emit('packet', connId, buf.subarray(start, end));
+    };
+  }
 
   private readonly onDrain = (connId: ConnId): void => {
     const c = this.conns.get(connId);

@@ -211,6 +211,31 @@ describe('Link and Packeter over loopback', () => {
     expect(ids.every((id) => sent.has(id))).toBe(true);
   });
 
+  it('delivers 1 MiB packets intact, each in memory of its own that later packets leave alone', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    const pa = new Packeter(a);
+    const pb = new Packeter(b);
+    const { port } = await a.addListener({ port: 0 });
+    const [aId] = await Promise.all([
+      waitFor<[string]>(pa, 'connect').then(([c]) => c),
+      b.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    const got: Buffer[] = [];
+    pb.on('packet', (_c, p) => got.push(p)); // kept without copying
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 6; i++) {
+      const p = Buffer.alloc(1024 * 1024 + i * 1000, 0x30 + i);
+      p.writeUInt32BE(i, 0);
+      sent.push(p);
+      pa.sendPacket(aId, p);
+    }
+    pa.sendPacket(aId, Buffer.from('small after large'));
+    await until(() => got.length === 7);
+    for (let i = 0; i < 6; i++) expect(got[i].equals(sent[i])).toBe(true);
+    expect(got[6].toString()).toBe('small after large');
+  });
+
   it('honours backpressure: writable() turns false and drain follows', async () => {
     const a = makeLink();
     const b = makeLink();

@@ -1,6 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { FrameTooLargeError } from '../src/errors.js';
-import { PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
+import { EAGER_ALLOC_LIMIT, PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
 import { prng } from './helpers/prng.js';
 
 function packet(payload: Buffer): Buffer {
@@ -119,10 +119,113 @@ describe('PacketDecoder', () => {
     expect(got).toEqual([Buffer.from('ok')]);
   });
 
-  it('holds only the bytes that arrived for a partial packet', () => {
+  it('counts only the bytes that arrived as buffered for a partial packet', () => {
     const d = new PacketDecoder();
     d.push(Buffer.concat([encodePacketHeader(1_000_000), Buffer.alloc(10)]), () => {});
     expect(d.state).toBe('payload');
     expect(d.buffered).toBe(14);
+  });
+});
+
+describe('PacketDecoder memory', () => {
+  /** Feed `chunks` through pushRaw, recording every (buf, start, end) handed over. */
+  function raw(d: PacketDecoder, chunks: Buffer[]): Array<[Buffer, number, number]> {
+    const out: Array<[Buffer, number, number]> = [];
+    for (const c of chunks) d.pushRaw(c, (buf, start, end) => out.push([buf, start, end]));
+    return out;
+  }
+
+  function pattern(n: number): Buffer {
+    const b = Buffer.allocUnsafe(n);
+    for (let i = 0; i < n; i++) b[i] = (i * 31 + 7) & 0xff;
+    return b;
+  }
+
+  it('hands packets that arrive whole in one chunk over as views of that chunk', () => {
+    const chunk = Buffer.concat([packet(Buffer.from('one')), packet(Buffer.alloc(0)), packet(Buffer.from('three'))]);
+    const out = raw(new PacketDecoder(), [chunk]);
+    expect(out.map(([buf]) => buf === chunk)).toEqual([true, true, true]);
+    expect(out.map(([buf, s, e]) => buf.toString('latin1', s, e))).toEqual(['one', '', 'three']);
+  });
+
+  it('hands a payload over as a view of its chunk when only its length prefix was split', () => {
+    const s = packet(Buffer.from('payload'));
+    const second = s.subarray(2);
+    const out = raw(new PacketDecoder(), [s.subarray(0, 2), second]);
+    expect(out).toHaveLength(1);
+    expect(out[0][0]).toBe(second);
+    expect(second.toString('latin1', out[0][1], out[0][2])).toBe('payload');
+  });
+
+  it('assembles a payload spread over 64 KiB chunks in one buffer allocated once at its length', () => {
+    const payload = pattern(1024 * 1024);
+    const s = Buffer.concat([packet(payload), packet(Buffer.from('next'))]);
+    const chunks: Buffer[] = [];
+    for (let off = 0; off < s.length; off += 65536) chunks.push(Buffer.from(s.subarray(off, off + 65536)));
+    const alloc = vi.spyOn(Buffer, 'allocUnsafe');
+    const concat = vi.spyOn(Buffer, 'concat');
+    const d = new PacketDecoder();
+    let out: Array<[Buffer, number, number]>;
+    try {
+      out = raw(d, chunks);
+      expect(alloc.mock.calls.map(([n]) => n)).toEqual([payload.length]);
+      expect(concat).not.toHaveBeenCalled();
+    } finally {
+      alloc.mockRestore();
+      concat.mockRestore();
+    }
+    expect(out).toHaveLength(2);
+    const [buf, start, end] = out[0];
+    expect([buf.length, start, end]).toEqual([payload.length, 0, payload.length]);
+    expect(buf.equals(payload)).toBe(true);
+    expect(out[1][0].toString('latin1', out[1][1], out[1][2])).toBe('next');
+    expect(d.state).toBe('header');
+  });
+
+  it('assembles a payload fed one byte at a time', () => {
+    const payload = pattern(1000);
+    const d = new PacketDecoder();
+    const out: Buffer[] = [];
+    for (const byte of packet(payload)) d.push(Buffer.from([byte]), (p) => out.push(Buffer.from(p)));
+    expect(out).toEqual([payload]);
+  });
+
+  it('gives a payload above EAGER_ALLOC_LIMIT its buffer only once a quarter of it has arrived', () => {
+    const len = 4 * EAGER_ALLOC_LIMIT + 8;
+    const payload = pattern(len);
+    const s = packet(payload);
+    const alloc = vi.spyOn(Buffer, 'allocUnsafe');
+    const d = new PacketDecoder();
+    const out: Buffer[] = [];
+    const feed = (from: number, to: number): void => d.push(s.subarray(from, to), (p) => out.push(p));
+    try {
+      feed(0, 4 + 1000);
+      expect(d.buffered).toBe(4 + 1000);
+      expect(alloc.mock.calls.filter(([n]) => n === len)).toHaveLength(0);
+      feed(4 + 1000, 4 + len / 4 - 1); // one byte short of a quarter
+      expect(alloc.mock.calls.filter(([n]) => n === len)).toHaveLength(0);
+      feed(4 + len / 4 - 1, 4 + len / 4 + 10);
+      expect(alloc.mock.calls.filter(([n]) => n === len)).toHaveLength(1);
+      feed(4 + len / 4 + 10, s.length);
+      expect(alloc.mock.calls.filter(([n]) => n === len)).toHaveLength(1);
+    } finally {
+      alloc.mockRestore();
+    }
+    expect(out).toHaveLength(1);
+    expect(out[0].equals(payload)).toBe(true);
+  });
+
+  it('refuses an oversized length prefix without allocating for it, also when the prefix is split', () => {
+    const alloc = vi.spyOn(Buffer, 'allocUnsafe');
+    try {
+      const d = new PacketDecoder(1000);
+      d.push(Buffer.from([0, 0]), () => {});
+      expect(() => d.push(Buffer.from([0x10, 0, 1, 2, 3]), () => {})).toThrow(FrameTooLargeError);
+      const whole = new PacketDecoder(1000);
+      expect(() => whole.push(Buffer.from([0, 0, 0x10, 0, 1, 2, 3]), () => {})).toThrow(FrameTooLargeError);
+      expect(alloc).not.toHaveBeenCalled();
+    } finally {
+      alloc.mockRestore();
+    }
   });
 });
