@@ -102,36 +102,189 @@ function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/**
- * Map key of a uuid, from which its bytes can be rebuilt ({@link keyBytes}): a 16-byte uuid
- * gives 8 UTF-16 code units (two bytes each); any other length `'x'` + hex (an odd length, so
- * never 8).
- */
-function keyOf(u: Buffer): string {
-  if (u.length === 16) {
-    return String.fromCharCode(
-      u[0]! | (u[1]! << 8),
-      u[2]! | (u[3]! << 8),
-      u[4]! | (u[5]! << 8),
-      u[6]! | (u[7]! << 8),
-      u[8]! | (u[9]! << 8),
-      u[10]! | (u[11]! << 8),
-      u[12]! | (u[13]! << 8),
-      u[14]! | (u[15]! << 8),
-    );
-  }
-  return 'x' + u.toString('hex');
+/** Seed of {@link hash4}, random per process, so that no set of uuids collides everywhere. */
+const HASH_SEED = (Math.random() * 2 ** 32) | 0;
+
+/** Hash of a 16-byte uuid given as four int32 words. */
+function hash4(a: number, b: number, c: number, d: number): number {
+  let h = HASH_SEED ^ a;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) ^ b;
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) ^ c;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) ^ d;
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  return h ^ (h >>> 13);
 }
 
-/** Write the uuid behind a {@link keyOf} key into `out` at `off`. */
-function keyBytes(k: string, out: Buffer, off: number): void {
-  if (k.length === 8) {
-    for (let i = 0; i < 8; i++) {
-      const c = k.charCodeAt(i);
-      out[off + 2 * i] = c & 0xff;
-      out[off + 2 * i + 1] = c >>> 8;
+/** The little-endian int32 at `o` of `u` (any alignment). */
+const word = (u: Uint8Array, o: number): number => u[o]! | (u[o + 1]! << 8) | (u[o + 2]! << 16) | (u[o + 3]! << 24);
+
+/** Smallest table of a {@link UuidMap} (slots; a power of two). */
+const MAP_MIN_SLOTS = 16;
+/** A {@link UuidMap} table shrinks on deletes only while larger than this (slots). */
+const MAP_SHRINK_ABOVE = 4096;
+
+/**
+ * uuid → number (>= 0). 16-byte uuids, the only ones Messaging uses, live in an open-addressing
+ * table (linear probing, backward-shift deletion) of their four int32 words: no string or object
+ * per uuid. Uuids of any other length go to a `Map` keyed by their bytes as latin1.
+ */
+class UuidMap {
+  /** Keys, four words per slot. */
+  private words = new Int32Array(MAP_MIN_SLOTS * 4);
+  /** Values by slot; -1: the slot is empty. */
+  private vals = new Float64Array(MAP_MIN_SLOTS).fill(-1);
+  private mask = MAP_MIN_SLOTS - 1;
+  /** 16-byte uuids in the table. */
+  private count = 0;
+  private other: Map<string, number> | null = null;
+
+  get size(): number {
+    return this.other === null ? this.count : this.count + this.other.size;
+  }
+
+  /** The value of `u`, or -1. */
+  get(u: Buffer): number {
+    if (u.length !== 16) return this.other?.get(u.toString('latin1')) ?? -1;
+    const i = this.find(word(u, 0), word(u, 4), word(u, 8), word(u, 12));
+    return i < 0 ? -1 : this.vals[i]!;
+  }
+
+  /** Set `u` to `v` unless present; returns the value it had, or -1 (it was added). */
+  add(u: Buffer, v: number): number {
+    if (u.length !== 16) {
+      const k = u.toString('latin1');
+      const m = (this.other ??= new Map());
+      const old = m.get(k);
+      if (old !== undefined) return old;
+      m.set(k, v);
+      return -1;
     }
-  } else out.write(k.slice(1), off, 'hex');
+    const a = word(u, 0);
+    const b = word(u, 4);
+    const c = word(u, 8);
+    const d = word(u, 12);
+    const i = this.find(a, b, c, d);
+    if (i >= 0) return this.vals[i]!;
+    this.insertAt(~i, a, b, c, d, v);
+    return -1;
+  }
+
+  /** Set the uuid of words `a..d` to `v`; returns the value it had, or -1. */
+  put4(a: number, b: number, c: number, d: number, v: number): number {
+    const i = this.find(a, b, c, d);
+    if (i < 0) {
+      this.insertAt(~i, a, b, c, d, v);
+      return -1;
+    }
+    const old = this.vals[i]!;
+    this.vals[i] = v;
+    return old;
+  }
+
+  /** Set `u` (not 16 bytes long) to `v`; returns the value it had, or -1. */
+  putOther(u: Buffer, v: number): number {
+    const k = u.toString('latin1');
+    const m = (this.other ??= new Map());
+    const old = m.get(k);
+    m.set(k, v);
+    return old ?? -1;
+  }
+
+  /** Remove `u`; returns its value, or -1 when absent. */
+  delete(u: Buffer): number {
+    if (u.length === 16) return this.delete4(word(u, 0), word(u, 4), word(u, 8), word(u, 12));
+    if (this.other === null) return -1;
+    const k = u.toString('latin1');
+    const old = this.other.get(k);
+    if (old === undefined) return -1;
+    this.other.delete(k);
+    return old;
+  }
+
+  /** Remove the uuid of words `a..d`; returns its value, or -1 when absent. */
+  delete4(a: number, b: number, c: number, d: number): number {
+    const i = this.find(a, b, c, d);
+    if (i < 0) return -1;
+    const old = this.vals[i]!;
+    this.removeAt(i);
+    // (a table that grows and drains over and over, as a queue does, is not resized every time)
+    if (--this.count * 16 < this.mask && this.mask >= MAP_SHRINK_ABOVE) this.resize((this.mask + 1) >> 1);
+    return old;
+  }
+
+  /** Call `fn` with every value (the map must not change meanwhile). */
+  forEachValue(fn: (v: number) => void): void {
+    const vals = this.vals;
+    for (let i = 0; i < vals.length; i++) if (vals[i]! >= 0) fn(vals[i]!);
+    if (this.other) for (const v of this.other.values()) fn(v);
+  }
+
+  /** The slot holding `a..d`, or `~slot` of the empty slot where it would go. */
+  private find(a: number, b: number, c: number, d: number): number {
+    const words = this.words;
+    const vals = this.vals;
+    const mask = this.mask;
+    for (let i = hash4(a, b, c, d) & mask; ; i = (i + 1) & mask) {
+      if (vals[i]! < 0) return ~i;
+      const q = i << 2;
+      if (words[q] === a && words[q + 1] === b && words[q + 2] === c && words[q + 3] === d) return i;
+    }
+  }
+
+  private insertAt(i: number, a: number, b: number, c: number, d: number, v: number): void {
+    const q = i << 2;
+    const words = this.words;
+    words[q] = a;
+    words[q + 1] = b;
+    words[q + 2] = c;
+    words[q + 3] = d;
+    this.vals[i] = v;
+    // at most 5/8 full
+    if (++this.count * 8 > (this.mask + 1) * 5) this.resize((this.mask + 1) << 1);
+  }
+
+  /** Empty slot `i`, moving later entries of its probe run back so that every entry stays findable. */
+  private removeAt(i: number): void {
+    const words = this.words;
+    const vals = this.vals;
+    const mask = this.mask;
+    let hole = i;
+    for (let j = (i + 1) & mask; vals[j]! >= 0; j = (j + 1) & mask) {
+      const q = j << 2;
+      const home = hash4(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!) & mask;
+      // the entry may move into the hole when the hole lies between its home slot and it
+      if (((j - home) & mask) >= ((j - hole) & mask)) {
+        const h = hole << 2;
+        words[h] = words[q]!;
+        words[h + 1] = words[q + 1]!;
+        words[h + 2] = words[q + 2]!;
+        words[h + 3] = words[q + 3]!;
+        vals[hole] = vals[j]!;
+        hole = j;
+      }
+    }
+    vals[hole] = -1;
+  }
+
+  private resize(slots: number): void {
+    const words = this.words;
+    const vals = this.vals;
+    this.words = new Int32Array(slots * 4);
+    this.vals = new Float64Array(slots).fill(-1);
+    this.mask = slots - 1;
+    for (let i = 0; i < vals.length; i++) {
+      if (vals[i]! < 0) continue;
+      const q = i << 2;
+      const at = ~this.find(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!);
+      const p = at << 2;
+      this.words[p] = words[q]!;
+      this.words[p + 1] = words[q + 1]!;
+      this.words[p + 2] = words[q + 2]!;
+      this.words[p + 3] = words[q + 3]!;
+      this.vals[at] = vals[i]!;
+    }
+  }
 }
 
 /**
@@ -276,27 +429,41 @@ function chunkItems(items: readonly SeqItem[], write: (part: SeqItem[]) => void)
 }
 
 /**
- * Consecutive received uuids of one peer, one `seen_chunks` row: all of one width, oldest first.
- * Entries trimmed from the front or moved to a newer chunk become `null`.
+ * Consecutive received uuids of one peer, one `seen_chunks` row: all of one width, oldest first,
+ * as raw bytes. Slots before `start` were trimmed; a slot whose uuid was added again later (and
+ * so moved to a newer slot) is marked in `dead`.
  */
 interface SeenChunk {
   seq: number;
+  /** Number of the chunk in its peer's window: it is `PeerSeen.chunks[no - PeerSeen.first]`. */
+  no: number;
   peer: string;
   width: number;
-  keys: (string | null)[];
-  /** Index of the oldest entry that may be live. */
+  /** `cap` slots of `width` bytes. */
+  bytes: Buffer;
+  cap: number;
+  /** Slots in use. */
+  n: number;
+  /** First slot not trimmed. */
   start: number;
   live: number;
+  /** By slot, 1: the uuid moved to a newer slot (allocated on the first such move). */
+  dead: Uint8Array | null;
   /** The row exists in the database (as of the last commit). */
   inDb: boolean;
+  /** In {@link SqliteQueuesStorage.seenDirty}. */
+  dirty: boolean;
 }
 
-/** The dedup window of one peer: its chunks oldest first, and where each uuid is. */
+/** The dedup window of one peer: its chunks oldest first, and which chunk each uuid is in. */
 interface PeerSeen {
   chunks: SeenChunk[];
+  /** Chunks before it are empty. */
   head: number;
-  size: number;
-  where: Map<string, SeenChunk>;
+  /** `no` of `chunks[0]`. */
+  first: number;
+  /** uuid → `no` of the chunk holding it. */
+  where: UuidMap;
 }
 
 /** A `seen_chunks` row. */
@@ -308,21 +475,91 @@ interface SeenRow {
   uuids: Buffer;
 }
 
-/** Take `k` out of chunk `c` (it is being re-added, so it moves to the newest place). */
-function dropKey(c: SeenChunk, k: string, dirty: Set<SeenChunk>): void {
-  const i = c.keys.indexOf(k, c.start);
-  if (i < 0) return;
-  c.keys[i] = null;
-  c.live--;
-  dirty.add(c);
+function newSeenChunk(seq: number, no: number, peer: string, width: number, cap: number): SeenChunk {
+  const c: SeenChunk = { seq, no, peer, width, bytes: EMPTY, cap: 0, n: 0, start: 0, live: 0, dead: null, inDb: false, dirty: false };
+  growSeenChunk(c, cap);
+  return c;
 }
 
-/** Remove the `null` entries of a chunk. */
-function compact(c: SeenChunk): void {
-  const keys: string[] = [];
-  for (let i = c.start; i < c.keys.length; i++) if (c.keys[i] != null) keys.push(c.keys[i]!);
-  c.keys = keys;
-  c.start = 0;
+const EMPTY = Buffer.alloc(0);
+
+/** Give `c` room for at least `cap` slots (its width-0 chunks need no memory). */
+function growSeenChunk(c: SeenChunk, cap: number): void {
+  if (c.width === 0) {
+    c.cap = Math.max(cap, SEEN_CHUNK);
+    return;
+  }
+  const bytes = Buffer.allocUnsafeSlow(cap * c.width);
+  c.bytes.copy(bytes, 0, 0, c.n * c.width);
+  c.bytes = bytes;
+  c.cap = cap;
+  if (c.dead && c.dead.length < cap) {
+    const dead = new Uint8Array(cap);
+    dead.set(c.dead);
+    c.dead = dead;
+  }
+}
+
+/** Mark `c` as changed in this transaction. */
+function touchSeen(c: SeenChunk, dirty: Set<SeenChunk>): void {
+  if (!c.dirty) {
+    c.dirty = true;
+    dirty.add(c);
+  }
+}
+
+/** Mark the live slot of `u` (of `p`'s chunk number `no`) dead: `u` moved to a newer slot. */
+function killSeen(p: PeerSeen, no: number, u: Buffer, dirty: Set<SeenChunk>): void {
+  const c = p.chunks[no - p.first]!;
+  const w = c.width;
+  // its newest slot in the chunk (older ones are dead already)
+  for (let s = c.n - 1; s >= c.start; s--) {
+    if (c.dead && c.dead[s] === 1) continue;
+    if (u.compare(c.bytes, s * w, s * w + w) !== 0) continue;
+    (c.dead ??= new Uint8Array(Math.max(c.cap, SEEN_CHUNK)))[s] = 1;
+    c.live--;
+    touchSeen(c, dirty);
+    return;
+  }
+}
+
+/** Trim the oldest live uuid of `p` (which has one). */
+function evictSeen(p: PeerSeen, dirty: Set<SeenChunk>): void {
+  let c = p.chunks[p.head]!;
+  while (c.live === 0) c = p.chunks[++p.head]!;
+  let s = c.start;
+  const dead = c.dead;
+  if (dead !== null) while (dead[s] === 1) s++;
+  c.start = s + 1;
+  c.live--;
+  touchSeen(c, dirty);
+  if (c.width === 16) {
+    const b = c.bytes;
+    const o = s << 4;
+    p.where.delete4(word(b, o), word(b, o + 4), word(b, o + 8), word(b, o + 12));
+  } else p.where.delete(c.bytes.subarray(s * c.width, s * c.width + c.width));
+}
+
+/** Append `u` to `c` (which has room) as the newest uuid of `p`; a uuid already present moves here. */
+function appendSeen(p: PeerSeen, c: SeenChunk, u: Buffer, dirty: Set<SeenChunk>): void {
+  const s = c.n++;
+  c.live++;
+  let old: number;
+  if (c.width === 16) {
+    const bytes = c.bytes;
+    const o = s << 4;
+    for (let k = 0; k < 16; k++) bytes[o + k] = u[k]!;
+    old = p.where.put4(word(u, 0), word(u, 4), word(u, 8), word(u, 12), c.no);
+  } else {
+    u.copy(c.bytes, s * c.width);
+    old = p.where.putOther(u, c.no);
+  }
+  if (old >= 0) {
+    // (its old slot is found by content: the new one is not live yet for that search)
+    c.n--;
+    killSeen(p, old, u, dirty);
+    c.n++;
+  }
 }
 
 /** Bring a version 0 (new), 1 or 2 file to {@link SCHEMA_VERSION}; runs in a transaction. */
@@ -464,8 +701,10 @@ export class SqliteQueuesStorage implements QueuesStorage {
   /** A batch failed: {@link rebuild} before the next one. */
   private stale = false;
 
-  /** queue → uuid key → seq of every stored item (as of the ops applied so far). */
-  private index = new Map<string, Map<string, number>>();
+  /** queue → uuid → seq of every stored item (as of the ops applied so far). */
+  private index = new Map<string, UuidMap>();
+  /** The last map of {@link index} that emptied, for the next queue (most often the same one). */
+  private spareMap: UuidMap | null = null;
   private nextSeq = 1;
   /** Items of the current transaction not yet written; item `i` gets seq `insSeq0 + i`. */
   private pendingIns: (StoredItem | null)[] = [];
@@ -588,7 +827,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     this.chunks = [];
     this.goneChunks = 0;
     this.lastChunk = null;
-    const index = new Map<string, Map<string, number>>();
+    const index = new Map<string, UuidMap>();
     let maxSeq = 0;
     const deadRows = new Map(this.stmt.loadDead.all() as [number, Buffer][]);
     const rows = this.db.prepare('SELECT seq, keys, length(data) FROM item_chunks ORDER BY seq').raw().iterate() as IterableIterator<[number, Buffer, number]>;
@@ -619,11 +858,9 @@ export class SqliteQueuesStorage implements QueuesStorage {
         if (isDead(c.dead, e.off)) return;
         const queue = keys.toString('utf8', e.queueAt, e.queueAt + e.queueLen);
         let m = index.get(queue);
-        if (!m) index.set(queue, (m = new Map()));
-        const k = keyOf(keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen));
+        if (!m) index.set(queue, (m = new UuidMap()));
         // (a key present twice, which this code never writes, counts at its first place)
-        if (m.has(k)) return;
-        m.set(k, seq + e.off);
+        if (m.add(keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen), seq + e.off) >= 0) return;
         const size = ENTRY_FIXED + e.queueLen + e.uuidLen + e.bodyLen;
         c.sizes[e.off] = size;
         c.live++;
@@ -647,19 +884,14 @@ export class SqliteQueuesStorage implements QueuesStorage {
     let maxSeen = 0;
     for (const row of this.stmt.loadSeen.iterate() as IterableIterator<SeenRow>) {
       let p = seen.get(row.peer);
-      if (!p) seen.set(row.peer, (p = { chunks: [], head: 0, size: 0, where: new Map() }));
-      const c: SeenChunk = { seq: row.seq, peer: row.peer, width: row.width, keys: [], start: 0, live: 0, inDb: true };
-      for (let i = 0; i < row.n; i++) {
-        const k = keyOf(row.uuids.subarray(i * row.width, (i + 1) * row.width));
-        // (a uuid present twice, which this code never writes, counts at its newest place)
-        const old = p.where.get(k);
-        if (old) dropKey(old, k, this.seenDirty);
-        else p.size++;
-        c.keys.push(k);
-        c.live++;
-        p.where.set(k, c);
-      }
+      if (!p) seen.set(row.peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap() }));
+      const c = newSeenChunk(row.seq, p.chunks.length, row.peer, row.width, row.n);
+      c.inDb = true;
+      // (an empty row, which this code never writes, goes with the next batch)
+      if (row.n === 0) touchSeen(c, this.seenDirty);
       p.chunks.push(c);
+      // (a uuid present twice, which this code never writes, counts at its newest place)
+      for (let i = 0; i < row.n; i++) appendSeen(p, c, row.uuids.subarray(i * row.width, (i + 1) * row.width), this.seenDirty);
       if (row.seq > maxSeen) maxSeen = row.seq;
     }
     this.seen = seen;
@@ -669,10 +901,13 @@ export class SqliteQueuesStorage implements QueuesStorage {
   private applyPush(items: StoredItem[]): void {
     for (const it of items) {
       let m = this.index.get(it.queue);
-      if (!m) this.index.set(it.queue, (m = new Map()));
-      const k = keyOf(it.uuid);
-      if (m.has(k)) continue;
-      m.set(k, this.nextSeq++);
+      if (!m) {
+        m = this.spareMap ?? new UuidMap();
+        this.spareMap = null;
+        this.index.set(it.queue, m);
+      }
+      if (m.add(it.uuid, this.nextSeq) >= 0) continue;
+      this.nextSeq++;
       this.pendingIns.push(it);
     }
   }
@@ -681,11 +916,12 @@ export class SqliteQueuesStorage implements QueuesStorage {
     for (const key of keys) {
       const m = this.index.get(key.queue);
       if (!m) continue;
-      const k = keyOf(key.uuid);
-      const seq = m.get(k);
-      if (seq === undefined) continue;
-      m.delete(k);
-      if (m.size === 0) this.index.delete(key.queue);
+      const seq = m.delete(key.uuid);
+      if (seq < 0) continue;
+      if (m.size === 0) {
+        this.index.delete(key.queue);
+        this.spareMap = m;
+      }
       this.deleteSeq(seq);
     }
   }
@@ -694,7 +930,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     const m = this.index.get(queue);
     if (!m) return;
     this.index.delete(queue);
-    for (const seq of m.values()) this.deleteSeq(seq);
+    m.forEachValue((seq) => this.deleteSeq(seq));
   }
 
   private applyDeleteAll(): void {
@@ -754,8 +990,8 @@ export class SqliteQueuesStorage implements QueuesStorage {
 
   private applyTtls(updates: TtlUpdate[]): void {
     for (const u of updates) {
-      const seq = this.index.get(u.queue)?.get(keyOf(u.uuid));
-      if (seq === undefined) continue;
+      const seq = this.index.get(u.queue)?.get(u.uuid) ?? -1;
+      if (seq < 0) continue;
       if (seq >= this.insSeq0) this.pendingIns[seq - this.insSeq0]!.ttl = u.ttl; // our own copy
       else this.pendingTtl.set(seq, u.ttl);
     }
@@ -865,63 +1101,39 @@ export class SqliteQueuesStorage implements QueuesStorage {
     let p = this.seen.get(peer);
     if (!p) {
       if (uuids.length === 0) return;
-      this.seen.set(peer, (p = { chunks: [], head: 0, size: 0, where: new Map() }));
+      this.seen.set(peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap() }));
     }
     const dirty = this.seenDirty;
+    const where = p.where;
+    // new uuids go on in the newest chunk while it is not in the database yet
     let open = p.chunks.length > p.head ? p.chunks[p.chunks.length - 1]! : undefined;
-    if (open && (open.inDb || open.keys.length >= SEEN_CHUNK)) open = undefined;
-    for (const u of uuids) {
-      const k = keyOf(u);
-      const old = p.where.get(k);
-      if (old) dropKey(old, k, dirty);
-      else p.size++;
-      if (!open || open.width !== u.length || open.keys.length >= SEEN_CHUNK) {
-        open = { seq: this.nextSeenSeq++, peer, width: u.length, keys: [], start: 0, live: 0, inDb: false };
+    if (open && (open.inDb || open.n >= SEEN_CHUNK)) open = undefined;
+    for (let i = 0; i < uuids.length; i++) {
+      const u = uuids[i]!;
+      if (!open || open.width !== u.length || open.n >= SEEN_CHUNK) {
+        open = newSeenChunk(this.nextSeenSeq++, p.first + p.chunks.length, peer, u.length, Math.min(SEEN_CHUNK, uuids.length - i));
         p.chunks.push(open);
-        dirty.add(open);
+        touchSeen(open, dirty);
+      } else if (open.n === open.cap) {
+        growSeenChunk(open, Math.min(SEEN_CHUNK, Math.max(open.cap * 2, open.n + uuids.length - i)));
       }
-      open.keys.push(k);
-      open.live++;
-      p.where.set(k, open);
+      appendSeen(p, open, u, dirty);
+      // trim to the newest `keep` as we go (the table never holds more than one extra)
+      if (where.size > keep) evictSeen(p, dirty);
     }
-    // trim to the newest `keep`
-    let excess = p.size - keep;
-    while (excess > 0) {
-      const c = p.chunks[p.head]!;
-      if (c.live <= excess) {
-        for (let i = c.start; i < c.keys.length; i++) {
-          const k = c.keys[i];
-          if (k !== null) p.where.delete(k!);
-        }
-        excess -= c.live;
-        p.size -= c.live;
-        c.live = 0;
-        c.start = c.keys.length;
-        p.head++;
-      } else {
-        while (excess > 0) {
-          const k = c.keys[c.start];
-          c.keys[c.start++] = null;
-          if (k != null) {
-            p.where.delete(k);
-            c.live--;
-            p.size--;
-            excess--;
-          }
-        }
-      }
-      dirty.add(c);
-    }
+    while (where.size > keep) evictSeen(p, dirty);
     // drop emptied chunks from the front (middle ones go when they reach it)
     while (p.head < p.chunks.length && p.chunks[p.head]!.live === 0) p.head++;
     if (p.head === p.chunks.length) {
+      p.first += p.chunks.length;
       p.chunks = [];
       p.head = 0;
     } else if (p.head > 64 && p.head * 2 > p.chunks.length) {
+      p.first += p.head;
       p.chunks = p.chunks.slice(p.head);
       p.head = 0;
     }
-    if (p.size === 0) this.seen.delete(peer);
+    if (where.size === 0) this.seen.delete(peer);
   }
 
   /** Write the seen chunks changed in this transaction. */
@@ -929,16 +1141,23 @@ export class SqliteQueuesStorage implements QueuesStorage {
     if (this.seenDirty.size === 0) return;
     const s = this.stmt;
     for (const c of this.seenDirty) {
+      c.dirty = false;
       if (c.live === 0) {
         if (c.inDb) s.seenDel.run(c.seq);
         c.inDb = false;
         continue;
       }
-      if (c.start > 0 || c.live !== c.keys.length) compact(c);
-      const blob = Buffer.allocUnsafe(c.live * c.width);
-      for (let i = 0; i < c.keys.length; i++) keyBytes(c.keys[i]!, blob, i * c.width);
+      const w = c.width;
+      let blob: Buffer;
+      if (c.live === c.n - c.start) blob = c.bytes.subarray(c.start * w, c.n * w);
+      else {
+        // skip the slots of uuids that moved on
+        blob = Buffer.allocUnsafe(c.live * w);
+        let o = 0;
+        for (let i = c.start; i < c.n; i++) if (c.dead![i] !== 1) o += c.bytes.copy(blob, o, i * w, i * w + w);
+      }
       if (c.inDb) s.seenUpd.run(c.live, blob, c.seq);
-      else s.seenIns.run(c.seq, c.peer, c.width, c.live, blob);
+      else s.seenIns.run(c.seq, c.peer, w, c.live, blob);
       c.inDb = true;
     }
     this.seenDirty.clear();

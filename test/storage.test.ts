@@ -350,6 +350,158 @@ describe('sqlite storage specifics', () => {
     }
   });
 
+  it('keeps seen windows exact with uuids of any length, re-adds within a batch, shrinking keeps and reopens', async () => {
+    const file = newFile();
+    let s = open(file);
+    const model = new Map<string, Buffer[]>();
+    const add = (peer: string, uuids: Buffer[], keep: number): Promise<void> => {
+      let list = model.get(peer) ?? [];
+      for (const u of uuids) list = [...list.filter((x) => !x.equals(u)), Buffer.from(u)];
+      list = list.slice(Math.max(0, list.length - keep));
+      if (list.length) model.set(peer, list);
+      else model.delete(peer);
+      return s.addSeen(peer, uuids, keep);
+    };
+    let rnd = 777;
+    const next = (m: number): number => {
+      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
+      return rnd % m;
+    };
+    // a small pool, so that re-adds (in the same call, the same chunk, older chunks) are frequent;
+    // 16-byte uuids that differ in one word only, and uuids of other lengths (empty included)
+    const pool: Buffer[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const u = Buffer.alloc(16, 0x11);
+      u.writeUInt32LE(i % 1000, 4 * Math.floor(i / 1000));
+      pool.push(u);
+    }
+    for (const len of [0, 1, 3, 15, 17, 32]) for (let i = 0; i < 40; i++) pool.push(Buffer.alloc(len, i));
+    const check = async (): Promise<void> => {
+      const got = await s.loadSeen();
+      expect([...got.keys()].sort()).toEqual([...model.keys()].sort());
+      for (const [peer, list] of model) expect(got.get(peer)).toEqual(list);
+    };
+    for (let round = 0; round < 30; round++) {
+      const ps: Promise<void>[] = [];
+      for (let call = 0; call < 4; call++) {
+        const uuids: Buffer[] = [];
+        const count = next(5) === 0 ? 0 : next(600);
+        for (let i = 0; i < count; i++) uuids.push(pool[next(5) === 0 ? 3000 + next(240) : next(3000)]!);
+        const r = next(20);
+        const keep = r === 0 ? 0 : r === 1 ? next(50) : r === 2 ? Infinity : 700 + next(1500);
+        ps.push(add(`p${next(3)}`, uuids, keep));
+      }
+      await Promise.all(ps);
+      // the caller may reuse its buffers once the call resolved
+      if (round === 5) for (const u of pool) u.reverse();
+      if (round % 7 === 6) {
+        await s.close();
+        s = open(file);
+      }
+      await check();
+    }
+    // a window can be emptied by keep 0, and starts over afterwards
+    await add('p0', [], 0);
+    await add('p0', [pool[1]!, pool[2]!, pool[1]!], 2);
+    await check();
+    await s.close();
+    s = open(file);
+    await check();
+  });
+
+  it('keeps the key index exact through many pushes, deletes, re-pushes and reopens, for uuids of any length', async () => {
+    const file = newFile();
+    let s = open(file);
+    // reference: queue -> uuid hex -> item (in insertion order across queues via `order`)
+    const live = new Map<string, StoredItem>();
+    const order: string[] = [];
+    const keyOf = (queue: string, uuid: Buffer): string => `${queue}/${uuid.toString('hex')}`;
+    let rnd = 4242;
+    const next = (m: number): number => {
+      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
+      return rnd % m;
+    };
+    const uuidFor = (i: number): Buffer => (i % 50 === 7 ? Buffer.from(`short-${i}`) : i % 97 === 3 ? Buffer.alloc(0) : uuidOf(i));
+    let serial = 0;
+    for (let round = 0; round < 16; round++) {
+      const ps: Promise<void>[] = [];
+      // pushes: new keys, keys already present (ignored), keys deleted before (they go last)
+      const items: StoredItem[] = [];
+      for (let i = 0; i < 1500; i++) {
+        const n = next(4) === 0 ? next(20000) : 20000 + serial++;
+        const queue = `q${next(3)}`;
+        const it = itemOf(queue, 0, { uuid: uuidFor(n), body: Buffer.from(`b${round}-${i}`), ttl: next(2) ? null : n });
+        items.push(it);
+        const k = keyOf(queue, it.uuid);
+        if (!live.has(k)) {
+          live.set(k, it);
+          order.push(k);
+        }
+      }
+      for (let i = 0; i < items.length; i += 100) ps.push(s.push(items.slice(i, i + 100)));
+      // deletes of present and absent keys, TTL updates
+      const keys = [...live.keys()];
+      const dels: { queue: string; uuid: Buffer }[] = [];
+      for (let i = 0; i < 1200 && keys.length; i++) {
+        const k = keys[next(keys.length)]!;
+        const it = live.get(k);
+        if (!it) continue;
+        dels.push({ queue: it.queue, uuid: it.uuid });
+        live.delete(k);
+      }
+      dels.push({ queue: 'q0', uuid: uuidOf(999_999) }, { queue: 'nowhere', uuid: Buffer.from('x') });
+      ps.push(s.delete(dels));
+      const rest = [...live.values()];
+      if (rest.length) {
+        const it = rest[next(rest.length)]!;
+        live.set(keyOf(it.queue, it.uuid), { ...it, ttl: 4321 });
+        ps.push(s.updateTtls([{ queue: it.queue, uuid: it.uuid, ttl: 4321 }]));
+      }
+      if (round === 9) {
+        ps.push(s.deleteAll('q2'));
+        for (const [k, it] of live) if (it.queue === 'q2') live.delete(k);
+      }
+      await Promise.all(ps);
+      if (round % 5 === 4) {
+        await s.close();
+        s = open(file);
+      }
+      const want = order.filter((k) => live.has(k)).map((k) => live.get(k)!);
+      const got = await s.load();
+      expect(got.map((it) => keyOf(it.queue, it.uuid))).toEqual(want.map((it) => keyOf(it.queue, it.uuid)));
+      expect(got.map((it) => `${it.body.toString()}|${it.ttl}`)).toEqual(want.map((it) => `${it.body.toString()}|${it.ttl}`));
+      // drop the order entries of deleted keys (a key pushed again goes last)
+      const kept = order.filter((k) => live.has(k));
+      order.length = 0;
+      order.push(...kept);
+    }
+  });
+
+  it('a queue emptied and refilled, and another queue after it, see only their own keys', async () => {
+    const s = open(newFile());
+    await s.push([itemOf('a', 1), itemOf('a', 2)]);
+    await s.delete([{ queue: 'a', uuid: uuidOf(1) }, { queue: 'a', uuid: uuidOf(2) }]);
+    // the same uuid in another queue is new there; in the emptied queue it is new again
+    await s.push([itemOf('b', 1), itemOf('a', 2), itemOf('b', 1, { body: Buffer.from('dup') })]);
+    await s.delete([{ queue: 'a', uuid: uuidOf(1) }]);
+    const items = await s.load();
+    expect(items.map((it) => `${it.queue}:${it.uuid.readUInt32BE(12)}:${it.body.toString()}`)).toEqual(['b:1:body-1', 'a:2:body-2']);
+    // a large queue drained down to a few keys (its index shrinks) still finds each of them
+    await s.push(Array.from({ length: 20000 }, (_, i) => itemOf('big', 100 + i)));
+    const keepIdx = new Set([100, 5000, 19999]);
+    const doomed = Array.from({ length: 20000 }, (_, i) => 100 + ((i * 7919) % 20000)).filter((n) => !keepIdx.has(n - 100));
+    await s.delete(doomed.slice(0, 15000).map((n) => ({ queue: 'big', uuid: uuidOf(n) })));
+    await s.delete(doomed.slice(15000).map((n) => ({ queue: 'big', uuid: uuidOf(n) })));
+    await s.push([itemOf('big', 200, { body: Buffer.from('dup') }), itemOf('big', 5100, { body: Buffer.from('dup') })]);
+    await s.updateTtls([{ queue: 'big', uuid: uuidOf(20099), ttl: 9 }]);
+    const big = (await s.load()).filter((it) => it.queue === 'big');
+    expect(big.map((it) => `${it.uuid.readUInt32BE(12)}:${it.body.toString()}:${it.ttl}`)).toEqual([
+      '200:body-200:null',
+      '5100:body-5100:null',
+      '20099:body-20099:9',
+    ]);
+  });
+
   it('deletes only the keys asked for when their sequence numbers are not consecutive', async () => {
     const s = open(newFile());
     await s.push(Array.from({ length: 10 }, (_, i) => itemOf(i % 2 ? 'odd' : 'even', i)));
