@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import type { Message } from './message.js';
 import { FRAME_MESSAGE, MESSAGE_HEADER_SIZE } from './protocol.js';
 
@@ -590,10 +591,18 @@ export class SeenIndex {
   }
 }
 
+/**
+ * Random per process, and mixed in before each word rather than once: uuids come from peers,
+ * and one that could pick uuids colliding in a known hash would make every lookup walk a long
+ * probe run.
+ */
+const SEED = randomBytes(4).readInt32LE(0);
+
 function hash(a: number, b: number, c: number, d: number): number {
-  let h = Math.imul(a, 0x9e3779b1) ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f);
-  h ^= h >>> 15;
-  h = Math.imul(h, 0x2c1b3c6d);
-  h ^= h >>> 12;
-  return h;
+  let h = Math.imul(SEED ^ a, 0x9e3779b1);
+  h = Math.imul(h ^ (h >>> 15) ^ b, 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13) ^ c, 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 16) ^ d, 0x27d4eb2f);
+  h = Math.imul(h ^ (h >>> 15), 0x85ebca6b);
+  return h ^ (h >>> 13);
 }
