@@ -4,6 +4,7 @@
  * @module
  */
 import { randomFillSync } from 'node:crypto';
+import { type InspectOptionsStylized, inspect } from 'node:util';
 import { InvalidArgumentError } from './errors.js';
 import { FLAG_PERSISTENT } from './protocol.js';
 
@@ -37,17 +38,16 @@ export class Message {
   /** Flag bits. */
   readonly flags: number;
   /**
-   * @internal Where the uuid's 16 bytes are: `_src[_off..]`, a slab of random bytes or of
-   * received frames shared with other messages. A Buffer of its own is made only when
-   * {@link uuid} is read, so sending or receiving a message creates no uuid object.
+   * Where the uuid's 16 bytes are: `#src[#off..]`, a slab of random bytes or of received
+   * frames shared with other messages. A Buffer of its own is made only when {@link uuid} is
+   * read, so sending or receiving a message creates no uuid object.
    */
-  _src: Buffer;
-  /** @internal */
-  _off: number;
-  /** @internal The Buffer handed out by {@link uuid}, once read. */
-  _uuid: Buffer | undefined;
-  /** @internal The uuid was drawn by {@link newUuid} for this message and no queue has taken it yet. */
-  _fresh: boolean;
+  #src: Buffer;
+  #off: number;
+  /** The Buffer handed out by {@link uuid}, once read. */
+  #uuid: Buffer | undefined;
+  /** The uuid was drawn by {@link newUuid} for this message and no queue has taken it yet. */
+  #fresh: boolean;
 
   /**
    * @param body bytes, or a string (encoded as UTF-8)
@@ -60,10 +60,10 @@ export class Message {
       this.body = body as Buffer;
       this.ttl = trusted.ttl;
       this.flags = trusted.flags;
-      this._src = trusted.src;
-      this._off = trusted.off;
-      this._uuid = undefined;
-      this._fresh = false;
+      this.#src = trusted.src;
+      this.#off = trusted.off;
+      this.#uuid = undefined;
+      this.#fresh = false;
       return;
     }
     if (typeof body === 'string') this.body = Buffer.from(body, 'utf8');
@@ -80,21 +80,21 @@ export class Message {
     this.ttl = ttl;
     this.flags = flags;
     if (uuid === undefined) {
-      this._src = takeRandom16();
-      this._off = slabOffset - 16;
-      this._uuid = undefined;
-      this._fresh = true;
+      this.#src = takeRandom16();
+      this.#off = slabOffset - 16;
+      this.#uuid = undefined;
+      this.#fresh = true;
     } else if (uuid instanceof Uint8Array && uuid.length === 16) {
-      this._src = Buffer.from(uuid);
-      this._off = 0;
-      this._uuid = this._src;
-      this._fresh = false;
+      this.#src = Buffer.from(uuid);
+      this.#off = 0;
+      this.#uuid = this.#src;
+      this.#fresh = false;
     } else throw new InvalidArgumentError('message uuid must be 16 bytes');
   }
 
   /** 16-byte uuid. */
   get uuid(): Buffer {
-    return (this._uuid ??= this._src.subarray(this._off, this._off + 16));
+    return (this.#uuid ??= this.#src.subarray(this.#off, this.#off + 16));
   }
 
   /** Whether {@link FLAG_PERSISTENT} is set. */
@@ -104,7 +104,7 @@ export class Message {
 
   /** The uuid as 32 lowercase hex digits. */
   get uuidHex(): string {
-    return this._src.toString('hex', this._off, this._off + 16);
+    return this.#src.toString('hex', this.#off, this.#off + 16);
   }
 
   /** @internal Build without validation (decoded from the wire or storage). */
@@ -129,9 +129,29 @@ export class Message {
    * equal the uuid of any message queued so far (the bytes of a Message must not be changed).
    */
   static takeFresh(m: Message): boolean {
-    if (!m._fresh) return false;
-    m._fresh = false;
+    if (!m.#fresh) return false;
+    m.#fresh = false;
     return true;
+  }
+
+  /** @internal The buffer holding the uuid's 16 bytes, at {@link uuidOffset} (not to be changed). */
+  static uuidSource(m: Message): Buffer {
+    return m.#src;
+  }
+
+  /** @internal */
+  static uuidOffset(m: Message): number {
+    return m.#off;
+  }
+
+  /** What `JSON.stringify` shows: body, uuid, ttl and flags. */
+  toJSON(): { body: Buffer; uuid: Buffer; ttl: number | null; flags: number } {
+    return { body: this.body, uuid: this.uuid, ttl: this.ttl, flags: this.flags };
+  }
+
+  /** What `console.log` and `util.inspect` show. */
+  [inspect.custom](_depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    return `Message ${inspectFn({ uuid: this.uuidHex, ttl: this.ttl, flags: this.flags, body: this.body }, options)}`;
   }
 }
 

@@ -107,7 +107,11 @@ export interface MessagingOptions {
   maxInFlight?: number;
   /** Unacknowledged body bytes in flight per extension peer (default 16 MiB; one message always fits). */
   maxInFlightBytes?: number;
-  /** Remembered received uuids per peer for deduplication (default max(2 × maxInFlight, 4096)). */
+  /**
+   * Remembered received uuids per peer for deduplication: at least twice the in-flight window
+   * of the peers that send to us (default max(2 × maxInFlight, 2 × 8192), so that peers with the
+   * default window are covered whatever our own).
+   */
   dedupWindow?: number;
   /** Offer our extensions (acks, flow window) to peers (default true). */
   extensions?: boolean;
@@ -257,7 +261,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       queuePolicy: options.queuePolicy ?? MESSAGING_DEFAULTS.queuePolicy,
       maxInFlight,
       maxInFlightBytes: checkMs('maxInFlightBytes', options.maxInFlightBytes, MESSAGING_DEFAULTS.maxInFlightBytes, 1),
-      dedupWindow: checkMs('dedupWindow', options.dedupWindow, Math.max(2 * maxInFlight, 4096), 1),
+      dedupWindow: checkMs('dedupWindow', options.dedupWindow, Math.max(2 * maxInFlight, 2 * MESSAGING_DEFAULTS.maxInFlight), 1),
       extensions: options.extensions ?? MESSAGING_DEFAULTS.extensions,
     };
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
@@ -357,8 +361,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Push a message into its queue (and storage); synchronous. Returns the storage commit, if any. */
   private enqueue(ident: string, q: PeerQueue, message: Message): Promise<void> | undefined {
     if (this.closed) throw new ClosedError('messaging');
-    const src = message._src;
-    const off = message._off;
+    const src = Message.uuidSource(message);
+    const off = Message.uuidOffset(message);
     // A uuid drawn for this message and never queued before cannot be queued already; any
     // other one is looked up (which makes the queue keep an index until it empties).
     if ((!Message.takeFresh(message) || q.index !== undefined) && q.find(src, off) >= 0) {
@@ -516,6 +520,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages`);
     } finally {
       this.loaded = true;
+      // Lookup sets made before the stored windows were in: make them again from the windows.
+      for (const c of this.conns.values()) if (c.checkLeft > 0) c.seenIndex = undefined;
       for (const ident of this.identConn.keys()) {
         const q = this.queues.get(ident);
         if (q) this.schedulePump(q);

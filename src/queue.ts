@@ -33,8 +33,13 @@ const REMOVED = 8;
 export const FRAME_HEAD_SIZE = 1 + MESSAGE_HEADER_SIZE;
 /** Offset of the wire TTL in a message frame. */
 export const FRAME_TTL_OFFSET = 17;
-/** Bodies of at least this many bytes are kept by reference, not copied into a chunk. */
-export const COPY_BODY_LIMIT = 16 * 1024;
+/**
+ * Bodies of at least this many bytes are kept by reference, not copied into a chunk. So every
+ * frame kept whole in a chunk is shorter than the Packeter's copy limit (16 KiB) and is copied
+ * when sent: the chunk's bytes (the TTL is rewritten for a resend) are never the ones waiting
+ * in a socket.
+ */
+export const COPY_BODY_LIMIT = 16 * 1024 - FRAME_HEAD_SIZE;
 const MIN_CHUNK = 4 * 1024;
 const MAX_CHUNK = 64 * 1024;
 const MIN_SLOTS = 16;
@@ -443,7 +448,7 @@ export class PeerQueue {
 
   /** Start a chunk of at least `need` bytes; larger ones as more chunks are in use. */
   private newChunk(need: number): Buffer {
-    const size = Math.max(need, Math.min(MAX_CHUNK, MIN_CHUNK << this.chunks.length));
+    const size = Math.max(need, Math.min(MAX_CHUNK, MIN_CHUNK << Math.min(this.chunks.length, 4)));
     const chunk = Buffer.allocUnsafeSlow(size);
     this.chunks.push(chunk);
     this.fill = 0;
@@ -459,17 +464,22 @@ export class PeerQueue {
     this.head = h;
     if (this.sendCursor < h) this.sendCursor = h;
     if (h === end) {
-      // Empty: keep the chunk being filled (appending goes on after what it holds).
+      // Empty: keep the chunk being filled if it is a small one (appending goes on after what
+      // it holds), and small arrays, so a queue that empties after every few messages does not
+      // allocate anew each time, and one that once held a burst does not keep its memory.
       this.base += end;
       this.head = this.end = this.sendCursor = 0;
       this.index = undefined;
       this.large = undefined;
       const n = this.chunks.length;
-      if (n > 1) {
-        this.chunks = [this.chunks[n - 1]];
-        this.chunkBase += n - 1;
-      }
-      if (this.cap > 8192) this.resize(MIN_SLOTS);
+      const last = this.chunks[n - 1];
+      this.chunkBase += n;
+      this.chunks = [];
+      if (last !== undefined && last.length <= MIN_CHUNK) {
+        this.chunks.push(last);
+        this.chunkBase--;
+      } else this.fill = 0;
+      if (this.cap > 256) this.resize(MIN_SLOTS);
       return;
     }
     const drop = this.chunkNo[h] - this.chunkBase;

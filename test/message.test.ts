@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { FLAG_PERSISTENT, Message, newUuid } from '../src/message.js';
 
@@ -36,5 +37,20 @@ describe('Message', () => {
     ]) {
       expect(bad).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
     }
+  });
+
+  it('shows body, uuid, ttl and flags to JSON and inspect, and nothing of the slabs its uuid lives in', () => {
+    const m = new Message('hi', { ttl: 1000, flags: 3 });
+    const json = JSON.parse(JSON.stringify(m)) as { body: { data: number[] }; uuid: { data: number[] }; ttl: number; flags: number };
+    expect(Object.keys(json).sort()).toEqual(['body', 'flags', 'ttl', 'uuid']);
+    expect(Buffer.from(json.uuid.data).equals(m.uuid)).toBe(true);
+    expect(Buffer.from(json.body.data).toString()).toBe('hi');
+    expect(JSON.stringify(m).length).toBeLessThan(200);
+    const shown = inspect(m);
+    expect(shown).toContain(m.uuidHex);
+    expect(shown.length).toBeLessThan(300);
+    // a uuid read twice is the same Buffer, and equal to the hex form
+    expect(m.uuid).toBe(m.uuid);
+    expect(m.uuid.toString('hex')).toBe(m.uuidHex);
   });
 });

@@ -152,6 +152,24 @@ describe('PeerQueue', () => {
   });
 });
 
+describe('PeerQueue memory when emptied', () => {
+  it('an emptied queue keeps no large arrays or chunks; chunk sizes stay bounded', () => {
+    const { q, seqs } = filled(8000);
+    const inner = q as unknown as { chunks: Buffer[]; cap: number };
+    expect(Math.max(...inner.chunks.map((c) => c.length))).toBeLessThanOrEqual(64 * 1024);
+    for (const seq of seqs) q.remove(q.slotOf(seq));
+    expect(inner.cap).toBeLessThanOrEqual(256);
+    expect(inner.chunks.reduce((n, c) => n + c.length, 0)).toBeLessThanOrEqual(4096);
+    // many chunks held at once: sizes stay between 4 and 64 KiB
+    const big = filled(40_000).q as unknown as { chunks: Buffer[] };
+    expect(big.chunks.length).toBeGreaterThan(20);
+    for (const c of big.chunks) {
+      expect(c.length).toBeGreaterThanOrEqual(4096);
+      expect(c.length).toBeLessThanOrEqual(64 * 1024);
+    }
+  });
+});
+
 describe('SeenWindow', () => {
   const u = (i: number): [number, number, number, number] => [i, i ^ 0x1234567, ~i, i * 7];
 
