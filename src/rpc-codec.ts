@@ -20,6 +20,11 @@
  * body does not hold. A `__proto__` key is kept as an ordinary own property (as `JSON.parse`
  * does), never as a prototype: msgpackr itself would rename it to `__proto_`.
  *
+ * msgpackr's fixed cost per value is several times the cost of a small RPC envelope, so the
+ * codec encodes and decodes the common types itself, with the same bytes and values as
+ * msgpackr (see "own encoder" below); values with Dates or long BigInts, and everything
+ * refused, still go through msgpackr and its checks.
+ *
  * Other codecs can be injected into {@link RpcServer} / {@link RpcClient}: anything with
  * {@link RpcCodec.encode} and {@link RpcCodec.decode}.
  *
@@ -74,10 +79,20 @@ let scratch: Buffer | undefined;
 export interface ScanResult {
   /** Some map has a `__proto__` key (needs the careful decode path). */
   protoKey: boolean;
+  /**
+   * Some value is an extension other than `undefined` in its short form (a Date, a BigInt
+   * beyond 64 bits): decoded by msgpackr rather than by the codec's own decoder.
+   */
+  extensions: boolean;
 }
 
-const SCAN_PROTO: ScanResult = Object.freeze({ protoKey: true });
-const SCAN_PLAIN: ScanResult = Object.freeze({ protoKey: false });
+/** The four results, by `protoKey` (bit 0) and `extensions` (bit 1). */
+const SCAN_RESULTS: readonly ScanResult[] = [
+  Object.freeze({ protoKey: false, extensions: false }),
+  Object.freeze({ protoKey: true, extensions: false }),
+  Object.freeze({ protoKey: false, extensions: true }),
+  Object.freeze({ protoKey: true, extensions: true }),
+];
 
 // The scan's stack, reused (the scan is synchronous and calls nothing that could re-enter it):
 // items still to read in the open container at each depth (maps count keys and values), and
@@ -129,6 +144,7 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
   scanStart = start;
   let sp = 0;
   let protoKey = false;
+  let extensions = false;
   let remaining = scanRemaining;
   let isMap = scanIsMap;
   for (;;) {
@@ -207,14 +223,17 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
           break;
         case 0xc7:
           if (pos >= end) scanFail(pos, 'truncated');
+          extensions = true;
           pos = scanExt(b, pos + 1, b[pos], maxBigIntBytes);
           break;
         case 0xc8:
           if (2 > end - pos) scanFail(pos, 'truncated');
+          extensions = true;
           pos = scanExt(b, pos + 2, (b[pos] << 8) | b[pos + 1], maxBigIntBytes);
           break;
         case 0xc9:
           if (4 > end - pos) scanFail(pos, 'truncated');
+          extensions = true;
           pos = scanExt(b, pos + 4, b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]), maxBigIntBytes);
           break;
         case 0xca:
@@ -236,18 +255,24 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
           len = 2;
           break;
         case 0xd4:
+          // fixext 1 of type 0 is `undefined`, which the codec's own decoder reads
+          if (pos < end && b[pos] !== EXT_UNDEFINED) extensions = true;
           pos = scanExt(b, pos, 1, maxBigIntBytes);
           break;
         case 0xd5:
+          extensions = true;
           pos = scanExt(b, pos, 2, maxBigIntBytes);
           break;
         case 0xd6:
+          extensions = true;
           pos = scanExt(b, pos, 4, maxBigIntBytes);
           break;
         case 0xd7:
+          extensions = true;
           pos = scanExt(b, pos, 8, maxBigIntBytes);
           break;
         case 0xd8:
+          extensions = true;
           pos = scanExt(b, pos, 16, maxBigIntBytes);
           break;
         case 0xdc:
@@ -301,11 +326,527 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
     for (;;) {
       if (sp === 0) {
         if (pos !== end) scanFail(pos, `${end - pos} trailing bytes`);
-        return protoKey ? SCAN_PROTO : SCAN_PLAIN;
+        return SCAN_RESULTS[(protoKey ? 1 : 0) | (extensions ? 2 : 0)];
       }
       if (--remaining[sp - 1] > 0) break;
       sp--;
     }
+  }
+}
+
+// ------------------------------------------------------------------------------ own encoder
+
+// msgpackr's `pack()` has a fixed cost of about a microsecond per value (its buffer and
+// record bookkeeping), several times the cost of encoding a small RPC envelope. The codec
+// therefore encodes the common types itself: null, undefined, booleans, numbers, strings,
+// Buffers / Uint8Arrays, arrays and plain objects, byte for byte as msgpackr does with the
+// codec's options. A value holding anything else (a BigInt, a Date, or something that cannot
+// be encoded at all) is encoded again from the start by msgpackr, whose checks and errors stay
+// as they are.
+
+/** Size of the working slab the encoder writes into; values are handed out as views of it. */
+const ENC_SLAB_SIZE = 64 * 1024;
+let encBuf: Buffer = Buffer.alloc(0);
+let encView = new DataView(encBuf.buffer, encBuf.byteOffset, 0);
+/** Where the value being encoded starts in `encBuf`, and where the next byte goes. */
+let encStart = 0;
+let encPos = 0;
+/**
+ * An encoding is in progress: a getter that encodes (re-entering the encoder) is handed to
+ * msgpackr instead of writing into the middle of the outer value.
+ */
+let encBusy = false;
+
+/** Make room for `n` more bytes, moving the value begun so far to a larger buffer if needed. */
+function encRoom(n: number): void {
+  if (encPos + n <= encBuf.length) return;
+  const used = encPos - encStart;
+  const next = Buffer.allocUnsafeSlow(Math.max(ENC_SLAB_SIZE, 2 * used + n));
+  encBuf.copy(next, 0, encStart, encPos);
+  encBuf = next;
+  encView = new DataView(next.buffer, next.byteOffset, next.length);
+  encStart = 0;
+  encPos = used;
+}
+
+/**
+ * `prefix` followed by the encoding of `value` (with a `shape`: of the map of the shape's keys
+ * to `value`'s items), or `undefined` when the value holds something the encoder leaves to
+ * msgpackr (or is nested deeper than `maxDepth`).
+ */
+function encodeOwn(prefix: Uint8Array | undefined, value: unknown, shape: MapShape | undefined, maxDepth: number): Buffer | undefined {
+  if (encBusy) return undefined;
+  encBusy = true;
+  if (encBuf.length - encPos < 256) {
+    encBuf = Buffer.allocUnsafeSlow(ENC_SLAB_SIZE);
+    encView = new DataView(encBuf.buffer, encBuf.byteOffset, ENC_SLAB_SIZE);
+    encPos = 0;
+  }
+  encStart = encPos;
+  let done = false;
+  try {
+    if (prefix !== undefined) {
+      encRoom(prefix.length);
+      for (let i = 0; i < prefix.length; i++) encBuf[encPos++] = prefix[i];
+    }
+    done = shape === undefined ? encValue(value, 0, maxDepth) : encShaped(shape, value as readonly unknown[], maxDepth);
+  } catch (err) {
+    // nesting too deep for the stack: msgpackr's path gives the error (a getter's own error
+    // is thrown again when msgpackr's path reads the property)
+    if (!(err instanceof RangeError)) throw err;
+  } finally {
+    encBusy = false;
+    if (!done) encPos = encStart;
+  }
+  if (!done) return undefined;
+  const out = encBuf.subarray(encStart, encPos);
+  if (encBuf.length > ENC_SLAB_SIZE) {
+    // a large value had a buffer of its own: hand it out, or an exact copy if it is much larger
+    const size = encBuf.length;
+    encBuf = Buffer.alloc(0);
+    encPos = encStart = 0;
+    return out.length >= size - (size >>> 2) ? out : Buffer.from(out);
+  }
+  // the next value starts 8-byte aligned
+  encPos = Math.min((encPos + 7) & ~7, encBuf.length);
+  encStart = encPos;
+  return out;
+}
+
+/** {@link encValue} of the map of `shape`'s keys to `values`. */
+function encShaped(shape: MapShape, values: readonly unknown[], maxDepth: number): boolean {
+  const keys = shape.encodedKeys;
+  const n = keys.length;
+  encHeader(n, 0x80, 0xde);
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
+    const len = k.length;
+    encRoom(len);
+    const b = encBuf;
+    const p = encPos;
+    for (let j = 0; j < len; j++) b[p + j] = k[j];
+    encPos = p + len;
+    if (!encValue(values[i], 1, maxDepth)) return false;
+  }
+  return true;
+}
+
+/** Encode `v` at `encPos`; false when it holds something left to msgpackr. */
+function encValue(v: unknown, depth: number, maxDepth: number): boolean {
+  switch (typeof v) {
+    case 'string':
+      encString(v);
+      return true;
+    case 'number':
+      encNumber(v);
+      return true;
+    case 'boolean':
+      encRoom(1);
+      encBuf[encPos++] = v ? 0xc3 : 0xc2;
+      return true;
+    case 'undefined':
+      // fixext 1, type 0, as msgpackr writes it
+      encRoom(3);
+      encBuf[encPos++] = 0xd4;
+      encBuf[encPos++] = 0;
+      encBuf[encPos++] = 0;
+      return true;
+    case 'object':
+      break;
+    default:
+      return false;
+  }
+  if (v === null) {
+    encRoom(1);
+    encBuf[encPos++] = 0xc0;
+    return true;
+  }
+  if (Array.isArray(v)) {
+    if (depth >= maxDepth) return false;
+    const n = v.length;
+    encHeader(n, 0x90, 0xdc);
+    for (let i = 0; i < n; i++) if (!encValue(v[i], depth + 1, maxDepth)) return false;
+    return true;
+  }
+  if (v instanceof Uint8Array) {
+    if (v.constructor !== Uint8Array && !Buffer.isBuffer(v)) return false;
+    encBin(v);
+    return true;
+  }
+  const proto = Object.getPrototypeOf(v);
+  if ((proto !== Object.prototype && proto !== null) || depth >= maxDepth) return false;
+  const obj = v as Record<string, unknown>;
+  const keys = Object.keys(obj);
+  const n = keys.length;
+  encHeader(n, 0x80, 0xde);
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
+    encString(k);
+    if (!encValue(obj[k], depth + 1, maxDepth)) return false;
+  }
+  return true;
+}
+
+/** An array or map header: `fix | n` below 16, else `t16` with 16 bits or `t16 + 1` with 32. */
+function encHeader(n: number, fix: number, t16: number): void {
+  encRoom(5);
+  if (n < 0x10) encBuf[encPos++] = fix | n;
+  else if (n < 0x10000) {
+    encBuf[encPos++] = t16;
+    encBuf[encPos++] = n >>> 8;
+    encBuf[encPos++] = n & 0xff;
+  } else {
+    encBuf[encPos++] = t16 + 1;
+    encView.setUint32(encPos, n);
+    encPos += 4;
+  }
+}
+
+function encNumber(v: number): void {
+  encRoom(9);
+  const b = encBuf;
+  if (v >>> 0 === v) {
+    if (v < 0x80) b[encPos++] = v;
+    else if (v < 0x100) {
+      b[encPos++] = 0xcc;
+      b[encPos++] = v;
+    } else if (v < 0x10000) {
+      b[encPos++] = 0xcd;
+      b[encPos++] = v >>> 8;
+      b[encPos++] = v & 0xff;
+    } else {
+      b[encPos++] = 0xce;
+      encView.setUint32(encPos, v);
+      encPos += 4;
+    }
+  } else if (v >> 0 === v) {
+    if (v >= -0x20) b[encPos++] = 0x100 + v;
+    else if (v >= -0x80) {
+      b[encPos++] = 0xd0;
+      b[encPos++] = v + 0x100;
+    } else if (v >= -0x8000) {
+      b[encPos++] = 0xd1;
+      encView.setInt16(encPos, v);
+      encPos += 2;
+    } else {
+      b[encPos++] = 0xd2;
+      encView.setInt32(encPos, v);
+      encPos += 4;
+    }
+  } else {
+    b[encPos++] = 0xcb;
+    encView.setFloat64(encPos, v);
+    encPos += 8;
+  }
+}
+
+/**
+ * A string as UTF-8 (short strings by hand, lone surrogates as three bytes each, as msgpackr
+ * does; long ones by Node), with the smallest header that fits.
+ */
+function encString(s: string): void {
+  const n = s.length;
+  // the header is sized by the UTF-16 length (never more than the UTF-8 length) and moved
+  // up if the bytes turn out to need a larger one
+  const head = n < 0x20 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+  encRoom(5 + (n < 0x40 ? n * 3 : Buffer.byteLength(s, 'utf8')));
+  const b = encBuf;
+  const at = encPos + head;
+  let len: number;
+  if (n < 0x40) {
+    let p = at;
+    for (let i = 0; i < n; i++) {
+      let c = s.charCodeAt(i);
+      if (c < 0x80) b[p++] = c;
+      else if (c < 0x800) {
+        b[p++] = (c >> 6) | 0xc0;
+        b[p++] = (c & 0x3f) | 0x80;
+      } else if ((c & 0xfc00) === 0xd800 && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+        c = 0x10000 + ((c & 0x03ff) << 10) + (s.charCodeAt(++i) & 0x03ff);
+        b[p++] = (c >> 18) | 0xf0;
+        b[p++] = ((c >> 12) & 0x3f) | 0x80;
+        b[p++] = ((c >> 6) & 0x3f) | 0x80;
+        b[p++] = (c & 0x3f) | 0x80;
+      } else {
+        b[p++] = (c >> 12) | 0xe0;
+        b[p++] = ((c >> 6) & 0x3f) | 0x80;
+        b[p++] = (c & 0x3f) | 0x80;
+      }
+    }
+    len = p - at;
+  } else {
+    len = b.write(s, at, 'utf8');
+  }
+  const need = len < 0x20 ? 1 : len < 0x100 ? 2 : len < 0x10000 ? 3 : 5;
+  if (need > head) b.copyWithin(encPos + need, at, at + len);
+  if (need === 1) b[encPos++] = 0xa0 | len;
+  else if (need === 2) {
+    b[encPos++] = 0xd9;
+    b[encPos++] = len;
+  } else if (need === 3) {
+    b[encPos++] = 0xda;
+    b[encPos++] = len >>> 8;
+    b[encPos++] = len & 0xff;
+  } else {
+    b[encPos++] = 0xdb;
+    encView.setUint32(encPos, len);
+    encPos += 4;
+  }
+  encPos += len;
+}
+
+function encBin(v: Uint8Array): void {
+  const n = v.length;
+  encRoom(5 + n);
+  const b = encBuf;
+  if (n < 0x100) {
+    b[encPos++] = 0xc4;
+    b[encPos++] = n;
+  } else if (n < 0x10000) {
+    b[encPos++] = 0xc5;
+    b[encPos++] = n >>> 8;
+    b[encPos++] = n & 0xff;
+  } else {
+    b[encPos++] = 0xc6;
+    encView.setUint32(encPos, n);
+    encPos += 4;
+  }
+  if (n <= 32) for (let i = 0; i < n; i++) b[encPos + i] = v[i];
+  else b.set(v, encPos);
+  encPos += n;
+}
+
+// ------------------------------------------------------------------------------ own decoder
+
+// Bodies the scan passed without extensions (see ScanResult) are decoded here: the scan has
+// checked every length, nesting depth and map key, so this reads without bounds checks.
+// Strings are decoded by Node (invalid UTF-8 becomes U+FFFD); short ASCII strings (map keys,
+// method names) come from a small cache instead of being made again for every body.
+
+let decBuf: Buffer = Buffer.alloc(0);
+let decPos = 0;
+
+/** Cached short ASCII strings, by a hash of their bytes. */
+const STR_CACHE_SIZE = 1024;
+const STR_CACHE_MAX = 24;
+const strCache: (string | undefined)[] = new Array(STR_CACHE_SIZE).fill(undefined);
+
+/** The value at `b[pos..]`, already checked by a scan that found no extensions. */
+function decodeOwn(b: Buffer, pos: number): unknown {
+  const outerBuf = decBuf;
+  const outerPos = decPos;
+  decBuf = b;
+  decPos = pos;
+  try {
+    return decValue();
+  } finally {
+    // (a setter on Object.prototype could decode re-entrantly; and no body stays referenced)
+    decBuf = outerBuf;
+    decPos = outerPos;
+  }
+}
+
+/**
+ * The values of `shape`'s keys in the map at `b[pos..]` (already checked by a scan that found
+ * no extensions), in the shape's order; `undefined` for a missing key; other keys are passed
+ * over. `undefined` when the value is not a map.
+ */
+function decodeShapedOwn(b: Buffer, pos: number, shape: MapShape): unknown[] | undefined {
+  const outerBuf = decBuf;
+  const outerPos = decPos;
+  decBuf = b;
+  decPos = pos;
+  try {
+    const t = b[decPos++];
+    const n = t >= 0x80 && t < 0x90 ? t - 0x80 : t === 0xde ? decU16() : t === 0xdf ? decU32() : -1;
+    if (n < 0) return undefined;
+    const keys = shape.utf8Keys;
+    const values = new Array<unknown>(keys.length).fill(undefined);
+    for (let i = 0; i < n; i++) {
+      const h = b[decPos++];
+      const len = h < 0xc0 ? h - 0xa0 : h === 0xd9 ? b[decPos++] : h === 0xda ? decU16() : decU32();
+      const start = decPos;
+      decPos += len;
+      let found = -1;
+      for (let k = 0; k < keys.length && found < 0; k++) {
+        const key = keys[k];
+        if (key.length !== len) continue;
+        let j = 0;
+        while (j < len && key[j] === b[start + j]) j++;
+        if (j === len) found = k;
+      }
+      const v = decValue();
+      if (found >= 0) values[found] = v;
+    }
+    return values;
+  } finally {
+    decBuf = outerBuf;
+    decPos = outerPos;
+  }
+}
+
+function decValue(): unknown {
+  const b = decBuf;
+  const t = b[decPos++];
+  if (t < 0x80) return t;
+  if (t < 0x90) return decMap(t - 0x80);
+  if (t < 0xa0) return decArray(t - 0x90);
+  if (t < 0xc0) return decString(t - 0xa0);
+  if (t >= 0xe0) return t - 0x100;
+  let v: unknown;
+  switch (t) {
+    case 0xc0:
+      return null;
+    case 0xc2:
+      return false;
+    case 0xc3:
+      return true;
+    case 0xc4:
+      return decBin(b[decPos++]);
+    case 0xc5:
+      return decBin(decU16());
+    case 0xc6:
+      return decBin(decU32());
+    case 0xca:
+      v = b.readFloatBE(decPos);
+      decPos += 4;
+      return v;
+    case 0xcb:
+      v = b.readDoubleBE(decPos);
+      decPos += 8;
+      return v;
+    case 0xcc:
+      return b[decPos++];
+    case 0xcd:
+      return decU16();
+    case 0xce:
+      return decU32();
+    case 0xcf:
+      // 64-bit integers arrive as BigInts (int64AsType 'bigint')
+      v = b.readBigUInt64BE(decPos);
+      decPos += 8;
+      return v;
+    case 0xd0:
+      return (b[decPos++] << 24) >> 24;
+    case 0xd1:
+      return (decU16() << 16) >> 16;
+    case 0xd2:
+      return decU32() | 0;
+    case 0xd3:
+      v = b.readBigInt64BE(decPos);
+      decPos += 8;
+      return v;
+    case 0xd4:
+      // fixext 1 of type 0 (the scan let no other extension through): undefined
+      decPos += 2;
+      return undefined;
+    case 0xd9:
+      return decString(b[decPos++]);
+    case 0xda:
+      return decString(decU16());
+    case 0xdb:
+      return decString(decU32());
+    case 0xdc:
+      return decArray(decU16());
+    case 0xdd:
+      return decArray(decU32());
+    case 0xde:
+      return decMap(decU16());
+    case 0xdf:
+      return decMap(decU32());
+  }
+  // unreachable after a scan
+  throw new RpcDecodeError(`unexpected token 0x${t.toString(16)}`);
+}
+
+function decU16(): number {
+  const b = decBuf;
+  const v = (b[decPos] << 8) | b[decPos + 1];
+  decPos += 2;
+  return v;
+}
+
+function decU32(): number {
+  const b = decBuf;
+  const v = b[decPos] * 0x1000000 + ((b[decPos + 1] << 16) | (b[decPos + 2] << 8) | b[decPos + 3]);
+  decPos += 4;
+  return v;
+}
+
+function decArray(n: number): unknown[] {
+  const a = new Array<unknown>(n);
+  for (let i = 0; i < n; i++) a[i] = decValue();
+  return a;
+}
+
+function decMap(n: number): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  const b = decBuf;
+  for (let i = 0; i < n; i++) {
+    // keys are strings (checked by the scan)
+    const t = b[decPos++];
+    const k = decString(t < 0xc0 ? t - 0xa0 : t === 0xd9 ? b[decPos++] : t === 0xda ? decU16() : decU32());
+    const v = decValue();
+    if (k === '__proto__') Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+    else o[k] = v;
+  }
+  return o;
+}
+
+function decString(len: number): string {
+  const b = decBuf;
+  const start = decPos;
+  const end = (decPos += len);
+  if (len > STR_CACHE_MAX) return b.toString('utf8', start, end);
+  if (len === 0) return '';
+  let h = len;
+  for (let i = start; i < end; i++) {
+    const c = b[i];
+    if (c >= 0x80) return b.toString('utf8', start, end);
+    h = (h * 31 + c) | 0;
+  }
+  const slot = h & (STR_CACHE_SIZE - 1);
+  const cached = strCache[slot];
+  if (cached !== undefined && cached.length === len) {
+    let i = 0;
+    while (i < len && cached.charCodeAt(i) === b[start + i]) i++;
+    if (i === len) return cached;
+  }
+  const s = b.toString('latin1', start, end);
+  strCache[slot] = s;
+  return s;
+}
+
+/** A copy of `len` bytes (decoded Buffers never share memory with the body). */
+function decBin(len: number): Buffer {
+  const out = Buffer.allocUnsafe(len);
+  const start = decPos;
+  decPos += len;
+  if (len <= 32) for (let i = 0; i < len; i++) out[i] = decBuf[start + i];
+  else decBuf.copy(out, 0, start, start + len);
+  return out;
+}
+
+/**
+ * @internal The string keys of a map that is encoded and decoded often (the RPC layer's
+ * envelopes), with their encodings made once. See {@link MsgpackCodec.encodeShapedPrefixed}
+ * and {@link MsgpackCodec.decodeShapedAt}.
+ */
+export class MapShape {
+  /** The keys, in the order they are encoded. */
+  readonly keys: readonly string[];
+  /** @internal Each key's MessagePack encoding (header and UTF-8). */
+  readonly encodedKeys: readonly Buffer[];
+  /** @internal Each key's UTF-8 bytes. */
+  readonly utf8Keys: readonly Buffer[];
+
+  constructor(keys: readonly string[]) {
+    this.keys = [...keys];
+    this.utf8Keys = this.keys.map((k) => Buffer.from(k, 'utf8'));
+    this.encodedKeys = this.utf8Keys.map((u) => {
+      if (u.length >= 0x20) throw new InvalidArgumentError('MapShape keys are shorter than 32 bytes');
+      return Buffer.concat([Buffer.from([0xa0 | u.length]), u]);
+    });
   }
 }
 
@@ -356,7 +897,9 @@ export class MsgpackCodec implements RpcCodec {
    *   what a cycle gives)
    */
   encode(value: unknown): Buffer {
-    if (!this.valid(value, 0)) this.refuse(value);
+    const own = encodeOwn(undefined, value, undefined, this.maxDepth);
+    if (own !== undefined) return own;
+    this.checkValue(value);
     try {
       return this.packr.pack(value);
     } catch (err) {
@@ -369,8 +912,10 @@ export class MsgpackCodec implements RpcCodec {
    * bodies), without encoding into a separate buffer first. Same checks and errors as `encode`.
    */
   encodePrefixed(prefix: Uint8Array, value: unknown): Buffer {
+    const own = encodeOwn(prefix, value, undefined, this.maxDepth);
+    if (own !== undefined) return own;
     const n = prefix.length;
-    if (!this.valid(value, 0)) this.refuse(value);
+    this.checkValue(value);
     let out: Buffer;
     try {
       out = this.packr.pack(value, RESERVE_START_SPACE | n) as Buffer;
@@ -384,6 +929,40 @@ export class MsgpackCodec implements RpcCodec {
     return out;
   }
 
+  /**
+   * @internal {@link encodePrefixed} of the plain object mapping `shape`'s keys to `values`
+   * (in the shape's order), without making that object.
+   */
+  encodeShapedPrefixed(prefix: Uint8Array, shape: MapShape, values: readonly unknown[]): Buffer {
+    const own = encodeOwn(prefix, values, shape, this.maxDepth);
+    if (own !== undefined) return own;
+    const obj: Record<string, unknown> = {};
+    for (let i = 0; i < shape.keys.length; i++) obj[shape.keys[i]] = values[i];
+    return this.encodePrefixed(prefix, obj);
+  }
+
+  /**
+   * @internal The values of `shape`'s keys (`undefined` for a missing one; other keys are
+   * ignored) in the map that {@link decodeAt} would decode from `body` at `offset`, without
+   * making that object; `undefined` when the value is not a map.
+   * @throws RpcDecodeError like {@link decodeAt}
+   */
+  decodeShapedAt(body: Buffer, offset: number, shape: MapShape): unknown[] | undefined {
+    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes);
+    if (extensions) {
+      const v = this.decodeWithMsgpackr(body, offset, protoKey);
+      if (typeof v !== 'object' || v === null || Array.isArray(v) || Buffer.isBuffer(v) || v instanceof Date) return undefined;
+      const obj = v as Record<string, unknown>;
+      return shape.keys.map((k) => (Object.prototype.hasOwnProperty.call(obj, k) ? obj[k] : undefined));
+    }
+    try {
+      return decodeShapedOwn(body, offset, shape);
+    } catch (err) {
+      if (err instanceof RpcDecodeError) throw err;
+      throw new RpcDecodeError(`cannot decode: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+  }
+
   /** @throws RpcDecodeError for bytes that are not one valid value of the carried types */
   decode(bytes: Buffer): unknown {
     return this.decodeAt(bytes, 0);
@@ -391,12 +970,26 @@ export class MsgpackCodec implements RpcCodec {
 
   /**
    * @internal {@link decode} of `body.subarray(offset)` (the RPC layer's bodies after their
-   * prefix). Small values are decoded from a copy in a reused buffer: msgpackr caches a
-   * DataView on every buffer it reads, which would otherwise be made (and stuck on a new
-   * view) for every value.
+   * prefix), without making that view.
    */
   decodeAt(body: Buffer, offset: number): unknown {
-    const { protoKey } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes);
+    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes);
+    if (extensions) return this.decodeWithMsgpackr(body, offset, protoKey);
+    try {
+      return decodeOwn(body, offset);
+    } catch (err) {
+      // not expected after the scan (a stack overflow on very deep nesting is the one way)
+      if (err instanceof RpcDecodeError) throw err;
+      throw new RpcDecodeError(`cannot decode: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+  }
+
+  /**
+   * The value at `body[offset..]`, already scanned, decoded by msgpackr (for the extensions).
+   * Small values are decoded from a copy in a reused buffer: msgpackr caches a DataView on
+   * every buffer it reads, which would otherwise be made (and stuck on a new view) each time.
+   */
+  private decodeWithMsgpackr(body: Buffer, offset: number, protoKey: boolean): unknown {
     const unpackr = protoKey ? this.mapUnpackr : this.unpackr;
     let v: unknown;
     try {
@@ -431,6 +1024,18 @@ export class MsgpackCodec implements RpcCodec {
       for (let i = 0; i < v.length; i++) v[i] = this.fromMaps(v[i]);
     }
     return v;
+  }
+
+  /** @throws RpcEncodeError unless msgpackr may encode `value` (see {@link encode}) */
+  private checkValue(value: unknown): void {
+    let ok: boolean;
+    try {
+      ok = this.valid(value, 0);
+    } catch (err) {
+      if (err instanceof RangeError) throw new RpcEncodeError(`value nested too deeply: ${err.message}`, { cause: err });
+      throw err;
+    }
+    if (!ok) this.refuse(value);
   }
 
   /** Whether {@link check} would accept `v`: the same walk without building paths. */

@@ -28,7 +28,7 @@ import { type Logger, defaultLogger } from './logger.js';
 import { Message, newUuid } from './message.js';
 import type { DropReason } from './messaging.js';
 import type { HookMessaging, ReceiveHook } from './receive-hook.js';
-import { MsgpackCodec, type RpcCodec } from './rpc-codec.js';
+import { MapShape, MsgpackCodec, type RpcCodec } from './rpc-codec.js';
 import {
   NotConnectedError,
   OutcomeUnknownError,
@@ -71,16 +71,49 @@ function prefixingCodec(codec: RpcCodec): MsgpackCodec | undefined {
     : undefined;
 }
 
-/** The codec's decoding of a body after its prefix. */
-function decodeBody(codec: RpcCodec, fast: MsgpackCodec | undefined, body: Buffer): unknown {
-  return fast ? fast.decodeAt(body, PREFIX_LENGTH) : codec.decode(body.subarray(PREFIX_LENGTH));
-}
-
 /** `prefix` followed by the codec's encoding of `value`. */
 function encodeBody(codec: RpcCodec, fast: MsgpackCodec | undefined, prefix: Buffer, value: unknown): Buffer {
   if (fast) return fast.encodePrefixed(prefix, value);
   const enc = codec.encode(value);
   return Buffer.concat([prefix, enc], PREFIX_LENGTH + enc.length);
+}
+
+// The envelopes' keys, in the order they are encoded (see the module doc).
+const REQUEST_SHAPE = new MapShape(['command', 'object', 'method', 'args', 'req_id']);
+const REQ_COMMAND = 0;
+const REQ_OBJECT = 1;
+const REQ_METHOD = 2;
+const REQ_ARGS = 3;
+const REQ_ID = 4;
+/** A successful reply as encoded; decoded replies are read with {@link REPLY_SHAPE}. */
+const REPLY_OK_SHAPE = new MapShape(['req_id', 'ok', 'return']);
+const REPLY_SHAPE = new MapShape(['req_id', 'ok', 'return', 'error']);
+const REP_ID = 0;
+const REP_OK = 1;
+const REP_RETURN = 2;
+const REP_ERROR = 3;
+
+/**
+ * `prefix` followed by the codec's encoding of the plain object mapping `shape`'s keys to
+ * `values` (the MessagePack codec encodes it without making the object).
+ */
+function encodeEnvelope(codec: RpcCodec, fast: MsgpackCodec | undefined, prefix: Buffer, shape: MapShape, values: unknown[]): Buffer {
+  if (fast) return fast.encodeShapedPrefixed(prefix, shape, values);
+  const obj: Record<string, unknown> = {};
+  for (let i = 0; i < shape.keys.length; i++) obj[shape.keys[i]] = values[i];
+  return encodeBody(codec, fast, prefix, obj);
+}
+
+/**
+ * The values of `shape`'s keys (`undefined` when missing) in the plain object the codec
+ * decodes from a body after its prefix; `undefined` when it is not a plain object.
+ * @throws RpcDecodeError (or whatever the codec throws) for a body that does not decode
+ */
+function decodeEnvelope(codec: RpcCodec, fast: MsgpackCodec | undefined, body: Buffer, shape: MapShape): unknown[] | undefined {
+  if (fast) return fast.decodeShapedAt(body, PREFIX_LENGTH, shape);
+  const v = codec.decode(body.subarray(PREFIX_LENGTH));
+  if (!isPlainObject(v)) return undefined;
+  return shape.keys.map((k) => (Object.prototype.hasOwnProperty.call(v, k) ? v[k] : undefined));
 }
 
 // ------------------------------------------------------------------------------ signals
@@ -132,6 +165,23 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 function isReqId(v: unknown): v is Buffer {
   return Buffer.isBuffer(v) && v.length === REQ_ID_LENGTH;
+}
+
+/** Stands for the request id in a request body until the id is written in (see `requestMessage`). */
+const REQ_ID_PLACEHOLDER = Buffer.alloc(REQ_ID_LENGTH);
+
+/**
+ * A small-integer key of a request id or message uuid: 30 of its (random) bits. Not unique:
+ * the client keeps keys unique among its waiting calls and checks the whole id on lookups.
+ */
+function idKey(id: Buffer): number {
+  return id[0] | (id[1] << 8) | (id[2] << 16) | ((id[3] & 0x3f) << 24);
+}
+
+/** Whether two 16-byte ids are equal. */
+function sameId(a: Buffer, b: Buffer): boolean {
+  for (let i = 0; i < REQ_ID_LENGTH; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function str(v: unknown, fallback = ''): string {
@@ -391,19 +441,22 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private readonly onRequest = (_connId: ConnId, ident: string, message: Message): void => {
     if (this.closed) return;
-    let decoded: unknown;
+    let fields: unknown[] | undefined;
     try {
-      decoded = decodeBody(this.codec, this.fastCodec, message.body);
+      fields = decodeEnvelope(this.codec, this.fastCodec, message.body, REQUEST_SHAPE);
     } catch (err) {
       this.report(err, ident);
       return;
     }
-    const reqId = isPlainObject(decoded) ? decoded.req_id : undefined;
-    if (!isPlainObject(decoded) || !isReqId(reqId)) {
+    const reqId = fields?.[REQ_ID];
+    if (fields === undefined || !isReqId(reqId)) {
       this.report(new RpcBadRequestError('request without a 16-byte req_id; dropped'), ident);
       return;
     }
-    const { command, object, method, args } = decoded;
+    const command = fields[REQ_COMMAND];
+    const object = fields[REQ_OBJECT];
+    const method = fields[REQ_METHOD];
+    const args = fields[REQ_ARGS];
     const isCall = command === 'call';
     if (
       (command !== 'call' && command !== 'signal') ||
@@ -543,7 +596,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private successReply(req: WireRequest, result: unknown): Buffer | undefined {
     if (req.command !== 'call') return undefined;
     try {
-      return this.encode({ req_id: req.req_id, ok: true, return: result });
+      return encodeEnvelope(this.codec, this.fastCodec, REPLY_PREFIX, REPLY_OK_SHAPE, [req.req_id, true, result]);
     } catch (err) {
       return this.errorReply(req.req_id, err, false);
     }
@@ -677,12 +730,14 @@ interface PendingCall {
   ident: string;
   /** The request id; also the uuid of the first attempt's message. */
   reqId: Buffer;
-  /** The request id as a latin1 string: the call's key in `calls`. */
-  key: string;
+  /** {@link idKey} of the request id: the call's key in `calls`. */
+  key: number;
   body: Buffer;
   deadline: number | null;
-  /** Uuid (latin1 key) of the message of the current attempt (`key` for the first one), `''` before it. */
-  msgKey: string;
+  /** Uuid of the message of the current attempt (`reqId` for the first one). */
+  msgUuid: Buffer;
+  /** {@link idKey} of `msgUuid`: the call's key in `resent` once it is not `reqId`. */
+  msgKey: number;
   /** A request message of this call was written to the peer (ever). */
   sent: boolean;
   /** The current attempt's message was written to the peer. */
@@ -767,12 +822,12 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private readonly codec: RpcCodec;
   private readonly fastCodec: MsgpackCodec | undefined;
   /**
-   * Waiting calls by request id (latin1). The first attempt's message has the request id as
-   * its uuid, so this also finds calls by message uuid; later attempts' messages are in
-   * `resent` by their uuid.
+   * Waiting calls by {@link idKey} of their request id (unique among them). The first
+   * attempt's message has the request id as its uuid, so this also finds calls by message
+   * uuid; later attempts' messages are in `resent` by their uuid's key (unique in there).
    */
-  private readonly calls = new Map<string, PendingCall>();
-  private readonly resent = new Map<string, PendingCall>();
+  private readonly calls = new Map<number, PendingCall>();
+  private readonly resent = new Map<number, PendingCall>();
   private readonly log: Logger;
   private closed = false;
 
@@ -926,8 +981,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private encodeRequest(command: 'call' | 'signal', object: string, method: string, args: unknown[], reqId: Buffer): Buffer {
     if (typeof object !== 'string' || typeof method !== 'string') throw new InvalidArgumentError('object and method must be strings');
     if (!Array.isArray(args)) throw new InvalidArgumentError('args must be an array');
-    const req: WireRequest = { command, object, method, args, req_id: reqId };
-    return encodeBody(this.codec, this.fastCodec, REQUEST_PREFIX, req);
+    return encodeEnvelope(this.codec, this.fastCodec, REQUEST_PREFIX, REQUEST_SHAPE, [command, object, method, args, reqId]);
   }
 
   private doCall(
@@ -948,21 +1002,22 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
       }
     }
     if (signal?.aborted) return this.failedCall(new NotConnectedError('aborted', ident, signal.reason));
-    const reqId = newUuid();
-    let body: Buffer;
+    let message: Message;
     try {
-      body = this.encodeRequest('call', object, method, args, reqId);
+      message = this.requestMessage(object, method, args, timeout === null ? null : Math.max(1, timeout));
     } catch (err) {
       return this.failedCall(err);
     }
+    const reqId = message.uuid;
     return new Promise((resolve, reject) => {
       const p: PendingCall = {
         ident,
         reqId,
-        key: reqId.toString('latin1'),
-        body,
+        key: idKey(reqId),
+        body: message.body,
         deadline: timeout === null ? null : Date.now() + timeout,
-        msgKey: '',
+        msgUuid: reqId,
+        msgKey: idKey(reqId),
         sent: false,
         written: false,
         delivered: false,
@@ -979,27 +1034,59 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
         p.onAbort = () => this.giveUp(p, 'aborted', signal.reason);
         signal.addEventListener('abort', p.onAbort, { once: true });
       }
-      this.attempt(p);
+      this.send(p, message);
     });
   }
 
-  /** Queue (again) the request message of a call. */
+  /**
+   * The first message of a new call: its uuid is the request id, whose key is not used by
+   * another waiting call.
+   *
+   * With the MessagePack codec, the message draws its own uuid (which spares Messaging its
+   * duplicate-uuid check) and the uuid is then written into the body, whose last 16 bytes are
+   * the request id (REQUEST_SHAPE ends with it; a 16-byte Buffer is always a bin 8). The body
+   * is a buffer of our own that nobody has seen yet.
+   */
+  private requestMessage(object: string, method: string, args: unknown[], ttl: number | null): Message {
+    if (this.fastCodec) {
+      const body = this.encodeRequest('call', object, method, args, REQ_ID_PLACEHOLDER);
+      const at = body.length - REQ_ID_LENGTH;
+      if (body[at - 2] === 0xc4 && body[at - 1] === REQ_ID_LENGTH) {
+        for (;;) {
+          const message = new Message(body, { ttl });
+          const uuid = message.uuid;
+          if (this.calls.has(idKey(uuid))) continue;
+          uuid.copy(body, at);
+          return message;
+        }
+      }
+    }
+    for (;;) {
+      const reqId = newUuid();
+      if (this.calls.has(idKey(reqId))) continue;
+      return Message.fromTrusted(this.encodeRequest('call', object, method, args, reqId), reqId, ttl, 0);
+    }
+  }
+
+  /** Queue the request message of a call again, as a new message. */
   private attempt(p: PendingCall): void {
     const ttl = p.deadline === null ? null : Math.max(1, p.deadline - Date.now());
-    let uuid: Buffer;
-    if (p.msgKey === '') {
-      uuid = p.reqId;
-      p.msgKey = p.key;
-    } else {
-      if (p.msgKey !== p.key) this.resent.delete(p.msgKey);
-      uuid = newUuid();
-      p.msgKey = uuid.toString('latin1');
-      this.resent.set(p.msgKey, p);
-    }
+    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
+    let message: Message;
+    do message = new Message(p.body, { ttl });
+    while (this.resent.has(idKey(message.uuid)));
+    p.msgUuid = message.uuid;
+    p.msgKey = idKey(p.msgUuid);
+    this.resent.set(p.msgKey, p);
+    this.send(p, message);
+  }
+
+  /** Queue `message` as the current attempt of `p`. */
+  private send(p: PendingCall, message: Message): void {
     p.written = false;
     p.delivered = false;
     p.resendWhenDelivered = false;
-    this.messaging.sendMessage(p.ident, Message.fromTrusted(p.body, uuid, ttl, 0)).catch((err: Error) => {
+    this.messaging.sendMessage(p.ident, message).catch((err: Error) => {
       if (this.calls.get(p.key) === p) this.settle(p, err);
     });
   }
@@ -1007,17 +1094,19 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** The waiting call whose current attempt is the message `uuid`. */
   private byMessage(uuid: Buffer): PendingCall | undefined {
     if (this.calls.size === 0) return undefined;
-    const key = uuid.toString('latin1');
-    let p = this.calls.get(key);
-    if (p === undefined && this.resent.size > 0) p = this.resent.get(key);
-    return p !== undefined && p.msgKey === key ? p : undefined;
+    const key = idKey(uuid);
+    const p = this.calls.get(key);
+    if (p !== undefined && p.msgUuid === p.reqId && sameId(p.reqId, uuid)) return p;
+    if (this.resent.size === 0) return undefined;
+    const r = this.resent.get(key);
+    return r !== undefined && sameId(r.msgUuid, uuid) ? r : undefined;
   }
 
   private giveUp(p: PendingCall, reason: CallAbortReason, cause?: unknown, dropped = false): void {
     if (this.calls.get(p.key) !== p) return;
-    if (!p.sent && !dropped && p.msgKey) {
+    if (!p.sent && !dropped) {
       // take the request back if Messaging can; if it is already being written, it was sent
-      const cancelled = this.messaging.cancelMessage?.(p.ident, Buffer.from(p.msgKey, 'latin1'));
+      const cancelled = this.messaging.cancelMessage?.(p.ident, p.msgUuid);
       if (cancelled === false) p.sent = true;
     }
     this.settle(p, p.sent ? new PartialCallError(reason, p.ident, cause) : new NotConnectedError(reason, p.ident, cause));
@@ -1026,7 +1115,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private settle(p: PendingCall, err: unknown, value?: unknown): void {
     if (this.calls.get(p.key) !== p) return;
     this.calls.delete(p.key);
-    if (p.msgKey !== p.key && p.msgKey !== '') this.resent.delete(p.msgKey);
+    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
     if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
     if (err) this.rejectCall(p, err);
@@ -1085,24 +1174,26 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   };
 
   private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
-    let rep: unknown;
+    let rep: unknown[] | undefined;
     try {
-      rep = decodeBody(this.codec, this.fastCodec, message.body);
+      rep = decodeEnvelope(this.codec, this.fastCodec, message.body, REPLY_SHAPE);
     } catch (err) {
       this.report(err as Error, ident);
       return;
     }
-    if (!isPlainObject(rep) || !isReqId(rep.req_id) || typeof rep.ok !== 'boolean') {
+    const reqId = rep?.[REP_ID];
+    const ok = rep?.[REP_OK];
+    if (rep === undefined || !isReqId(reqId) || typeof ok !== 'boolean') {
       this.report(new RpcBadRequestError('malformed RPC reply; dropped'), ident);
       return;
     }
-    const p = this.calls.get(rep.req_id.toString('latin1'));
-    if (!p || p.ident !== ident) return; // late, duplicate, or not ours
-    if (rep.ok) {
-      this.settle(p, null, rep.return);
+    const p = this.calls.get(idKey(reqId));
+    if (!p || p.ident !== ident || !sameId(p.reqId, reqId)) return; // late, duplicate, or not ours
+    if (ok) {
+      this.settle(p, null, rep[REP_RETURN]);
       return;
     }
-    this.settle(p, this.remoteError(rep.error));
+    this.settle(p, this.remoteError(rep[REP_ERROR]));
   };
 
   private remoteError(raw: unknown): Error {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { MsgpackCodec, scanMsgpack } from '../src/rpc-codec.js';
+import { Packr, Unpackr } from 'msgpackr';
+import { MapShape, MsgpackCodec, scanMsgpack } from '../src/rpc-codec.js';
 
 const codec = new MsgpackCodec();
 const roundTrip = (v: unknown): unknown => codec.decode(codec.encode(v));
@@ -178,5 +179,115 @@ describe('MsgpackCodec on hostile bytes', () => {
 
   it('still works after every kind of refused input', () => {
     expect(roundTrip({ ok: [1, 'two', 3n] })).toStrictEqual({ ok: [1, 'two', 3n] });
+  });
+});
+
+describe("MsgpackCodec's own encoder and decoder", () => {
+  // msgpackr with the codec's options: the reference the own encoder must match byte for byte
+  const reference = new Packr({
+    useRecords: false,
+    moreTypes: false,
+    structuredClone: false,
+    bundleStrings: false,
+    int64AsType: 'bigint',
+    copyBuffers: true,
+    mapsAsObjects: true,
+    useBigIntExtension: true,
+    variableMapSize: true,
+  });
+  const referenceUnpackr = new Unpackr({ useRecords: false, moreTypes: false, structuredClone: false, int64AsType: 'bigint', copyBuffers: true, mapsAsObjects: true });
+
+  /** Values of every type the own encoder writes, at every size boundary of their headers. */
+  function samples(): unknown[] {
+    const nums = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, -1, -32, -33, -128, -129, -32768, -32769, -(2 ** 31), -(2 ** 31) - 1, 0.5, -0, NaN, Infinity, 2 ** 53 + 2, 1e-320];
+    const strs = ['', 'a', 'x'.repeat(31), 'x'.repeat(32), 'x'.repeat(63), 'x'.repeat(64), 'x'.repeat(255), 'x'.repeat(256), 'x'.repeat(65535), 'x'.repeat(65536), 'é'.repeat(20), '☃'.repeat(21), '𝄞'.repeat(40), 'é'.repeat(100), '\ud800 lone', 'a\udc00'];
+    const bins = [0, 1, 32, 33, 255, 256, 65535, 65536].map((n) => Buffer.alloc(n, 7));
+    const objects = [{}, { a: 1 }, Object.fromEntries(Array.from({ length: 15 }, (_, i) => [`k${i}`, i])), Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`k${i}`, i]))];
+    const arrays = [[], [1], Array.from({ length: 15 }, (_, i) => i), Array.from({ length: 16 }, (_, i) => i), Array.from({ length: 65536 }, () => 0)];
+    return [null, undefined, true, false, ...nums, ...strs, ...bins, new Uint8Array([1, 2]), ...objects, ...arrays, { nested: [{ deep: [null, 'x', Buffer.from('ab')] }] }];
+  }
+
+  it('encodes the common types byte for byte as msgpackr does', () => {
+    for (const v of samples()) {
+      expect(codec.encode(v).equals(reference.pack(v)), String(v).slice(0, 40)).toBe(true);
+    }
+  });
+
+  it('decodes them as msgpackr does, and values with Dates and BigInts through msgpackr', () => {
+    const values = [...samples(), { d: new Date(5), b: 2n ** 70n, n: [1n] }, [new Date(0)]];
+    for (const v of values) {
+      const enc = reference.pack(v);
+      expect(codec.decode(enc)).toStrictEqual(referenceUnpackr.unpack(enc));
+    }
+    // 64-bit integers arrive as BigInts, as msgpackr gives them
+    expect(codec.decode(hex('cf 0000000100000000'))).toBe(2n ** 32n);
+    expect(codec.decode(hex('d3 ffffffffffffffff'))).toBe(-1n);
+    expect(codec.decode(hex('ca 3fc00000'))).toBe(1.5);
+  });
+
+  it('gives out encodings that later encodings do not overwrite', () => {
+    const a = codec.encode({ a: 'first' });
+    const copy = Buffer.from(a);
+    for (let i = 0; i < 10_000; i++) codec.encode({ i, s: 'y'.repeat(i % 100) });
+    expect(a.equals(copy)).toBe(true);
+    const big = codec.encode(Buffer.alloc(200_000, 1));
+    expect(big.length).toBe(200_005);
+    expect(big.buffer.byteLength).toBeLessThan(250_000);
+  });
+
+  it('hands a value to msgpackr when a getter encodes during the encoding', () => {
+    const inner = { get x(): number {
+      codec.encode({ inner: 'z'.repeat(50) });
+      return 1;
+    } };
+    const v = { before: 'b'.repeat(40), inner, after: [1, 2, 3] };
+    expect(codec.decode(codec.encode(v))).toStrictEqual({ before: 'b'.repeat(40), inner: { x: 1 }, after: [1, 2, 3] });
+  });
+
+  it('decodes invalid UTF-8 to U+FFFD, and a long run of short strings from its cache unchanged', () => {
+    expect(codec.decode(hex('a2 ff41'))).toBe('\ufffdA');
+    const keys = Array.from({ length: 5000 }, (_, i) => `key${i}`);
+    const o = Object.fromEntries(keys.map((k) => [k, k]));
+    expect(codec.decode(codec.encode(o))).toStrictEqual(o);
+  });
+
+  it('gives typed errors, never a RangeError, for nesting too deep for the stack under maxDepth 10000', () => {
+    const deepCodec = new MsgpackCodec({ maxDepth: 10_000 });
+    let deep: unknown = 1;
+    for (let i = 0; i < 2000; i++) deep = [deep];
+    expect(deepCodec.decode(deepCodec.encode(deep))).toStrictEqual(deep);
+    for (let i = 2000; i < 10_000; i++) deep = [deep];
+    expect(() => deepCodec.encode(deep)).toThrow(expect.objectContaining({ code: 'ERR_RPC_ENCODE' }));
+    const bytes = Buffer.alloc(10_001, 0x91);
+    bytes[10_000] = 0x01;
+    expect(() => deepCodec.decode(bytes)).toThrow(expect.objectContaining({ code: 'ERR_RPC_DECODE' }));
+  });
+});
+
+describe('MapShape envelopes', () => {
+  const shape = new MapShape(['command', 'req_id', 'args']);
+  const prefix = Buffer.from('pre');
+
+  it('encode like the plain object with those keys, after the prefix', () => {
+    const values = ['call', Buffer.alloc(16, 3), [1, 'two', { three: 3 }]];
+    const enc = codec.encodeShapedPrefixed(prefix, shape, values);
+    expect(enc.equals(codec.encodePrefixed(prefix, { command: 'call', req_id: Buffer.alloc(16, 3), args: [1, 'two', { three: 3 }] }))).toBe(true);
+    expect(codec.decodeShapedAt(enc, prefix.length, shape)).toStrictEqual(values);
+    // through msgpackr when a value needs it
+    const withBig = codec.encodeShapedPrefixed(prefix, shape, ['call', Buffer.alloc(16), [5n, new Date(1)]]);
+    expect(codec.decodeShapedAt(withBig, prefix.length, shape)).toStrictEqual(['call', Buffer.alloc(16), [5n, new Date(1)]]);
+  });
+
+  it('decode keys in any order, missing keys as undefined, other keys ignored, non-maps as undefined', () => {
+    const enc = Buffer.concat([prefix, codec.encode({ other: { x: [1] }, args: [], zzz: 1, command: 'signal' })]);
+    expect(codec.decodeShapedAt(enc, prefix.length, shape)).toStrictEqual(['signal', undefined, []]);
+    expect(codec.decodeShapedAt(Buffer.concat([prefix, codec.encode([1, 2])]), prefix.length, shape)).toBeUndefined();
+    expect(codec.decodeShapedAt(Buffer.concat([prefix, codec.encode({ d: new Date(0) })]), prefix.length, shape)).toStrictEqual([undefined, undefined, undefined]);
+  });
+
+  it('refuse hostile bytes as decode does', () => {
+    expect(() => codec.decodeShapedAt(Buffer.concat([prefix, hex('81 a7 636f6d6d616e64 d4 73 00')]), prefix.length, shape)).toThrow(
+      expect.objectContaining({ code: 'ERR_RPC_DECODE' }),
+    );
   });
 });

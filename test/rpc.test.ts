@@ -425,6 +425,51 @@ describe('RpcServer + RpcClient', () => {
     expect(keys.filter((k) => k.startsWith('rpc:slot:')).length).toBe(5);
   });
 
+  it("a call's first message draws its own uuid, and that uuid is the request id in the body", async () => {
+    const { net, cm, server, client } = pair();
+    server.registerObject(new Calc(), 'calc');
+    net.connect('server', 'client');
+    expect(await client.getProxy<Calc>('server', 'calc').add(1, 2)).toBe(3);
+    const { message } = cm.sent[0];
+    const req = codec.decode(message.body.subarray(REQUEST_PREFIX.length)) as { req_id: Buffer; args: unknown[] };
+    expect(req.req_id.equals(message.uuid)).toBe(true);
+    expect(req.args).toEqual([1, 2]);
+    // (Messaging skips its duplicate-uuid check for such a message)
+    expect(Message.takeFresh(message)).toBe(true);
+  });
+
+  it('a reply is matched on the whole request id, not on the part the client keys calls by', async () => {
+    const { net, sm, cm, client } = pair();
+    net.connect('server', 'client');
+    sm.swallow = true; // no server answers: the replies below are made by hand
+    const p = client.call('server', 'calc', 'add', [1, 2]);
+    await until(() => cm.sent.length === 1);
+    const reqId = (codec.decode(cm.sent[0].message.body.subarray(REQUEST_PREFIX.length)) as { req_id: Buffer }).req_id;
+    const reply = (id: Buffer, value: unknown): Message =>
+      new Message(Buffer.concat([Buffer.from('rpcrep'), codec.encode({ req_id: id, ok: true, return: value })]));
+    const other = Buffer.from(reqId);
+    other[15] ^= 0xff;
+    await sm.sendMessage('client', reply(other, 'not mine'));
+    await sm.sendMessage('client', reply(reqId, 'mine'));
+    expect(await p).toBe('mine');
+  });
+
+  it('works with a codec of its own (not the MessagePack one), calls and errors alike', async () => {
+    const inner = new MsgpackCodec();
+    let used = 0;
+    const counting = {
+      encode: (v: unknown) => (used++, inner.encode(v)),
+      decode: (b: Buffer) => (used++, inner.decode(b)),
+    };
+    const { net, server, client } = pair({ codec: counting }, { codec: counting });
+    server.registerObject(new Calc(), 'calc');
+    net.connect('server', 'client');
+    const proxy = client.getProxy<Calc>('server', 'calc');
+    expect(await Promise.all([proxy.add(1, 2), proxy.add(3, 4)])).toEqual([3, 7]);
+    await expect(proxy.fail('x')).rejects.toMatchObject({ code: 'ERR_RPC_REMOTE', remoteCode: 'E_CALC' });
+    expect(used).toBe(12);
+  });
+
   it('close() rejects waiting calls with ERR_CLOSED', async () => {
     const { client } = pair();
     const p = client.call('server', 'calc', 'add', [1, 2]);
