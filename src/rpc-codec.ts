@@ -858,6 +858,20 @@ function describe(v: unknown): string {
 }
 
 /** The default codec: MessagePack via msgpackr, with hostile-input checks. See the module doc. */
+/** msgpackr's options shared by packing and unpacking: plain MessagePack, no records or extras. */
+const MSGPACKR_COMMON = {
+  useRecords: false,
+  moreTypes: false,
+  structuredClone: false,
+  bundleStrings: false,
+  int64AsType: 'bigint' as const,
+  copyBuffers: true,
+};
+/** @internal How the codec configures msgpackr (the tests compare our encoding with it). */
+export const MSGPACKR_PACK_OPTIONS = { ...MSGPACKR_COMMON, mapsAsObjects: true, useBigIntExtension: true, variableMapSize: true };
+/** @internal */
+export const MSGPACKR_UNPACK_OPTIONS = { ...MSGPACKR_COMMON, mapsAsObjects: true };
+
 export class MsgpackCodec implements RpcCodec {
   /** Deepest nesting accepted. */
   readonly maxDepth: number;
@@ -878,17 +892,9 @@ export class MsgpackCodec implements RpcCodec {
     }
     this.maxDepth = maxDepth;
     this.maxBigIntBytes = maxBigIntBytes;
-    const common = {
-      useRecords: false,
-      moreTypes: false,
-      structuredClone: false,
-      bundleStrings: false,
-      int64AsType: 'bigint' as const,
-      copyBuffers: true,
-    };
-    this.packr = new Packr({ ...common, mapsAsObjects: true, useBigIntExtension: true, variableMapSize: true });
-    this.unpackr = new Unpackr({ ...common, mapsAsObjects: true });
-    this.mapUnpackr = new Unpackr({ ...common, mapsAsObjects: false });
+    this.packr = new Packr(MSGPACKR_PACK_OPTIONS);
+    this.unpackr = new Unpackr(MSGPACKR_UNPACK_OPTIONS);
+    this.mapUnpackr = new Unpackr({ ...MSGPACKR_UNPACK_OPTIONS, mapsAsObjects: false });
   }
 
   /**

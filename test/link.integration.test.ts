@@ -15,6 +15,20 @@ function makeLink(): Link {
   return link;
 }
 
+/** Two Links with a Packeter each, b connected to a; `aId` is the connection on a's side. */
+async function connectedPackets(): Promise<{ a: Link; b: Link; pa: Packeter; pb: Packeter; aId: string }> {
+  const a = makeLink();
+  const b = makeLink();
+  const pa = new Packeter(a);
+  const pb = new Packeter(b);
+  const { port } = await a.addListener({ port: 0 });
+  const [aId] = await Promise.all([
+    waitFor<[string]>(pa, 'connect').then(([c]) => c),
+    b.addConnector({ host: '127.0.0.1', port }),
+  ]);
+  return { a, b, pa, pb, aId };
+}
+
 function collect(p: Packeter): Array<[string, string]> {
   const got: Array<[string, string]> = [];
   p.on('packet', (connId, payload) => got.push([connId, payload.toString()]));
@@ -176,15 +190,7 @@ describe('Link and Packeter over loopback', () => {
   });
 
   it('coalesces many small packets into few writes and reports each as sent', async () => {
-    const a = makeLink();
-    const b = makeLink();
-    const pa = new Packeter(a);
-    const pb = new Packeter(b);
-    const { port } = await a.addListener({ port: 0 });
-    const [aId] = await Promise.all([
-      waitFor<[string]>(pa, 'connect').then(([c]) => c),
-      b.addConnector({ host: '127.0.0.1', port }),
-    ]);
+    const { a, pa, pb, aId } = await connectedPackets();
     let received = 0;
     let order = true;
     pb.on('packet', (_c, p) => {
@@ -212,15 +218,7 @@ describe('Link and Packeter over loopback', () => {
   });
 
   it('delivers 1 MiB packets intact, each in memory of its own that later packets leave alone', async () => {
-    const a = makeLink();
-    const b = makeLink();
-    const pa = new Packeter(a);
-    const pb = new Packeter(b);
-    const { port } = await a.addListener({ port: 0 });
-    const [aId] = await Promise.all([
-      waitFor<[string]>(pa, 'connect').then(([c]) => c),
-      b.addConnector({ host: '127.0.0.1', port }),
-    ]);
+    const { a, pa, pb, aId } = await connectedPackets();
     const got: Buffer[] = [];
     pb.on('packet', (_c, p) => got.push(p)); // kept without copying
     const sent: Buffer[] = [];

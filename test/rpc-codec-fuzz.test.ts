@@ -7,19 +7,11 @@
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
-import { MsgpackCodec } from '../src/rpc-codec.js';
+import { MSGPACKR_PACK_OPTIONS, MSGPACKR_UNPACK_OPTIONS, MsgpackCodec } from '../src/rpc-codec.js';
 import { prng } from './helpers/prng.js';
 
-const common = {
-  useRecords: false,
-  moreTypes: false,
-  structuredClone: false,
-  bundleStrings: false,
-  int64AsType: 'bigint' as const,
-  copyBuffers: true,
-};
-const packr = new Packr({ ...common, mapsAsObjects: true, useBigIntExtension: true, variableMapSize: true });
-const unpackr = new Unpackr({ ...common, mapsAsObjects: true });
+const packr = new Packr(MSGPACKR_PACK_OPTIONS);
+const unpackr = new Unpackr(MSGPACKR_UNPACK_OPTIONS);
 const codec = new MsgpackCodec();
 
 function randomValue(rnd: () => number, depth: number): unknown {
