@@ -80,8 +80,8 @@ export class Message {
     this.ttl = ttl;
     this.flags = flags;
     if (uuid === undefined) {
-      this.#src = takeRandom16();
-      this.#off = slabOffset - 16;
+      this.#off = drawRandom16();
+      this.#src = slab;
       this.#uuid = undefined;
       this.#fresh = true;
     } else if (uuid instanceof Uint8Array && uuid.length === 16) {
@@ -162,8 +162,8 @@ const SLAB_BYTES = 16 * 256;
 let slab = Buffer.alloc(0);
 let slabOffset = SLAB_BYTES;
 
-/** The slab holding 16 fresh random bytes (version 4 uuid) at `slabOffset - 16`. */
-function takeRandom16(): Buffer {
+/** The offset in `slab` (refilled when used up) of 16 fresh random bytes: a version 4 uuid. */
+function drawRandom16(): number {
   if (slabOffset === SLAB_BYTES) {
     slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
     randomFillSync(slab);
@@ -174,11 +174,11 @@ function takeRandom16(): Buffer {
     slabOffset = 0;
   }
   slabOffset += 16;
-  return slab;
+  return slabOffset - 16;
 }
 
 /** A fresh random 16-byte uuid (version 4, RFC 9562). */
 export function newUuid(): Buffer {
-  const src = takeRandom16();
-  return src.subarray(slabOffset - 16, slabOffset);
+  const off = drawRandom16();
+  return slab.subarray(off, off + 16);
 }

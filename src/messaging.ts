@@ -7,6 +7,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
+import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
 import {
   BadFrameError,
@@ -31,7 +32,11 @@ import {
   FRAME_ACK,
   FRAME_MESSAGE,
   type Frame,
+  MESSAGE_FLAGS_OFFSET,
+  MESSAGE_FRAME_HEAD_SIZE,
   MESSAGE_HEADER_SIZE,
+  MESSAGE_TTL_OFFSET,
+  MESSAGE_UUID_OFFSET,
   PROTOCOL_VERSION,
   TTL_INFINITE_WIRE,
   decodeFrame,
@@ -43,19 +48,7 @@ import {
   encodeProtocolVersion,
   ttlMsToWire,
 } from './protocol.js';
-import {
-  AWAITING_ACK,
-  FRAME_HEAD_SIZE,
-  FRAME_TTL_OFFSET,
-  PeerQueue,
-  QUEUED,
-  type SeenIndex,
-  SeenWindow,
-  WRITING,
-  readI32,
-  uuidKey,
-  writeI32,
-} from './queue.js';
+import { AWAITING_ACK, PeerQueue, QUEUED, type RemovedItem, type SeenIndex, SeenWindow, WRITING, uuidKey } from './queue.js';
 import type { ItemKey, QueuesStorage } from './storage.js';
 
 export { Message, FLAG_PERSISTENT };
@@ -186,10 +179,6 @@ const ACKS_PER_FRAME = 1024;
 const RX_SLAB_SIZE = 8 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
 
-/** The big-endian uint32 at `off` (in bounds); plain indexing, see `readI32`. */
-function readU32BE(b: Uint8Array, off: number): number {
-  return ((b[off] << 24) | (b[off + 1] << 16) | (b[off + 2] << 8) | b[off + 3]) >>> 0;
-}
 const noop = (): void => {};
 
 function checkMs(name: string, v: number | undefined, dflt: number, min = 0): number {
@@ -615,14 +604,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   private expire(q: PeerQueue): void {
     const wasFull = this.full(q, 0);
-    const expired = q.expire(this.clock.now());
-    if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: Buffer.from(it.uuid) }));
-      if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', q.ident, it.uuid, 'ttl');
-      this.afterRemoval(q, wasFull);
-    }
+    this.dropExpired(q, q.expire(this.clock.now()), wasFull);
     this.armTtl(q);
+  }
+
+  /** Items removed because their TTL ran out: delete them from storage and report them. */
+  private dropExpired(q: PeerQueue, expired: RemovedItem[], wasFull: boolean): void {
+    if (expired.length === 0) return;
+    this.deleteStored(expired.filter((it) => it.stored).map((it) => ({ queue: q.ident, uuid: Buffer.from(it.uuid) })));
+    for (const it of expired) this.emit('message-drop', q.ident, it.uuid, 'ttl');
+    this.afterRemoval(q, wasFull);
   }
 
   private writeBackTtls(q: PeerQueue): Promise<void> | undefined {
@@ -834,12 +825,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.clock.clearTimeout(tt.handle);
       this.ttlTimers.delete(ident);
     }
-    if (expired.length) {
-      const stored = expired.filter((it) => it.stored).map((it) => ({ queue: ident, uuid: Buffer.from(it.uuid) }));
-      if (stored.length) this.storage!.delete(stored).catch((err) => this.reportError(err, undefined));
-      for (const it of expired) this.emit('message-drop', ident, it.uuid, 'ttl');
-      this.afterRemoval(q, wasFull);
-    }
+    this.dropExpired(q, expired, wasFull);
     this.writeBackTtls(q)?.catch((err) => this.reportError(err, undefined));
     this.log.debug(`messaging ${this.identifier}: ${ident} connected (${c.id}${c.ext ? ', extensions' : ''})`);
     this.emit('connect', c.id, ident);
@@ -876,7 +862,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
       const s = q.peekUnsent();
       if (s < 0) return;
-      const len = q.bodyLength(s) + FRAME_HEAD_SIZE;
+      const len = q.bodyLength(s) + MESSAGE_FRAME_HEAD_SIZE;
       if (len > c.peerMaxPacket) {
         const uuid = q.uuid(s);
         this.removeItem(q, s);
@@ -887,17 +873,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const chunk = q.chunk(s);
       const off = q.frameOffset(s);
       const t = q.ttl(s);
-      const ttl = t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t);
-      const o = off + FRAME_TTL_OFFSET;
-      chunk[o] = ttl >>> 24;
-      chunk[o + 1] = ttl >>> 16;
-      chunk[o + 2] = ttl >>> 8;
-      chunk[o + 3] = ttl;
+      writeU32BE(chunk, off + MESSAGE_TTL_OFFSET, t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t));
       const body = q.largeBody(s);
       const id =
         body === undefined
           ? p.sendPacket(c.id, chunk.subarray(off, off + len))
-          : p.sendPacketParts(c.id, chunk.subarray(off, off + FRAME_HEAD_SIZE), body);
+          : p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body);
       q.markWriting(s);
       c.writing.push(q.seqOf(s));
       c.writingIds.push(id);
@@ -916,7 +897,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     let i = c.writingHead;
     const sentEvents = this.listenerCount('message-sent') > 0;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
-    const wasFull = q !== undefined && this.full(q, 0);
+    // (with a plain snakeMQ peer, written is delivered: items leave the queue here)
+    const wasFull = !c.acks && q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
     while (i < w.length && ids[i] <= lastId) {
       const seq = w[i++];
@@ -998,17 +980,18 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /** A message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least 25 bytes. */
   private onMessage(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
-    const ttlWire = readU32BE(frame, start + 17);
+    const ttlWire = readU32BE(frame, start + MESSAGE_TTL_OFFSET);
     const ttl = ttlWire === TTL_INFINITE_WIRE ? null : ttlWire * 1000;
-    const flags = readU32BE(frame, start + 21);
+    const flags = readU32BE(frame, start + MESSAGE_FLAGS_OFFSET);
     if (!c.acks) {
       this.emit('message', c.id, ident, this.copyMessage(frame, start, end, ttl, flags));
       return;
     }
-    const u0 = readI32(frame, start + 1);
-    const u1 = readI32(frame, start + 5);
-    const u2 = readI32(frame, start + 9);
-    const u3 = readI32(frame, start + 13);
+    const u = start + MESSAGE_UUID_OFFSET;
+    const u0 = readI32(frame, u);
+    const u1 = readI32(frame, u + 4);
+    const u2 = readI32(frame, u + 8);
+    const u3 = readI32(frame, u + 12);
     const w = c.seen ?? this.seenWindow(ident);
     if (c.checkLeft > 0) {
       c.checkLeft--;

@@ -22,8 +22,11 @@ import {
 
 /** Default per-connection write high-water mark: 1 MiB. */
 export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
-/** Payloads at least this large are written as they are instead of being copied into a batch. */
-const COPY_LIMIT = 16 * 1024;
+/**
+ * Payloads at least this large are written as they are instead of being copied into a batch.
+ * A shorter payload is copied before `sendPacket` returns, so its memory may change at once.
+ */
+export const COPY_LIMIT = 16 * 1024;
 /**
  * Small packets are copied, length prefix and all, into slabs of this size as they are sent; a
  * flush writes the part of the slab filled since the last flush (no per-packet allocation, no

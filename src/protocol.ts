@@ -68,6 +68,12 @@ const TTL_MAX_FINITE_WIRE = 0xfffffffe;
 export const FLAG_PERSISTENT = 1;
 /** Bytes of a message frame's header after the type byte: uuid(16) + TTL(4) + flags(4). */
 export const MESSAGE_HEADER_SIZE = 24;
+/** Offsets in a message frame (from its type byte): uuid, wire TTL (uint32 BE), flags (uint32 BE). */
+export const MESSAGE_UUID_OFFSET = 1;
+export const MESSAGE_TTL_OFFSET = 17;
+export const MESSAGE_FLAGS_OFFSET = 21;
+/** Bytes of a message frame before its body: type byte and header. */
+export const MESSAGE_FRAME_HEAD_SIZE = 1 + MESSAGE_HEADER_SIZE;
 /** The longest remote identity accepted, in UTF-8 bytes; a longer one is a broken frame. */
 export const MAX_REMOTE_IDENT_BYTES = 255;
 
@@ -256,9 +262,9 @@ function writeMessageHeader(buf: Buffer, m: { uuid: Uint8Array; ttlMs: number | 
   checkUint('flags', m.flags, UINT32_MAX);
   const ttl = ttlMsToWire(m.ttlMs);
   buf[0] = FRAME_MESSAGE;
-  buf.set(m.uuid, 1);
-  buf.writeUInt32BE(ttl, 1 + UUID_SIZE);
-  buf.writeUInt32BE(m.flags, 1 + UUID_SIZE + 4);
+  buf.set(m.uuid, MESSAGE_UUID_OFFSET);
+  buf.writeUInt32BE(ttl, MESSAGE_TTL_OFFSET);
+  buf.writeUInt32BE(m.flags, MESSAGE_FLAGS_OFFSET);
 }
 
 /**
@@ -270,7 +276,7 @@ function writeMessageHeader(buf: Buffer, m: { uuid: Uint8Array; ttlMs: number | 
  *   `ttlMs` is NaN.
  */
 export function encodeMessageHeader(m: Omit<MessageFields, 'body'>): Buffer {
-  const buf = Buffer.allocUnsafe(1 + MESSAGE_HEADER_SIZE);
+  const buf = Buffer.allocUnsafe(MESSAGE_FRAME_HEAD_SIZE);
   writeMessageHeader(buf, m);
   return buf;
 }
@@ -282,9 +288,9 @@ export function encodeMessageHeader(m: Omit<MessageFields, 'body'>): Buffer {
  * @throws InvalidArgumentError as {@link encodeMessageHeader}.
  */
 export function encodeMessage(m: MessageFields): Buffer {
-  const buf = Buffer.allocUnsafe(1 + MESSAGE_HEADER_SIZE + m.body.length);
+  const buf = Buffer.allocUnsafe(MESSAGE_FRAME_HEAD_SIZE + m.body.length);
   writeMessageHeader(buf, m);
-  buf.set(m.body, 1 + MESSAGE_HEADER_SIZE);
+  buf.set(m.body, MESSAGE_FRAME_HEAD_SIZE);
   return buf;
 }
 
@@ -373,13 +379,13 @@ export function decodeFrame(frame: Buffer): Frame {
       if (payloadLength < MESSAGE_HEADER_SIZE) {
         throw new BadFrameError(`message frame has ${payloadLength} payload bytes, expected at least ${MESSAGE_HEADER_SIZE}`);
       }
-      const ttl = frame.readUInt32BE(1 + UUID_SIZE);
+      const ttl = frame.readUInt32BE(MESSAGE_TTL_OFFSET);
       return {
         kind: 'message',
-        uuid: frame.subarray(1, 1 + UUID_SIZE),
+        uuid: frame.subarray(MESSAGE_UUID_OFFSET, MESSAGE_UUID_OFFSET + UUID_SIZE),
         ttlMs: ttl === TTL_INFINITE_WIRE ? null : ttl * 1000,
-        flags: frame.readUInt32BE(1 + UUID_SIZE + 4),
-        body: frame.subarray(1 + MESSAGE_HEADER_SIZE),
+        flags: frame.readUInt32BE(MESSAGE_FLAGS_OFFSET),
+        body: frame.subarray(MESSAGE_FRAME_HEAD_SIZE),
       };
     }
     case FRAME_PING:

@@ -16,9 +16,10 @@
  *
  * @module
  */
-import { randomBytes } from 'node:crypto';
+import { copy16, hashUuid, readI32, writeU32BE } from './bytes.js';
 import type { Message } from './message.js';
-import { FRAME_MESSAGE, MESSAGE_HEADER_SIZE } from './protocol.js';
+import { COPY_LIMIT } from './packeter.js';
+import { FRAME_MESSAGE, MESSAGE_FLAGS_OFFSET, MESSAGE_FRAME_HEAD_SIZE, MESSAGE_UUID_OFFSET } from './protocol.js';
 
 /** Item states (the low bits of an item's bits). */
 export const QUEUED = 0;
@@ -29,17 +30,13 @@ const STATE = 3;
 const STORED = 4;
 const REMOVED = 8;
 
-/** Bytes of a message frame before its body: type byte, uuid, TTL, flags. */
-export const FRAME_HEAD_SIZE = 1 + MESSAGE_HEADER_SIZE;
-/** Offset of the wire TTL in a message frame. */
-export const FRAME_TTL_OFFSET = 17;
 /**
  * Bodies of at least this many bytes are kept by reference, not copied into a chunk. So every
- * frame kept whole in a chunk is shorter than the Packeter's copy limit (16 KiB) and is copied
- * when sent: the chunk's bytes (the TTL is rewritten for a resend) are never the ones waiting
- * in a socket.
+ * frame kept whole in a chunk is shorter than the Packeter's copy limit and is copied when
+ * sent: the chunk's bytes (the TTL is rewritten for a resend) are never the ones waiting in a
+ * socket.
  */
-export const COPY_BODY_LIMIT = 16 * 1024 - FRAME_HEAD_SIZE;
+export const COPY_BODY_LIMIT = COPY_LIMIT - MESSAGE_FRAME_HEAD_SIZE;
 const MIN_CHUNK = 4 * 1024;
 const MAX_CHUNK = 64 * 1024;
 const MIN_SLOTS = 16;
@@ -48,22 +45,6 @@ const MIN_SLOTS = 16;
 export interface RemovedItem {
   uuid: Buffer;
   stored: boolean;
-}
-
-/**
- * The little-endian int32 at `off` (which the caller knows to be in bounds). Plain indexing:
- * several times faster than `Buffer#readInt32LE` with its checks, on the paths run per message.
- */
-export function readI32(b: Uint8Array, off: number): number {
-  return b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24);
-}
-
-/** Write `v` as a little-endian int32 at `off` (in bounds); see {@link readI32}. */
-export function writeI32(b: Uint8Array, off: number, v: number): void {
-  b[off] = v;
-  b[off + 1] = v >>> 8;
-  b[off + 2] = v >>> 16;
-  b[off + 3] = v >>> 24;
 }
 
 /** Key of a uuid in maps: its bytes as a latin1 string. */
@@ -145,7 +126,7 @@ export class PeerQueue {
     if (this.end === this.cap) this.makeRoom();
     const n = body.length;
     const byRef = n >= COPY_BODY_LIMIT;
-    const need = FRAME_HEAD_SIZE + (byRef ? 0 : n);
+    const need = MESSAGE_FRAME_HEAD_SIZE + (byRef ? 0 : n);
     let k = this.chunks.length - 1;
     let chunk = this.chunks[k];
     if (chunk === undefined || chunk.length - this.fill < need) {
@@ -154,16 +135,10 @@ export class PeerQueue {
     }
     const off = this.fill;
     chunk[off] = FRAME_MESSAGE;
-    writeI32(chunk, off + 1, readI32(src, srcOff));
-    writeI32(chunk, off + 5, readI32(src, srcOff + 4));
-    writeI32(chunk, off + 9, readI32(src, srcOff + 8));
-    writeI32(chunk, off + 13, readI32(src, srcOff + 12));
-    // the TTL (off + 17) is written when the frame is sent
-    chunk[off + 21] = flags >>> 24;
-    chunk[off + 22] = flags >>> 16;
-    chunk[off + 23] = flags >>> 8;
-    chunk[off + 24] = flags;
-    if (!byRef) chunk.set(body, off + FRAME_HEAD_SIZE);
+    copy16(src, srcOff, chunk, off + MESSAGE_UUID_OFFSET);
+    // the TTL is written when the frame is sent
+    writeU32BE(chunk, off + MESSAGE_FLAGS_OFFSET, flags);
+    if (!byRef) chunk.set(body, off + MESSAGE_FRAME_HEAD_SIZE);
     this.fill = off + need;
     const s = this.end++;
     this.chunkNo[s] = this.chunkBase + k;
@@ -253,7 +228,7 @@ export class PeerQueue {
   /** Whether the 16 bytes at `off` of `buf` are the item's uuid. */
   uuidIs(slot: number, buf: Uint8Array, off: number): boolean {
     const c = this.chunk(slot);
-    const o = this.offs[slot] + 1;
+    const o = this.offs[slot] + MESSAGE_UUID_OFFSET;
     return (
       readI32(c, o) === readI32(buf, off) &&
       readI32(c, o + 4) === readI32(buf, off + 4) &&
@@ -264,20 +239,15 @@ export class PeerQueue {
 
   /** The item's uuid as a new Buffer. */
   uuid(slot: number): Buffer {
-    const c = this.chunk(slot);
-    const o = this.offs[slot] + 1;
     const b = Buffer.allocUnsafe(16);
-    // four int32 moves: Buffer#copy costs several times more for 16 bytes
-    writeI32(b, 0, readI32(c, o));
-    writeI32(b, 4, readI32(c, o + 4));
-    writeI32(b, 8, readI32(c, o + 8));
-    writeI32(b, 12, readI32(c, o + 12));
+    // Buffer#copy costs several times more for 16 bytes
+    copy16(this.chunk(slot), this.offs[slot] + MESSAGE_UUID_OFFSET, b, 0);
     return b;
   }
 
   /** The item's uuid as a map key. */
   key(slot: number): string {
-    return uuidKey(this.chunk(slot), this.offs[slot] + 1);
+    return uuidKey(this.chunk(slot), this.offs[slot] + MESSAGE_UUID_OFFSET);
   }
 
   /** Remove an item (delivered, dropped or expired). Slots stay valid until the next push. */
@@ -541,25 +511,20 @@ export class SeenWindow {
 
   /** A lookup set of the uuids in the window now (later adds do not change it). */
   index(): SeenIndex {
-    const n = this.count;
-    const uuids = new Int32Array(n * 4);
-    for (let k = 0; k < n; k++) {
-      let p = this.first + k;
-      if (p >= this.cap) p -= this.cap;
-      uuids.set(this.ring.subarray(p * 4, p * 4 + 4), k * 4);
-    }
-    return new SeenIndex(uuids);
+    return new SeenIndex(this.inOrder(new Int32Array(this.count * 4)));
+  }
+
+  /** Copy the window's uuids, oldest first, to the start of `out`; returns `out`. */
+  private inOrder(out: Int32Array): Int32Array {
+    const tail = Math.min(this.count, this.cap - this.first); // from `first` to the ring's end
+    out.set(this.ring.subarray(this.first * 4, (this.first + tail) * 4));
+    out.set(this.ring.subarray(0, (this.count - tail) * 4), tail * 4);
+    return out;
   }
 
   private grow(): void {
     const cap = Math.min(this.limit, this.cap * 2);
-    const ring = new Int32Array(cap * 4);
-    for (let k = 0; k < this.count; k++) {
-      let p = this.first + k;
-      if (p >= this.cap) p -= this.cap;
-      ring.set(this.ring.subarray(p * 4, p * 4 + 4), k * 4);
-    }
-    this.ring = ring;
+    this.ring = this.inOrder(new Int32Array(cap * 4));
     this.cap = cap;
     this.first = 0;
   }
@@ -582,7 +547,7 @@ export class SeenIndex {
     for (let k = 0; k < n; k++) {
       const p = k * 4;
       if (this.has(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3])) continue;
-      let i = hash(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3]) & this.mask;
+      let i = hashUuid(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3]) & this.mask;
       while (this.table[i] !== 0) i = (i + 1) & this.mask;
       this.table[i] = k + 1;
     }
@@ -592,27 +557,11 @@ export class SeenIndex {
     const t = this.table;
     const u = this.uuids;
     const mask = this.mask;
-    for (let i = hash(a, b, c, d) & mask; ; i = (i + 1) & mask) {
+    for (let i = hashUuid(a, b, c, d) & mask; ; i = (i + 1) & mask) {
       const e = t[i];
       if (e === 0) return false;
       const p = (e - 1) * 4;
       if (u[p] === a && u[p + 1] === b && u[p + 2] === c && u[p + 3] === d) return true;
     }
   }
-}
-
-/**
- * Random per process, and mixed in before each word rather than once: uuids come from peers,
- * and one that could pick uuids colliding in a known hash would make every lookup walk a long
- * probe run.
- */
-const SEED = randomBytes(4).readInt32LE(0);
-
-function hash(a: number, b: number, c: number, d: number): number {
-  let h = Math.imul(SEED ^ a, 0x9e3779b1);
-  h = Math.imul(h ^ (h >>> 15) ^ b, 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13) ^ c, 0xc2b2ae35);
-  h = Math.imul(h ^ (h >>> 16) ^ d, 0x27d4eb2f);
-  h = Math.imul(h ^ (h >>> 15), 0x85ebca6b);
-  return h ^ (h >>> 13);
 }

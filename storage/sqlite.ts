@@ -5,6 +5,7 @@
  * @module
  */
 import Database from 'better-sqlite3';
+import { hashUuid, readI32 } from '../src/bytes.js';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
 import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
@@ -102,23 +103,6 @@ function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Seed of {@link hash4}, random per process, so that no set of uuids collides everywhere. */
-const HASH_SEED = (Math.random() * 2 ** 32) | 0;
-
-/** Hash of a 16-byte uuid given as four int32 words. */
-function hash4(a: number, b: number, c: number, d: number): number {
-  let h = HASH_SEED ^ a;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) ^ b;
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) ^ c;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) ^ d;
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-  return h ^ (h >>> 13);
-}
-
-/** The little-endian int32 at `o` of `u` (any alignment). */
-const word = (u: Uint8Array, o: number): number => u[o]! | (u[o + 1]! << 8) | (u[o + 2]! << 16) | (u[o + 3]! << 24);
-
 /** Smallest table of a {@link UuidMap} (slots; a power of two). */
 const MAP_MIN_SLOTS = 16;
 /** A {@link UuidMap} table shrinks on deletes only while larger than this (slots). */
@@ -146,7 +130,7 @@ class UuidMap {
   /** The value of `u`, or -1. */
   get(u: Buffer): number {
     if (u.length !== 16) return this.other?.get(u.toString('latin1')) ?? -1;
-    const i = this.find(word(u, 0), word(u, 4), word(u, 8), word(u, 12));
+    const i = this.find(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
     return i < 0 ? -1 : this.vals[i]!;
   }
 
@@ -160,10 +144,10 @@ class UuidMap {
       m.set(k, v);
       return -1;
     }
-    const a = word(u, 0);
-    const b = word(u, 4);
-    const c = word(u, 8);
-    const d = word(u, 12);
+    const a = readI32(u, 0);
+    const b = readI32(u, 4);
+    const c = readI32(u, 8);
+    const d = readI32(u, 12);
     const i = this.find(a, b, c, d);
     if (i >= 0) return this.vals[i]!;
     this.insertAt(~i, a, b, c, d, v);
@@ -193,7 +177,7 @@ class UuidMap {
 
   /** Remove `u`; returns its value, or -1 when absent. */
   delete(u: Buffer): number {
-    if (u.length === 16) return this.delete4(word(u, 0), word(u, 4), word(u, 8), word(u, 12));
+    if (u.length === 16) return this.delete4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
     if (this.other === null) return -1;
     const k = u.toString('latin1');
     const old = this.other.get(k);
@@ -225,7 +209,7 @@ class UuidMap {
     const words = this.words;
     const vals = this.vals;
     const mask = this.mask;
-    for (let i = hash4(a, b, c, d) & mask; ; i = (i + 1) & mask) {
+    for (let i = hashUuid(a, b, c, d) & mask; ; i = (i + 1) & mask) {
       if (vals[i]! < 0) return ~i;
       const q = i << 2;
       if (words[q] === a && words[q + 1] === b && words[q + 2] === c && words[q + 3] === d) return i;
@@ -252,7 +236,7 @@ class UuidMap {
     let hole = i;
     for (let j = (i + 1) & mask; vals[j]! >= 0; j = (j + 1) & mask) {
       const q = j << 2;
-      const home = hash4(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!) & mask;
+      const home = hashUuid(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!) & mask;
       // the entry may move into the hole when the hole lies between its home slot and it
       if (((j - home) & mask) >= ((j - hole) & mask)) {
         const h = hole << 2;
@@ -536,7 +520,7 @@ function evictSeen(p: PeerSeen, dirty: Set<SeenChunk>): void {
   if (c.width === 16) {
     const b = c.bytes;
     const o = s << 4;
-    p.where.delete4(word(b, o), word(b, o + 4), word(b, o + 8), word(b, o + 12));
+    p.where.delete4(readI32(b, o), readI32(b, o + 4), readI32(b, o + 8), readI32(b, o + 12));
   } else p.where.delete(c.bytes.subarray(s * c.width, s * c.width + c.width));
 }
 
@@ -549,7 +533,7 @@ function appendSeen(p: PeerSeen, c: SeenChunk, u: Buffer, dirty: Set<SeenChunk>)
     const bytes = c.bytes;
     const o = s << 4;
     for (let k = 0; k < 16; k++) bytes[o + k] = u[k]!;
-    old = p.where.put4(word(u, 0), word(u, 4), word(u, 8), word(u, 12), c.no);
+    old = p.where.put4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12), c.no);
   } else {
     u.copy(c.bytes, s * c.width);
     old = p.where.putOther(u, c.no);

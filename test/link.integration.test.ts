@@ -15,6 +15,26 @@ function makeLink(): Link {
   return link;
 }
 
+/** A well-behaved Link + Packeter connected to `port`, and its connection id. */
+async function goodClient(port: number): Promise<{ pg: Packeter; goodId: string }> {
+  const good = makeLink();
+  const pg = new Packeter(good);
+  const [goodId] = await Promise.all([
+    waitFor<[string]>(pg, 'connect').then(([c]) => c),
+    good.addConnector({ host: '127.0.0.1', port }),
+  ]);
+  return { pg, goodId };
+}
+
+/** A plain socket connected to `port` (to send it bytes by hand), and when it closes. */
+async function rawClient(port: number): Promise<{ bad: net.Socket; badClosed: Promise<unknown> }> {
+  const bad = net.connect(port, '127.0.0.1');
+  closers.push(() => void bad.destroy());
+  const badClosed = new Promise((r) => bad.once('close', r));
+  await new Promise((r) => bad.once('connect', r));
+  return { bad, badClosed };
+}
+
 /** Two Links with a Packeter each, b connected to a; `aId` is the connection on a's side. */
 async function connectedPackets(): Promise<{ a: Link; b: Link; pa: Packeter; pb: Packeter; aId: string }> {
   const a = makeLink();
@@ -147,17 +167,8 @@ describe('Link and Packeter over loopback', () => {
     const got = collect(ps);
     const { port } = await server.addListener({ port: 0 });
 
-    const good = makeLink();
-    const pg = new Packeter(good);
-    const [goodId] = await Promise.all([
-      waitFor<[string]>(pg, 'connect').then(([c]) => c),
-      good.addConnector({ host: '127.0.0.1', port }),
-    ]);
-
-    const bad = net.connect(port, '127.0.0.1');
-    closers.push(() => void bad.destroy());
-    await new Promise((r) => bad.once('connect', r));
-    const badClosed = new Promise((r) => bad.once('close', r));
+    const { pg, goodId } = await goodClient(port);
+    const { bad, badClosed } = await rawClient(port);
     bad.write(Buffer.from('fffffff0', 'hex'));
     await badClosed;
     expect(errors).toHaveLength(1);
@@ -173,15 +184,8 @@ describe('Link and Packeter over loopback', () => {
     const ps = new Packeter(server);
     const got = collect(ps);
     const { port } = await server.addListener({ port: 0 });
-    const good = makeLink();
-    const pg = new Packeter(good);
-    const [goodId] = await Promise.all([
-      waitFor<[string]>(pg, 'connect').then(([c]) => c),
-      good.addConnector({ host: '127.0.0.1', port }),
-    ]);
-    const bad = net.connect(port, '127.0.0.1');
-    closers.push(() => void bad.destroy());
-    const badClosed = new Promise((r) => bad.once('close', r));
+    const { pg, goodId } = await goodClient(port);
+    const { bad, badClosed } = await rawClient(port);
     bad.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
     await badClosed;
     pg.sendPacket(goodId, Buffer.from('fine'));

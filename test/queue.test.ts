@@ -3,8 +3,8 @@
  * being compacted, large bodies kept by reference, TTL bookkeeping and chunk release.
  */
 import { describe, expect, it } from 'vitest';
-import { FRAME_MESSAGE } from '../src/protocol.js';
-import { AWAITING_ACK, COPY_BODY_LIMIT, FRAME_HEAD_SIZE, PeerQueue, QUEUED, SeenWindow, WRITING } from '../src/queue.js';
+import { FRAME_MESSAGE, MESSAGE_FRAME_HEAD_SIZE as FRAME_HEAD_SIZE } from '../src/protocol.js';
+import { AWAITING_ACK, COPY_BODY_LIMIT, PeerQueue, QUEUED, SeenWindow, WRITING } from '../src/queue.js';
 
 function uuidOf(i: number): Buffer {
   const u = Buffer.alloc(16);
