@@ -24,6 +24,7 @@
 import { EventEmitter } from 'node:events';
 import { ClosedError, InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';
+import { readI32 } from './bytes.js';
 import { type Logger, defaultLogger } from './logger.js';
 import { Message, newUuid } from './message.js';
 import type { DropReason } from './messaging.js';
@@ -175,7 +176,7 @@ const REQ_ID_PLACEHOLDER = Buffer.alloc(REQ_ID_LENGTH);
  * the client keeps keys unique among its waiting calls and checks the whole id on lookups.
  */
 function idKey(id: Buffer): number {
-  return id[0] | (id[1] << 8) | (id[2] << 16) | ((id[3] & 0x3f) << 24);
+  return readI32(id, 0) & 0x3fffffff;
 }
 
 /** Whether two 16-byte ids are equal. */
@@ -1071,7 +1072,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** Queue the request message of a call again, as a new message. */
   private attempt(p: PendingCall): void {
     const ttl = p.deadline === null ? null : Math.max(1, p.deadline - Date.now());
-    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
+    this.forgetResent(p);
     let message: Message;
     do message = new Message(p.body, { ttl });
     while (this.resent.has(idKey(message.uuid)));
@@ -1079,6 +1080,11 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     p.msgKey = idKey(p.msgUuid);
     this.resent.set(p.msgKey, p);
     this.send(p, message);
+  }
+
+  /** Take a call's current attempt out of `resent` (where only later attempts are). */
+  private forgetResent(p: PendingCall): void {
+    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
   }
 
   /** Queue `message` as the current attempt of `p`. */
@@ -1115,7 +1121,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private settle(p: PendingCall, err: unknown, value?: unknown): void {
     if (this.calls.get(p.key) !== p) return;
     this.calls.delete(p.key);
-    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
+    this.forgetResent(p);
     if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal!.removeEventListener('abort', p.onAbort);
     if (err) this.rejectCall(p, err);
