@@ -297,6 +297,23 @@ interface ItemChunk {
   gone: boolean;
 }
 
+/** The state of a row of `span` seqs and `bytes` bytes, none of its items live or dead yet. */
+function newItemChunk(seq: number, span: number, sizes: Uint32Array, bytes: number, touched: number): ItemChunk {
+  return {
+    seq,
+    span,
+    sizes,
+    dead: Buffer.alloc((span + 7) >> 3),
+    live: 0,
+    bytes,
+    liveBytes: 0,
+    hasDeadRow: false,
+    hasTtls: false,
+    touched,
+    gone: false,
+  };
+}
+
 /** An item and the seq it is stored under. */
 interface SeqItem {
   seq: number;
@@ -820,19 +837,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
       forEachEntry(keys, (e) => {
         if (e.off >= span) span = e.off + 1;
       });
-      const c: ItemChunk = {
-        seq,
-        span,
-        sizes: new Uint32Array(span),
-        dead: Buffer.alloc((span + 7) >> 3),
-        live: 0,
-        bytes: keys.length + dataLen,
-        liveBytes: 0,
-        hasDeadRow: false,
-        hasTtls: false,
-        touched: -Infinity,
-        gone: false,
-      };
+      const c = newItemChunk(seq, span, new Uint32Array(span), keys.length + dataLen, -Infinity);
       const bits = deadRows.get(seq);
       if (bits) {
         c.dead.set(bits.subarray(0, c.dead.length));
@@ -1040,20 +1045,10 @@ export class SqliteQueuesStorage implements QueuesStorage {
   private writeChunk(part: SeqItem[]): void {
     const e = encodeChunk(part);
     this.stmt.chunkIns.run(part[0]!.seq, e.keys, e.data);
-    const bytes = e.keys.length + e.data.length;
-    this.chunks.push({
-      seq: part[0]!.seq,
-      span: e.span,
-      sizes: e.sizes,
-      dead: Buffer.alloc((e.span + 7) >> 3),
-      live: part.length,
-      bytes,
-      liveBytes: bytes,
-      hasDeadRow: false,
-      hasTtls: false,
-      touched: this.batchNo,
-      gone: false,
-    });
+    const c = newItemChunk(part[0]!.seq, e.span, e.sizes, e.keys.length + e.data.length, this.batchNo);
+    c.live = part.length;
+    c.liveBytes = c.bytes;
+    this.chunks.push(c);
   }
 
   /** Rewrite a chunk's row with only its live items (same seqs), and drop its `item_dead` row. */
