@@ -101,17 +101,9 @@ export class PacketDecoder {
       if (off === n) return;
     }
     // Whole packets inside the chunk: handed over as views, nothing copied or allocated.
-    const max = this.maxPacketSize;
     while (n - off >= PACKET_HEADER_SIZE) {
-      const len = chunk.readUInt32BE(off);
-      if (len > max) this.fail(len);
-      const start = off + PACKET_HEADER_SIZE;
-      if (n - start < len) {
-        this.begin(chunk, start, len);
-        return;
-      }
-      off = start + len;
-      onPacket(chunk, start, off);
+      off = this.packet(chunk, off + PACKET_HEADER_SIZE, chunk.readUInt32BE(off), onPacket);
+      if (off < 0) return;
     }
     if (off < n) {
       chunk.copy(this.header, 0, off, n);
@@ -132,15 +124,8 @@ export class PacketDecoder {
       this.headerFill += take;
       if (this.headerFill < PACKET_HEADER_SIZE) return n;
       this.headerFill = 0;
-      off = take;
-      const len = this.header.readUInt32BE(0);
-      if (len > this.maxPacketSize) this.fail(len);
-      if (n - off < len) {
-        this.begin(chunk, off, len);
-        return n;
-      }
-      onPacket(chunk, off, off + len);
-      return off + len;
+      off = this.packet(chunk, take, this.header.readUInt32BE(0), onPacket);
+      return off < 0 ? n : off;
     }
     const take = Math.min(this.expected - this.received, n);
     const target = this.target;
@@ -159,6 +144,22 @@ export class PacketDecoder {
     this.state_ = 'header';
     onPacket(payload, 0, payload.length);
     return take;
+  }
+
+  /**
+   * A packet of `len` payload bytes (its length prefix read) starts at `chunk[start]`: hand it
+   * over if it is whole in the chunk and return the offset after it, else begin assembling it
+   * and return -1.
+   * @throws FrameTooLargeError when `len` is above the limit
+   */
+  private packet(chunk: Buffer, start: number, len: number, onPacket: (buf: Buffer, start: number, end: number) => void): number {
+    if (len > this.maxPacketSize) this.fail(len);
+    if (chunk.length - start < len) {
+      this.begin(chunk, start, len);
+      return -1;
+    }
+    onPacket(chunk, start, start + len);
+    return start + len;
   }
 
   /** A payload of `len` bytes (limit checked) starts at `chunk[off]` and continues in later chunks. */
