@@ -23,6 +23,11 @@ export function writeI32(b: Uint8Array, off: number, v: number): void {
   b[off + 3] = v >>> 24;
 }
 
+/** The big-endian uint16 at `off`. */
+export function readU16BE(b: Uint8Array, off: number): number {
+  return (b[off] << 8) | b[off + 1];
+}
+
 /** The big-endian uint32 at `off`. */
 export function readU32BE(b: Uint8Array, off: number): number {
   return ((b[off] << 24) | (b[off + 1] << 16) | (b[off + 2] << 8) | b[off + 3]) >>> 0;

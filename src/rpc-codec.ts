@@ -31,6 +31,7 @@
  * @module
  */
 import { Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
+import { readU16BE, readU32BE } from './bytes.js';
 import { InvalidArgumentError } from './errors.js';
 import { RpcDecodeError, RpcEncodeError } from './rpc-errors.js';
 
@@ -161,11 +162,11 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
         len = b[pos++];
       } else if (t === 0xda) {
         if (2 > end - pos) scanFail(pos, 'truncated');
-        len = (b[pos] << 8) | b[pos + 1];
+        len = readU16BE(b, pos);
         pos += 2;
       } else if (t === 0xdb) {
         if (4 > end - pos) scanFail(pos, 'truncated');
-        len = b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]);
+        len = readU32BE(b, pos);
         pos += 4;
       } else scanFail(pos, 'map key is not a string');
       if (len > end - pos) scanFail(pos, 'truncated');
@@ -212,13 +213,13 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
         case 0xc5:
         case 0xda:
           if (2 > end - pos) scanFail(pos, 'truncated');
-          len = (b[pos] << 8) | b[pos + 1];
+          len = readU16BE(b, pos);
           pos += 2;
           break;
         case 0xc6:
         case 0xdb:
           if (4 > end - pos) scanFail(pos, 'truncated');
-          len = b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]);
+          len = readU32BE(b, pos);
           pos += 4;
           break;
         case 0xc7:
@@ -229,12 +230,12 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
         case 0xc8:
           if (2 > end - pos) scanFail(pos, 'truncated');
           extensions = true;
-          pos = scanExt(b, pos + 2, (b[pos] << 8) | b[pos + 1], maxBigIntBytes);
+          pos = scanExt(b, pos + 2, readU16BE(b, pos), maxBigIntBytes);
           break;
         case 0xc9:
           if (4 > end - pos) scanFail(pos, 'truncated');
           extensions = true;
-          pos = scanExt(b, pos + 4, b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]), maxBigIntBytes);
+          pos = scanExt(b, pos + 4, readU32BE(b, pos), maxBigIntBytes);
           break;
         case 0xca:
         case 0xce:
@@ -277,23 +278,23 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
           break;
         case 0xdc:
           if (2 > end - pos) scanFail(pos, 'truncated');
-          children = (b[pos] << 8) | b[pos + 1];
+          children = readU16BE(b, pos);
           pos += 2;
           break;
         case 0xdd:
           if (4 > end - pos) scanFail(pos, 'truncated');
-          children = b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]);
+          children = readU32BE(b, pos);
           pos += 4;
           break;
         case 0xde:
           if (2 > end - pos) scanFail(pos, 'truncated');
-          children = ((b[pos] << 8) | b[pos + 1]) * 2;
+          children = readU16BE(b, pos) * 2;
           pos += 2;
           map = true;
           break;
         case 0xdf:
           if (4 > end - pos) scanFail(pos, 'truncated');
-          children = (b[pos] * 0x1000000 + ((b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3])) * 2;
+          children = readU32BE(b, pos) * 2;
           pos += 4;
           map = true;
           break;
@@ -761,14 +762,14 @@ function decValue(): unknown {
 
 function decU16(): number {
   const b = decBuf;
-  const v = (b[decPos] << 8) | b[decPos + 1];
+  const v = readU16BE(b, decPos);
   decPos += 2;
   return v;
 }
 
 function decU32(): number {
   const b = decBuf;
-  const v = b[decPos] * 0x1000000 + ((b[decPos + 1] << 16) | (b[decPos + 2] << 8) | b[decPos + 3]);
+  const v = readU32BE(b, decPos);
   decPos += 4;
   return v;
 }
