@@ -119,7 +119,22 @@ export interface Transport {
   closeConnection(connId: ConnId, reason?: Error): void;
   /** Bytes queued for writing on a connection and not yet handed to the kernel. */
   bufferedAmount(connId: ConnId): number;
+  /**
+   * Optional: let the consumer choose where a connection's incoming bytes are read to.
+   * `provider` is called before each read of that connection. When it returns a buffer, the
+   * transport may read at most that many bytes straight into it; bytes read there are handed
+   * over as a view of that memory (starting where the returned buffer starts) in the next
+   * `recv` of the connection, before `provider` is called again. When it returns `null` the
+   * transport reads into memory of its own. `null` as `provider` stops asking.
+   *
+   * A transport may ignore the provider (the Link does for TLS connections); consumers must
+   * decode correctly either way.
+   */
+  setReadTarget?(connId: ConnId, provider: ReadTargetProvider | null): void;
 }
+
+/** See {@link Transport.setReadTarget}. */
+export type ReadTargetProvider = () => Buffer | null;
 
 /** Options of a {@link Link}. */
 export interface LinkOptions {
@@ -134,6 +149,74 @@ interface Conn {
   socket: net.Socket;
   info: ConnectionInfo;
   reason?: Error;
+  /** Reads of a plain TCP connection; TLS connections are read through `'data'` events. */
+  reader?: DirectReader;
+}
+
+/** The Link's own read buffer for a plain TCP connection, 64 KiB like Node's. */
+export const READ_CHUNK_SIZE = 64 * 1024;
+
+/**
+ * Reads one plain TCP socket through Node's `onread`: into the buffer the consumer's
+ * {@link ReadTargetProvider} offers (so the kernel writes a large payload straight into the
+ * memory it is delivered in), else into a 64 KiB buffer of its own. A read of at least half
+ * of that buffer hands the buffer over (packets in it are delivered as views, so it is never
+ * reused) and the next read gets a new one; a shorter read is copied out into a buffer of its
+ * length and the read buffer is reused, so a view kept by a user never pins 64 KiB for a few
+ * bytes.
+ */
+class DirectReader {
+  provider: ReadTargetProvider | null = null;
+  /** Where read bytes go once the connection is registered. */
+  sink: ((data: Buffer) => void) | null = null;
+  private own: Buffer | null = null;
+
+  /** Node's `onread.buffer`: the memory for the next read. */
+  readonly buffer = (): Buffer => {
+    const target = this.provider === null ? null : this.provider();
+    if (target !== null && target.length > 0) return target;
+    return (this.own ??= Buffer.allocUnsafe(READ_CHUNK_SIZE));
+  };
+
+  /** Node's `onread.callback`: `n` bytes were read to the start of `buf`; `true` reads on. */
+  readonly callback = (n: number, read: Uint8Array): boolean => {
+    // Only Buffers are handed to Node here: the provider's, or our own.
+    const buf = read as Buffer;
+    let data: Buffer;
+    if (buf !== this.own) {
+      data = n === buf.length ? buf : buf.subarray(0, n);
+    } else if (n >= READ_CHUNK_SIZE / 2) {
+      data = buf.subarray(0, n);
+      this.own = null;
+    } else {
+      data = Buffer.allocUnsafe(n);
+      buf.copy(data, 0, 0, n);
+    }
+    if (this.sink !== null) this.sink(data);
+    return true;
+  };
+
+  /** Options for `net.connect()` / `new net.Socket()`. */
+  get onread(): net.OnReadOpts {
+    return { buffer: this.buffer, callback: this.callback };
+  }
+}
+
+/**
+ * An accepted socket (created paused, see `pauseOnConnect`) moved onto a new `net.Socket`
+ * that reads through `reader`: Node's server has no `onread` option of its own. Falls back
+ * to the accepted socket itself (read through `'data'` events) if its handle is not there.
+ */
+function adoptAccepted(accepted: net.Socket, reader: DirectReader): net.Socket {
+  const internal = accepted as unknown as { _handle: object | null };
+  const handle = internal._handle;
+  if (handle === null || typeof handle !== 'object') {
+    accepted.resume();
+    return accepted;
+  }
+  internal._handle = null; // so that destroying the husk leaves the handle open
+  accepted.destroy();
+  return new net.Socket({ handle, readable: true, writable: true, onread: reader.onread } as net.SocketConstructorOpts);
 }
 
 interface Listener {
@@ -227,7 +310,11 @@ export class Link extends Emitter<TransportEvents> implements Transport {
         s.once('close', () => sockets.delete(s));
       });
     } else {
-      server = net.createServer((s) => this.accept(id, s, sockets, false));
+      server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+        const reader = new DirectReader();
+        const s = adoptAccepted(accepted, reader);
+        this.accept(id, s, sockets, false, s === accepted ? undefined : reader);
+      });
     }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -349,6 +436,12 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     return this.conns.get(connId)?.socket.writableLength ?? 0;
   }
 
+  /** See {@link Transport.setReadTarget}; plain TCP connections use the provider, TLS ones do not. */
+  setReadTarget(connId: ConnId, provider: ReadTargetProvider | null): void {
+    const reader = this.conns.get(connId)?.reader;
+    if (reader) reader.provider = provider;
+  }
+
   closeConnection(connId: ConnId, reason?: Error): void {
     const c = this.conns.get(connId);
     if (!c) return;
@@ -377,14 +470,20 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     else this.log.debug(`link error (no listener): ${err.message}`);
   }
 
-  private accept(listenerId: string, socket: net.Socket, sockets: Set<net.Socket>, isTls: boolean): void {
+  private accept(
+    listenerId: string,
+    socket: net.Socket,
+    sockets: Set<net.Socket>,
+    isTls: boolean,
+    reader?: DirectReader,
+  ): void {
     if (this.closed || !this.listeners_.has(listenerId)) {
       socket.destroy();
       return;
     }
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    this.register(socket, 'listener', listenerId, isTls);
+    this.register(socket, 'listener', listenerId, isTls, reader);
   }
 
   private dial(c: Connector): void {
@@ -392,6 +491,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     if (this.closed || !this.connectors.has(c.id)) return;
     const { host, port, tls: t, connectTimeout } = c.opts;
     let socket: net.Socket;
+    let reader: DirectReader | undefined;
     const onConnected = (): void => {
       this.clock.clearTimeout(timeout);
       socket.off('error', onFail);
@@ -400,7 +500,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
         socket.destroy();
         return;
       }
-      c.connId = this.register(socket, 'connector', c.id, !!t);
+      c.connId = this.register(socket, 'connector', c.id, !!t, reader);
       socket.once('close', () => {
         c.socket = undefined;
         c.connId = undefined;
@@ -427,7 +527,8 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
       socket.once('secureConnect', onConnected);
     } else {
-      socket = net.connect({ host, port });
+      reader = new DirectReader();
+      socket = net.connect({ host, port, onread: reader.onread });
       socket.once('connect', onConnected);
     }
     c.socket = socket;
@@ -444,7 +545,13 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     c.timer = this.clock.setTimeout(() => this.dial(c), delay);
   }
 
-  private register(socket: net.Socket, side: 'listener' | 'connector', ownerId: string, isTls: boolean): ConnId {
+  private register(
+    socket: net.Socket,
+    side: 'listener' | 'connector',
+    ownerId: string,
+    isTls: boolean,
+    reader: DirectReader | undefined,
+  ): ConnId {
     const connId = `c${this.nextId++}`;
     socket.setNoDelay(true);
     const info: ConnectionInfo = {
@@ -457,11 +564,13 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       localPort: socket.localPort ?? 0,
       tls: isTls,
     };
-    const conn: Conn = { id: connId, socket, info };
+    const conn: Conn = { id: connId, socket, info, reader };
     this.conns.set(connId, conn);
-    socket.on('data', (data: Buffer) => {
+    const onData = (data: Buffer): void => {
       if (this.conns.has(connId)) this.emit('recv', connId, data);
-    });
+    };
+    if (reader) reader.sink = onData;
+    else socket.on('data', onData);
     socket.on('drain', () => this.emit('drain', connId));
     socket.on('error', (err) => {
       if (!conn.reason) conn.reason = err;

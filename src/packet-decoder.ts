@@ -24,6 +24,13 @@ export type PacketDecoderState = 'header' | 'payload' | 'failed';
  */
 export const EAGER_ALLOC_LIMIT = 1024 * 1024;
 
+/**
+ * {@link PacketDecoder.readTarget} offers the rest of a payload in progress only when at least
+ * this many bytes (16 KiB) of it are missing; shorter rests arrive faster through the
+ * transport's own read buffer than through a buffer object made for one read.
+ */
+export const DIRECT_READ_MIN = 16 * 1024;
+
 /** Validate a `maxPacketSize` option (payload bytes). */
 export function checkMaxPacketSize(v: number): number {
   if (!Number.isInteger(v) || v < 0 || v > MAX_WIRE_PACKET_SIZE) {
@@ -57,6 +64,8 @@ export class PacketDecoder {
   private target: Buffer | null = null;
   /** Chunks of a packet in progress that has no `target` yet (longer than EAGER_ALLOC_LIMIT). */
   private parts: Buffer[] = [];
+  /** A view of `target` was handed out by {@link readTarget} and its bytes have not come back. */
+  private offered = false;
   private state_: PacketDecoderState = 'header';
   private error: FrameTooLargeError | undefined;
 
@@ -79,6 +88,25 @@ export class PacketDecoder {
   }
 
   /**
+   * Where the next bytes from the stream belong, for a transport that can read straight into
+   * memory of our choosing: the unfilled rest of the payload in progress, when its buffer is
+   * allocated and at least {@link DIRECT_READ_MIN} bytes are missing; otherwise `null`.
+   *
+   * Bytes read into it must be handed to the next {@link push}/{@link pushRaw} call as a view
+   * of exactly the memory they were read into (starting at the returned view); the decoder
+   * then finds them already in place and copies nothing. No second view is offered until that
+   * call. Anything else pushed meanwhile is still decoded correctly: a chunk that is not
+   * in place is copied as usual.
+   */
+  readTarget(): Buffer | null {
+    const target = this.target;
+    if (target === null || this.offered || this.state_ !== 'payload') return null;
+    if (this.expected - this.received < DIRECT_READ_MIN) return null;
+    this.offered = true;
+    return target.subarray(this.received);
+  }
+
+  /**
    * Feed bytes. `onPacket` is called for every packet completed by them, in order.
    * @throws FrameTooLargeError when a length prefix exceeds `maxPacketSize`; the decoder is then
    *   `'failed'` and throws the same error on every later call.
@@ -94,6 +122,7 @@ export class PacketDecoder {
    */
   pushRaw(chunk: Buffer, onPacket: (buf: Buffer, start: number, end: number) => void): void {
     if (this.error) throw this.error;
+    this.offered = false;
     const n = chunk.length;
     let off = 0;
     if (this.state_ !== 'header' || this.headerFill !== 0) {
@@ -130,7 +159,10 @@ export class PacketDecoder {
     const take = Math.min(this.expected - this.received, n);
     const target = this.target;
     if (target !== null) {
-      chunk.copy(target, this.received, 0, take);
+      // Bytes read straight into the target (see readTarget) are already where they belong.
+      if (chunk.buffer !== target.buffer || chunk.byteOffset !== target.byteOffset + this.received) {
+        chunk.copy(target, this.received, 0, take);
+      }
       this.received += take;
     } else {
       this.parts.push(take === n ? chunk : chunk.subarray(0, take));

@@ -315,6 +315,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     };
     c.deliver = this.deliverer(connId, c);
     this.conns.set(connId, c);
+    // Let the transport read the rest of a long payload straight into the buffer it is
+    // assembled in (no copy on our side); see PacketDecoder.readTarget.
+    const decoder = c.decoder;
+    this.transport.setReadTarget?.(connId, () => (c.closed ? null : decoder.readTarget()));
     this.emit('connect', connId, info);
   };
 

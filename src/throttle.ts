@@ -7,7 +7,7 @@
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
 import { Emitter } from './emitter.js';
 import { InvalidArgumentError } from './errors.js';
-import type { ConnId, ConnectionInfo, Transport, TransportEvents } from './link.js';
+import type { ConnId, ConnectionInfo, ReadTargetProvider, Transport, TransportEvents } from './link.js';
 
 /** Options of a {@link Throttle}. */
 export interface ThrottleOptions {
@@ -112,6 +112,11 @@ export class Throttle extends Emitter<TransportEvents> implements Transport {
 
   closeConnection(connId: ConnId, reason?: Error): void {
     this.inner.closeConnection(connId, reason);
+  }
+
+  /** Reads are not throttled: passed on to the inner transport (whose `recv` we re-emit at once). */
+  setReadTarget(connId: ConnId, provider: ReadTargetProvider | null): void {
+    this.inner.setReadTarget?.(connId, provider);
   }
 
   bufferedAmount(connId: ConnId): number {

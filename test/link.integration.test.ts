@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Link } from '../src/link.js';
+import { Link, READ_CHUNK_SIZE } from '../src/link.js';
 import { Packeter } from '../src/packeter.js';
 import { until, waitFor } from './helpers/wait.js';
 
@@ -236,6 +236,104 @@ describe('Link and Packeter over loopback', () => {
     await until(() => got.length === 7);
     for (let i = 0; i < 6; i++) expect(got[i].equals(sent[i])).toBe(true);
     expect(got[6].toString()).toBe('small after large');
+  });
+
+  it('reads long payloads straight into their buffers, both ways, and delivers them intact', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    // Count the read targets the Packeters' decoders offer (and the Links read into).
+    let offered = 0;
+    for (const link of [a, b]) {
+      const set = link.setReadTarget.bind(link);
+      link.setReadTarget = (id, provider) =>
+        set(
+          id,
+          provider &&
+            (() => {
+              const t = provider();
+              if (t) offered++;
+              return t;
+            }),
+        );
+    }
+    const pa = new Packeter(a);
+    const pb = new Packeter(b);
+    const { port } = await a.addListener({ port: 0 });
+    const [[aId], [bId]] = await Promise.all([
+      waitFor<[string]>(pa, 'connect'),
+      waitFor<[string]>(pb, 'connect'),
+      b.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    const sizes = [1024 * 1024, 3 * 1024 * 1024 + 17, 40_000, 100, 2 * 1024 * 1024];
+    const make = (i: number, n: number): Buffer => {
+      const p = Buffer.allocUnsafe(n);
+      for (let k = 0; k < n; k += 4096) p[k] = (k / 4096 + i) & 0xff;
+      p.fill(i, Math.max(0, n - 10));
+      return p;
+    };
+    const gotA: Buffer[] = [];
+    const gotB: Buffer[] = [];
+    pa.on('packet', (_c, p) => gotA.push(p));
+    pb.on('packet', (_c, p) => gotB.push(p));
+    const sent = sizes.map((n, i) => make(i, n));
+    for (const p of sent) {
+      pa.sendPacket(aId, p);
+      pb.sendPacket(bId, p);
+    }
+    await until(() => gotA.length === sizes.length && gotB.length === sizes.length);
+    for (let i = 0; i < sizes.length; i++) {
+      expect(gotA[i].equals(sent[i])).toBe(true);
+      expect(gotB[i].equals(sent[i])).toBe(true);
+    }
+    expect(offered).toBeGreaterThan(0);
+  });
+
+  it('setReadTarget: bytes are read into the offered buffer on accepted and connected sockets', async () => {
+    const a = makeLink();
+    const b = makeLink();
+    const { port } = await a.addListener({ port: 0 });
+    const [[aId], [bId]] = await Promise.all([
+      waitFor<[string]>(a, 'connect'),
+      waitFor<[string]>(b, 'connect'),
+      b.addConnector({ host: '127.0.0.1', port }),
+    ]);
+    for (const [from, fromId, to, toId] of [
+      [a, aId, b, bId],
+      [b, bId, a, aId],
+    ] as const) {
+      const target = Buffer.alloc(200_000);
+      let at = 0;
+      to.setReadTarget(toId, () => (at < target.length ? target.subarray(at) : null));
+      const chunks: Buffer[] = [];
+      const onRecv = (id: string, data: Buffer): void => {
+        if (id !== toId) return;
+        chunks.push(data);
+        if (data.buffer === target.buffer) {
+          expect(data.byteOffset).toBe(target.byteOffset + at);
+          at += data.length;
+        }
+      };
+      to.on('recv', onRecv);
+      const bytes = Buffer.allocUnsafe(300_000);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7) & 0xff;
+      from.send(fromId, bytes);
+      await until(() => chunks.reduce((n, c) => n + c.length, 0) === bytes.length);
+      to.off('recv', onRecv);
+      to.setReadTarget(toId, null);
+      expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+      expect(at).toBe(target.length); // every byte the target could take was read into it
+      expect(target.equals(bytes.subarray(0, target.length))).toBe(true);
+    }
+  });
+
+  it('a short read is handed over in memory of its own size, not in a 64 KiB read buffer', async () => {
+    const a = makeLink();
+    const { port } = await a.addListener({ port: 0 });
+    const [[aId]] = await Promise.all([waitFor<[string]>(a, 'connect'), rawClient(port).then(({ bad }) => bad.write('hello'))]);
+    const [id, data] = await waitFor<[string, Buffer]>(a, 'recv');
+    expect(id).toBe(aId);
+    expect(data.toString()).toBe('hello');
+    expect(data.buffer.byteLength).toBeLessThan(READ_CHUNK_SIZE);
   });
 
   it('honours backpressure: writable() turns false and drain follows', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { FrameTooLargeError } from '../src/errors.js';
-import { EAGER_ALLOC_LIMIT, PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
+import { DIRECT_READ_MIN, EAGER_ALLOC_LIMIT, PacketDecoder, encodePacketHeader } from '../src/packet-decoder.js';
 import { prng } from './helpers/prng.js';
 
 function packet(payload: Buffer): Buffer {
@@ -213,6 +213,77 @@ describe('PacketDecoder memory', () => {
     }
     expect(out).toHaveLength(1);
     expect(out[0].equals(payload)).toBe(true);
+  });
+
+  describe('readTarget (reads straight into the payload buffer)', () => {
+    /** Write `bytes` into the offered view, as a transport's read would, and return the view of what was read. */
+    function readInto(view: Buffer, bytes: Buffer): Buffer {
+      bytes.copy(view);
+      return view.subarray(0, bytes.length);
+    }
+
+    it('offers nothing while a length prefix is read or no payload buffer exists yet', () => {
+      const d = new PacketDecoder();
+      expect(d.readTarget()).toBeNull();
+      d.push(Buffer.from([0, 0]), () => {});
+      expect(d.readTarget()).toBeNull();
+      const big = new PacketDecoder();
+      big.push(encodePacketHeader(4 * EAGER_ALLOC_LIMIT), () => {}); // kept as parts until a quarter arrived
+      expect(big.readTarget()).toBeNull();
+    });
+
+    it('offers the unfilled rest of the payload, and takes bytes read there without copying them', () => {
+      const payload = pattern(256 * 1024);
+      const s = Buffer.concat([packet(payload), packet(Buffer.from('next'))]);
+      const d = new PacketDecoder();
+      const out: Array<[Buffer, number, number]> = [];
+      const onPacket = (buf: Buffer, start: number, end: number): void => void out.push([buf, start, end]);
+      d.pushRaw(s.subarray(0, 4 + 1000), onPacket);
+      const view = d.readTarget()!;
+      expect(view.length).toBe(payload.length - 1000);
+      expect(d.readTarget()).toBeNull(); // one offer at a time
+      const read = readInto(view, s.subarray(4 + 1000, 4 + 100_000));
+      const copy = vi.spyOn(Buffer.prototype, 'copy');
+      try {
+        d.pushRaw(read, onPacket);
+        expect(copy).not.toHaveBeenCalled();
+      } finally {
+        copy.mockRestore();
+      }
+      const rest = d.readTarget()!;
+      expect(rest.length).toBe(payload.length - 100_000);
+      expect(rest.buffer).toBe(view.buffer);
+      expect(rest.byteOffset).toBe(view.byteOffset + 99_000);
+      d.pushRaw(readInto(rest, s.subarray(4 + 100_000, 4 + payload.length)), onPacket);
+      expect(out).toHaveLength(1);
+      expect(out[0][0].buffer).toBe(view.buffer);
+      expect(out[0][0].subarray(out[0][1], out[0][2]).equals(payload)).toBe(true);
+      d.pushRaw(s.subarray(4 + payload.length), onPacket);
+      expect(out[1][0].toString('latin1', out[1][1], out[1][2])).toBe('next');
+    });
+
+    it('offers nothing once fewer than DIRECT_READ_MIN bytes are missing', () => {
+      const payload = pattern(DIRECT_READ_MIN + 100);
+      const d = new PacketDecoder();
+      d.push(packet(payload).subarray(0, 4 + 99), () => {});
+      expect(d.readTarget()).not.toBeNull();
+      d.push(packet(payload).subarray(4 + 99, 4 + 101), () => {});
+      expect(d.readTarget()).toBeNull();
+    });
+
+    it('still decodes correctly when an offer is not used and other chunks come instead', () => {
+      const payload = pattern(200_000);
+      const s = packet(payload);
+      const d = new PacketDecoder();
+      const out: Buffer[] = [];
+      d.push(s.subarray(0, 50_000), (p) => out.push(p));
+      const unused = d.readTarget()!;
+      unused.fill(0xee); // scribbled on by a read that delivered elsewhere: must not matter
+      d.push(Buffer.from(s.subarray(50_000, 120_000)), (p) => out.push(p));
+      d.push(Buffer.from(s.subarray(120_000)), (p) => out.push(p));
+      expect(out).toHaveLength(1);
+      expect(out[0].equals(payload)).toBe(true);
+    });
   });
 
   it('refuses an oversized length prefix without allocating for it, also when the prefix is split', () => {
