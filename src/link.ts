@@ -153,29 +153,46 @@ interface Conn {
   reader?: DirectReader;
 }
 
-/** The Link's own read buffer for a plain TCP connection, 64 KiB like Node's. */
+/** Largest read buffer of the Link's own for a plain TCP connection: 64 KiB, like Node's. */
 export const READ_CHUNK_SIZE = 64 * 1024;
+/** Smallest one, what an idle connection holds: 4 KiB. */
+export const MIN_READ_CHUNK_SIZE = 4 * 1024;
 
 /**
  * Reads one plain TCP socket through Node's `onread`: into the buffer the consumer's
  * {@link ReadTargetProvider} offers (so the kernel writes a large payload straight into the
- * memory it is delivered in), else into a 64 KiB buffer of its own. A read of at least half
- * of that buffer hands the buffer over (packets in it are delivered as views, so it is never
- * reused) and the next read gets a new one; a shorter read is copied out into a buffer of its
- * length and the read buffer is reused, so a view kept by a user never pins 64 KiB for a few
- * bytes.
+ * memory it is delivered in), else into a buffer of its own.
+ *
+ * As with Node's own reads, delivered bytes never share memory with anything else: a read that
+ * fills our buffer hands that buffer over (a new one is made for the next read), a shorter one is
+ * copied out into memory of exactly its size and the buffer is reused. The buffer follows the
+ * traffic, twice the last read rounded up to a power of two, between 4 and 64 KiB, so an idle
+ * connection holds 4 KiB.
  */
 class DirectReader {
   provider: ReadTargetProvider | null = null;
   /** Where read bytes go once the connection is registered. */
   sink: ((data: Buffer) => void) | null = null;
+  /** Called when `sink` or `provider` throws, before the error goes on. */
+  onThrow: ((err: unknown) => void) | null = null;
   private own: Buffer | null = null;
+  private ownSize = MIN_READ_CHUNK_SIZE;
 
   /** Node's `onread.buffer`: the memory for the next read. */
   readonly buffer = (): Buffer => {
-    const target = this.provider === null ? null : this.provider();
+    let target: Buffer | null = null;
+    if (this.provider !== null) {
+      try {
+        target = this.provider();
+      } catch (err) {
+        this.onThrow?.(err); // as in `callback`: Node would read on into memory handed over
+        throw err;
+      }
+    }
     if (target !== null && target.length > 0) return target;
-    return (this.own ??= Buffer.allocUnsafe(READ_CHUNK_SIZE));
+    let own = this.own;
+    if (own === null || own.length !== this.ownSize) own = this.own = Buffer.allocUnsafeSlow(this.ownSize);
+    return own;
   };
 
   /** Node's `onread.callback`: `n` bytes were read to the start of `buf`; `true` reads on. */
@@ -185,14 +202,29 @@ class DirectReader {
     let data: Buffer;
     if (buf !== this.own) {
       data = n === buf.length ? buf : buf.subarray(0, n);
-    } else if (n >= READ_CHUNK_SIZE / 2) {
-      data = buf.subarray(0, n);
-      this.own = null;
     } else {
-      data = Buffer.allocUnsafe(n);
-      buf.copy(data, 0, 0, n);
+      if (n === buf.length) {
+        data = buf;
+        this.own = null;
+        this.ownSize = READ_CHUNK_SIZE;
+      } else {
+        data = Buffer.allocUnsafeSlow(n);
+        buf.copy(data, 0, 0, n);
+        let size = MIN_READ_CHUNK_SIZE;
+        while (size < 2 * n && size < READ_CHUNK_SIZE) size *= 2;
+        this.ownSize = size;
+      }
     }
-    if (this.sink !== null) this.sink(data);
+    if (this.sink !== null) {
+      try {
+        this.sink(data);
+      } catch (err) {
+        // Node would read on into the memory just handed over (it asks for the next buffer only
+        // after we return), and where the stream stands is unknown: end the connection.
+        this.onThrow?.(err);
+        throw err;
+      }
+    }
     return true;
   };
 
@@ -569,8 +601,15 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     const onData = (data: Buffer): void => {
       if (this.conns.has(connId)) this.emit('recv', connId, data);
     };
-    if (reader) reader.sink = onData;
-    else socket.on('data', onData);
+    if (reader) {
+      reader.sink = onData;
+      reader.onThrow = (err) => {
+        if (!conn.reason) conn.reason = err instanceof Error ? err : new Error(String(err));
+        socket.destroy();
+      };
+    } else {
+      socket.on('data', onData);
+    }
     socket.on('drain', () => this.emit('drain', connId));
     socket.on('error', (err) => {
       if (!conn.reason) conn.reason = err;

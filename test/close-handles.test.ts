@@ -34,4 +34,19 @@ describe('close()', () => {
     expect(r.code).toBe(0);
     expect(r.afterClose).toBeLessThan(2000);
   });
+
+  it('a listener that throws ends its plain TCP connection, and delivered packets stay intact', async () => {
+    const r = await runFixture('link-throw-child.ts');
+    expect(r.code).toBe(0);
+    const cases = r.out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
+    expect(cases).toHaveLength(2);
+    cases.forEach((c, i) => {
+      expect(c.reason).toBe('listener bug');
+      expect(c.intact).toBe(true);
+      expect(c.uncaught).toBe(i + 1); // the error still goes on to the process
+    });
+  });
 });

@@ -1,4 +1,6 @@
 import * as net from 'node:net';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Link, READ_CHUNK_SIZE } from '../src/link.js';
 import { Packeter } from '../src/packeter.js';
@@ -47,6 +49,12 @@ async function connectedPackets(): Promise<{ a: Link; b: Link; pa: Packeter; pb:
     b.addConnector({ host: '127.0.0.1', port }),
   ]);
   return { a, b, pa, pb, aId };
+}
+
+/** V8's gc() (tests run without --expose-gc). */
+function collector(): () => void {
+  v8.setFlagsFromString('--expose-gc');
+  return vm.runInNewContext('gc') as () => void;
 }
 
 function collect(p: Packeter): Array<[string, string]> {
@@ -326,14 +334,31 @@ describe('Link and Packeter over loopback', () => {
     }
   });
 
-  it('a short read is handed over in memory of its own size, not in a 64 KiB read buffer', async () => {
+  it('a short read is handed over in memory of exactly its size', async () => {
     const a = makeLink();
     const { port } = await a.addListener({ port: 0 });
     const [[aId]] = await Promise.all([waitFor<[string]>(a, 'connect'), rawClient(port).then(({ bad }) => bad.write('hello'))]);
     const [id, data] = await waitFor<[string, Buffer]>(a, 'recv');
     expect(id).toBe(aId);
     expect(data.toString()).toBe('hello');
-    expect(data.buffer.byteLength).toBeLessThan(READ_CHUNK_SIZE);
+    expect(data.buffer.byteLength).toBe(5);
+  });
+
+  it('idle plain TCP connections hold small read buffers (4 KiB, not 64 KiB, each)', async () => {
+    const a = makeLink();
+    const { port } = await a.addListener({ port: 0 });
+    const n = 100;
+    let got = 0;
+    a.on('recv', () => got++);
+    const gc = collector();
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    const clients = await Promise.all(Array.from({ length: n }, () => rawClient(port)));
+    for (const { bad } of clients) bad.write(Buffer.alloc(100, 1));
+    await until(() => got >= n);
+    gc();
+    const grown = process.memoryUsage().arrayBuffers - before;
+    expect(grown).toBeLessThan((n * READ_CHUNK_SIZE) / 4);
   });
 
   it('honours backpressure: writable() turns false and drain follows', async () => {
