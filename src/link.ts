@@ -238,6 +238,8 @@ class DirectReader {
  * An accepted socket (created paused, see `pauseOnConnect`) moved onto a new `net.Socket`
  * that reads through `reader`: Node's server has no `onread` option of its own. Falls back
  * to the accepted socket itself (read through `'data'` events) if its handle is not there.
+ * The server no longer counts the connection (`getConnections()`, `maxConnections`), which
+ * the Link uses neither of; it closes accepted connections itself.
  */
 function adoptAccepted(accepted: net.Socket, reader: DirectReader): net.Socket {
   const internal = accepted as unknown as { _handle: object | null };
