@@ -26,6 +26,8 @@ export interface MessageOptions {
 
 /** Marks the constructor call of {@link Message.fromWire}, whose fields wait in `trusted`. */
 const TRUSTED: MessageOptions = Object.freeze({});
+/** Marks the constructor call of {@link Message.fresh}, whose TTL waits in `trusted`. */
+const FRESH: MessageOptions = Object.freeze({});
 const EMPTY = Buffer.alloc(0);
 const trusted = { src: EMPTY as Buffer, off: 0, ttl: null as number | null, flags: 0 };
 
@@ -64,6 +66,17 @@ export class Message {
       this.#off = trusted.off;
       this.#uuid = undefined;
       this.#fresh = false;
+      return;
+    }
+    if (options === FRESH) {
+      // fresh: the body as it is, a new uuid (same shape as below)
+      this.body = body as Buffer;
+      this.ttl = trusted.ttl;
+      this.flags = 0;
+      this.#off = drawRandom16();
+      this.#src = slab;
+      this.#uuid = undefined;
+      this.#fresh = true;
       return;
     }
     if (typeof body === 'string') this.body = Buffer.from(body, 'utf8');
@@ -121,6 +134,15 @@ export class Message {
     const m = new Message(body, TRUSTED);
     trusted.src = EMPTY;
     return m;
+  }
+
+  /**
+   * @internal `new Message(body, { ttl })` without validation: `body` is a Buffer and `ttl` a
+   * valid TTL (null or a finite number >= 0), both checked by the caller.
+   */
+  static fresh(body: Buffer, ttl: number | null): Message {
+    trusted.ttl = ttl;
+    return new Message(body, FRESH);
   }
 
   /**

@@ -132,6 +132,15 @@ export interface MessagingEvents {
   error: [err: Error, connId: ConnId | undefined];
 }
 
+/**
+ * @internal Told what `message-sent` and `message-delivered` tell (see
+ * {@link Messaging.observeDelivery}); the uuid is `src[off..off + 16)`, valid during the call.
+ */
+export interface DeliveryObserver {
+  sent(connId: ConnId, ident: string, src: Buffer, off: number): void;
+  delivered(ident: string, src: Buffer, off: number): void;
+}
+
 /** A received message as yielded by the async iterator. */
 export interface Received {
   connId: ConnId;
@@ -171,6 +180,17 @@ interface Conn {
    */
   checkLeft: number;
   seenIndex: SeenIndex | null | undefined;
+  /**
+   * Received messages (of an ack peer) waiting to be handed to the application, from
+   * `backlogHead`: see {@link DELIVERIES_PER_SLICE}.
+   */
+  backlog: (Message | undefined)[];
+  backlogHead: number;
+  /** A slice of the backlog is scheduled. */
+  sliceScheduled: boolean;
+  /** Messages handed over in the turn numbered `turn`. */
+  turnDelivered: number;
+  turn: number;
 }
 
 /** Uuids per ack frame at most (an ack frame is sent at the latest on the next turn). */
@@ -178,6 +198,18 @@ const ACKS_PER_FRAME = 1024;
 /** Received message bodies and uuids are copied into slabs of this size (like Node's Buffer pool). */
 const RX_SLAB_SIZE = 8 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
+/**
+ * @internal Received messages of an ack peer handed to the application per connection in one
+ * stretch (a turn of the event loop); the rest wait for the next turns, a slice per turn, each
+ * after what the application sent meanwhile (replies, acks) has been handed to the packeter,
+ * whose write comes first. So two busy peers work at once instead of taking turns over whole
+ * batches: RPC with 1000 calls in flight ran about twice as fast. Only ack peers are sliced:
+ * their in-flight window bounds what can wait (and {@link BACKLOG_LIMIT} bounds it anyway); a
+ * plain snakeMQ peer's messages are all handed over as they arrive.
+ */
+export const DELIVERIES_PER_SLICE = 256;
+/** A backlog longer than this is handed over whole on its next slice (bounded memory). */
+const BACKLOG_LIMIT = 16 * DELIVERIES_PER_SLICE;
 
 const noop = (): void => {};
 
@@ -223,6 +255,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private iterators = new Set<(r: Received | null) => void>();
   /** Storage commits of received uuids whose acks wait for them. */
   private readonly seenCommits = new Set<Promise<void>>();
+  /** See {@link observeDelivery} (copy-on-write). */
+  private observers: DeliveryObserver[] = [];
 
   /**
    * @param identifier our identity, at most 50 characters
@@ -288,17 +322,41 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    */
   sendMessage(ident: string, message: Message): Promise<void> {
     try {
-      if (typeof ident !== 'string' || ident.length === 0 || (ident.length > 85 && Buffer.byteLength(ident) > 255)) {
-        throw new InvalidArgumentError('destination identity must be a string of 1..255 UTF-8 bytes');
-      }
-      if (ident === this.identifier) throw new InvalidArgumentError('cannot send a message to oneself', 'ERR_SEND_TO_SELF');
-      if (!(message instanceof Message)) throw new InvalidArgumentError('message must be a Message');
-      if (this.closed) throw new ClosedError('messaging');
-      if (!this.loaded) return this.sendWhenLoaded(ident, message);
-      return this.send(ident, message);
+      return this.queueMessage(ident, message) ?? RESOLVED;
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /**
+   * @internal {@link sendMessage} for callers that send many messages (the RPC layer): the same
+   * checks and effects, but it returns `undefined` when the message was queued at once and
+   * there is nothing to wait for (no storage commit, no blocked queue, storage loaded), and it
+   * throws instead of rejecting. Otherwise it returns the promise `sendMessage` would.
+   * @throws like {@link sendMessage} rejects
+   */
+  queueMessage(ident: string, message: Message): Promise<void> | undefined {
+    if (typeof ident !== 'string' || ident.length === 0 || (ident.length > 85 && Buffer.byteLength(ident) > 255)) {
+      throw new InvalidArgumentError('destination identity must be a string of 1..255 UTF-8 bytes');
+    }
+    if (ident === this.identifier) throw new InvalidArgumentError('cannot send a message to oneself', 'ERR_SEND_TO_SELF');
+    if (!(message instanceof Message)) throw new InvalidArgumentError('message must be a Message');
+    if (this.closed) throw new ClosedError('messaging');
+    if (!this.loaded) return this.sendWhenLoaded(ident, message);
+    return this.send(ident, message);
+  }
+
+  /**
+   * @internal Have `observer` told what `message-sent` and `message-delivered` tell, at the
+   * same moments, without a uuid Buffer made per message: the uuid is handed over as
+   * `src[off..off + 16)`, valid only during the call (copy it to keep it). Returns the function
+   * that stops it. Observers must not remove queued messages while they are told.
+   */
+  observeDelivery(observer: DeliveryObserver): () => void {
+    this.observers = [...this.observers, observer];
+    return () => {
+      this.observers = this.observers.filter((o) => o !== observer);
+    };
   }
 
   private async sendWhenLoaded(ident: string, message: Message): Promise<void> {
@@ -307,12 +365,15 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return this.send(ident, message);
   }
 
-  /** Apply the queue policy and queue the message, or line it up under 'block'; may throw. */
-  private send(ident: string, message: Message): Promise<void> {
+  /**
+   * Apply the queue policy and queue the message, or line it up under 'block'; may throw.
+   * `undefined` when it was queued and nothing is left to wait for.
+   */
+  private send(ident: string, message: Message): Promise<void> | undefined {
     const q = this.queue(ident);
     if (message.ttl === 0 && !q.connected) {
       this.emit('message-drop', ident, message.uuid, 'ttl');
-      return RESOLVED;
+      return undefined;
     }
     // The limit check and the push below run in one synchronous stretch, so concurrent calls
     // cannot all pass the check at once.
@@ -337,7 +398,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         break;
     }
     const commit = this.enqueue(ident, q, message);
-    return commit === undefined ? RESOLVED : commit.then(noop);
+    return commit === undefined ? undefined : commit.then(noop);
   }
 
   /** Line a call up under the 'block' policy; {@link wakeWaiters} queues it when there is room. */
@@ -459,6 +520,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    // messages received and not yet handed over are handed over first
+    for (const c of this.conns.values()) if (!c.dead && c.backlogHead < c.backlog.length) this.drainBacklog(c);
     this.closed = true;
     this.packeter.off('connect', this.onConnect);
     this.packeter.off('disconnect', this.onDisconnect);
@@ -645,6 +708,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       seen: undefined,
       checkLeft: 0,
       seenIndex: undefined,
+      backlog: [],
+      backlogHead: 0,
+      sliceScheduled: false,
+      turnDelivered: 0,
+      turn: -1,
     };
     this.conns.set(connId, c);
     this.packeter.sendPacket(connId, encodeProtocolVersion(PROTOCOL_VERSION));
@@ -663,6 +731,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /** Forget an identified connection: requeue what was in flight, start TTLs, report it. */
   private detach(c: Conn): void {
+    // messages received before the connection ended are handed over first
+    if (!c.dead && c.backlogHead < c.backlog.length) this.drainBacklog(c);
     const ident = c.ident;
     c.dead = true;
     if (ident === undefined || this.identConn.get(ident) !== c) return;
@@ -897,6 +967,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     let i = c.writingHead;
     const sentEvents = this.listenerCount('message-sent') > 0;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
+    const observers = this.observers;
     // (with a plain snakeMQ peer, written is delivered: items leave the queue here)
     const wasFull = !c.acks && q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
@@ -907,15 +978,21 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const s = q.slotOf(seq);
       if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
       const uuid = sentEvents || deliveredEvents ? q.uuid(s) : undefined;
+      // (the chunk keeps the uuid's bytes while observers are told, removed or not)
+      const chunk = q.chunk(s);
+      const off = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
       if (c.acks) {
         q.setState(s, AWAITING_ACK);
+        for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
         if (sentEvents) this.emit('message-sent', connId, ident, uuid!);
         continue;
       }
       // A plain snakeMQ peer: written is delivered.
       if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
       q.remove(s);
+      for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
       if (sentEvents) this.emit('message-sent', connId, ident, deliveredEvents ? Buffer.from(uuid!) : uuid!);
+      for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, off);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
@@ -961,7 +1038,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
       if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
       const uuid = deliveredEvents ? q.uuid(s) : undefined;
+      const chunk = q.chunk(s);
+      const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
       q.remove(s);
+      const observers = this.observers;
+      for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, uuidOff);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
@@ -987,11 +1068,98 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       this.emit('message', c.id, ident, this.copyMessage(frame, start, end, ttl, flags));
       return;
     }
-    const u = start + MESSAGE_UUID_OFFSET;
-    const u0 = readI32(frame, u);
-    const u1 = readI32(frame, u + 4);
-    const u2 = readI32(frame, u + 8);
-    const u3 = readI32(frame, u + 12);
+    const m = this.copyMessage(frame, start, end, ttl, flags);
+    if (c.backlogHead < c.backlog.length) {
+      c.backlog.push(m);
+      return;
+    }
+    if (c.turn !== this.turn) {
+      c.turn = this.turn;
+      c.turnDelivered = 0;
+      this.scheduleEndTurn();
+    }
+    if (c.turnDelivered >= DELIVERIES_PER_SLICE) {
+      c.backlog.push(m);
+      this.scheduleSlice(c);
+      return;
+    }
+    c.turnDelivered++;
+    this.deliver(c, ident, m);
+  }
+
+  /** Counts turns of the event loop in which messages were handed over (see `Conn.turn`). */
+  private turn = 0;
+  private turnScheduled = false;
+  private readonly endTurn = (): void => {
+    this.turnScheduled = false;
+    this.turn++;
+  };
+
+  private scheduleEndTurn(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(this.endTurn);
+  }
+
+  /** Hand the next slice of a connection's backlog over on a later turn, after this one's writes. */
+  private scheduleSlice(c: Conn): void {
+    if (c.sliceScheduled) return;
+    c.sliceScheduled = true;
+    // What this slice acknowledges goes to the packeter now: its write is then scheduled
+    // before the next slice runs.
+    this.flushAcks(c);
+    setImmediate(() => this.runSlice(c));
+  }
+
+  private runSlice(c: Conn): void {
+    c.sliceScheduled = false;
+    if (c.dead || this.closed || c.ident === undefined) return;
+    const ident = c.ident;
+    const left = c.backlog.length - c.backlogHead;
+    let n = left > BACKLOG_LIMIT ? left : DELIVERIES_PER_SLICE;
+    // messages arriving before the next turn ends wait behind this slice
+    c.turn = this.turn;
+    c.turnDelivered = DELIVERIES_PER_SLICE;
+    this.scheduleEndTurn();
+    while (n-- > 0 && c.backlogHead < c.backlog.length && !c.dead) {
+      const m = c.backlog[c.backlogHead]!;
+      c.backlog[c.backlogHead++] = undefined;
+      this.deliver(c, ident, m);
+    }
+    this.trimBacklog(c);
+    if (c.backlogHead < c.backlog.length) this.scheduleSlice(c);
+  }
+
+  private trimBacklog(c: Conn): void {
+    if (c.backlogHead === c.backlog.length) {
+      c.backlog = [];
+      c.backlogHead = 0;
+    } else if (c.backlogHead > 1024 && c.backlogHead * 2 > c.backlog.length) {
+      c.backlog = c.backlog.slice(c.backlogHead);
+      c.backlogHead = 0;
+    }
+  }
+
+  /** Hand the whole backlog of a connection over now. */
+  private drainBacklog(c: Conn): void {
+    const ident = c.ident;
+    if (ident === undefined) return;
+    while (c.backlogHead < c.backlog.length) {
+      const m = c.backlog[c.backlogHead]!;
+      c.backlog[c.backlogHead++] = undefined;
+      this.deliver(c, ident, m);
+    }
+    this.trimBacklog(c);
+  }
+
+  /** Hand a received message of an ack peer to the application (unless it is a repeat) and acknowledge it. */
+  private deliver(c: Conn, ident: string, m: Message): void {
+    const src = Message.uuidSource(m);
+    const u = Message.uuidOffset(m);
+    const u0 = readI32(src, u);
+    const u1 = readI32(src, u + 4);
+    const u2 = readI32(src, u + 8);
+    const u3 = readI32(src, u + 12);
     const w = c.seen ?? this.seenWindow(ident);
     if (c.checkLeft > 0) {
       c.checkLeft--;
@@ -1004,7 +1172,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         return;
       }
     }
-    const m = this.copyMessage(frame, start, end, ttl, flags);
     this.emit('message', c.id, ident, m);
     w.add(u0, u1, u2, u3);
     if (this.storage) this.queueSeen(c, ident, m.uuid);

@@ -14,7 +14,7 @@ import { InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';
 import { type Logger, defaultLogger } from './logger.js';
 import type { Message } from './message.js';
-import type { Messaging, MessagingEvents } from './messaging.js';
+import type { DeliveryObserver, Messaging, MessagingEvents } from './messaging.js';
 
 /**
  * The part of {@link Messaging} that the hook and the RPC layer use. `cancelMessage`, when
@@ -35,6 +35,16 @@ export interface HookMessaging {
   off<K extends keyof MessagingEvents>(event: K, listener: (...args: MessagingEvents[K]) => void): unknown;
   /** Remove a queued message not yet being written; whether it did (optional). */
   cancelMessage?(ident: string, uuid: Buffer): boolean;
+  /**
+   * @internal Optional: `sendMessage` that returns `undefined` when the message was queued at
+   * once and throws instead of rejecting (see {@link Messaging.queueMessage}).
+   */
+  queueMessage?(ident: string, message: Message): Promise<void> | undefined;
+  /**
+   * @internal Optional: `message-sent` / `message-delivered` without a Buffer per message (see
+   * {@link Messaging.observeDelivery}); returns the function that stops it.
+   */
+  observeDelivery?(observer: DeliveryObserver): () => void;
 }
 
 /** A message handler. May return a promise; a rejection is reported like a throw. */
