@@ -109,8 +109,8 @@ function scanFail(pos: number, what: string): never {
 }
 
 /** Check an extension whose type byte is at `pos`, with `len` data bytes; the position after it. */
-function scanExt(b: Uint8Array, pos: number, len: number, maxBigIntBytes: number): number {
-  if (1 + len > b.length - pos) scanFail(pos, 'truncated');
+function scanExt(b: Uint8Array, pos: number, len: number, maxBigIntBytes: number, end: number): number {
+  if (1 + len > end - pos) scanFail(pos, 'truncated');
   const type = (b[pos] << 24) >> 24;
   switch (type) {
     case EXT_UNDEFINED:
@@ -138,9 +138,8 @@ export function scanMsgpack(b: Uint8Array, maxDepth: number, maxBigIntBytes: num
   return scanFrom(b, 0, maxDepth, maxBigIntBytes);
 }
 
-/** {@link scanMsgpack} of `b.subarray(start)`, without making that view. */
-function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes: number): ScanResult {
-  const end = b.length;
+/** {@link scanMsgpack} of `b.subarray(start, end)`, without making that view. */
+function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes: number, end = b.length): ScanResult {
   let pos = start;
   scanStart = start;
   let sp = 0;
@@ -225,17 +224,17 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
         case 0xc7:
           if (pos >= end) scanFail(pos, 'truncated');
           extensions = true;
-          pos = scanExt(b, pos + 1, b[pos], maxBigIntBytes);
+          pos = scanExt(b, pos + 1, b[pos], maxBigIntBytes, end);
           break;
         case 0xc8:
           if (2 > end - pos) scanFail(pos, 'truncated');
           extensions = true;
-          pos = scanExt(b, pos + 2, readU16BE(b, pos), maxBigIntBytes);
+          pos = scanExt(b, pos + 2, readU16BE(b, pos), maxBigIntBytes, end);
           break;
         case 0xc9:
           if (4 > end - pos) scanFail(pos, 'truncated');
           extensions = true;
-          pos = scanExt(b, pos + 4, readU32BE(b, pos), maxBigIntBytes);
+          pos = scanExt(b, pos + 4, readU32BE(b, pos), maxBigIntBytes, end);
           break;
         case 0xca:
         case 0xce:
@@ -258,23 +257,23 @@ function scanFrom(b: Uint8Array, start: number, maxDepth: number, maxBigIntBytes
         case 0xd4:
           // fixext 1 of type 0 is `undefined`, which the codec's own decoder reads
           if (pos < end && b[pos] !== EXT_UNDEFINED) extensions = true;
-          pos = scanExt(b, pos, 1, maxBigIntBytes);
+          pos = scanExt(b, pos, 1, maxBigIntBytes, end);
           break;
         case 0xd5:
           extensions = true;
-          pos = scanExt(b, pos, 2, maxBigIntBytes);
+          pos = scanExt(b, pos, 2, maxBigIntBytes, end);
           break;
         case 0xd6:
           extensions = true;
-          pos = scanExt(b, pos, 4, maxBigIntBytes);
+          pos = scanExt(b, pos, 4, maxBigIntBytes, end);
           break;
         case 0xd7:
           extensions = true;
-          pos = scanExt(b, pos, 8, maxBigIntBytes);
+          pos = scanExt(b, pos, 8, maxBigIntBytes, end);
           break;
         case 0xd8:
           extensions = true;
-          pos = scanExt(b, pos, 16, maxBigIntBytes);
+          pos = scanExt(b, pos, 16, maxBigIntBytes, end);
           break;
         case 0xdc:
           if (2 > end - pos) scanFail(pos, 'truncated');
@@ -372,10 +371,17 @@ function encRoom(n: number): void {
 
 /**
  * `prefix` followed by the encoding of `value` (with a `shape`: of the map of the shape's keys
- * to `value`'s items), or `undefined` when the value holds something the encoder leaves to
- * msgpackr (or is nested deeper than `maxDepth`).
+ * to `value`'s items) and by `suffix`, or `undefined` when the value holds something the
+ * encoder leaves to msgpackr (or is nested deeper than `maxDepth`, counting from `depth`).
  */
-function encodeOwn(prefix: Uint8Array | undefined, value: unknown, shape: MapShape | undefined, maxDepth: number): Buffer | undefined {
+function encodeOwn(
+  prefix: Uint8Array | undefined,
+  value: unknown,
+  shape: MapShape | undefined,
+  maxDepth: number,
+  suffix?: Uint8Array,
+  depth = 0,
+): Buffer | undefined {
   if (encBusy) return undefined;
   encBusy = true;
   if (encBuf.length - encPos < 256) {
@@ -386,11 +392,9 @@ function encodeOwn(prefix: Uint8Array | undefined, value: unknown, shape: MapSha
   encStart = encPos;
   let done = false;
   try {
-    if (prefix !== undefined) {
-      encRoom(prefix.length);
-      for (let i = 0; i < prefix.length; i++) encBuf[encPos++] = prefix[i];
-    }
-    done = shape === undefined ? encValue(value, 0, maxDepth) : encShaped(shape, value as readonly unknown[], maxDepth);
+    if (prefix !== undefined) encBytes(prefix);
+    done = shape === undefined ? encValue(value, depth, maxDepth) : encShaped(shape, value as readonly unknown[], maxDepth);
+    if (done && suffix !== undefined) encBytes(suffix);
   } catch (err) {
     // nesting too deep for the stack: msgpackr's path gives the error (a getter's own error
     // is thrown again when msgpackr's path reads the property)
@@ -412,6 +416,17 @@ function encodeOwn(prefix: Uint8Array | undefined, value: unknown, shape: MapSha
   encPos = Math.min((encPos + 7) & ~7, encBuf.length);
   encStart = encPos;
   return out;
+}
+
+/** Copy `bytes` to `encPos` (short runs byte by byte: cheaper than a typed-array copy). */
+function encBytes(bytes: Uint8Array): void {
+  const n = bytes.length;
+  encRoom(n);
+  const b = encBuf;
+  const p = encPos;
+  if (n <= 64) for (let i = 0; i < n; i++) b[p + i] = bytes[i];
+  else b.set(bytes, p);
+  encPos = p + n;
 }
 
 /** {@link encValue} of the map of `shape`'s keys to `values`. */
@@ -937,6 +952,17 @@ export class MsgpackCodec implements RpcCodec {
   }
 
   /**
+   * @internal `prefix`, the encoding of `value` as if it were nested `depth` levels deep, then
+   * `suffix`, in one buffer; `undefined` when `value` holds something only msgpackr encodes (a
+   * Date, a long BigInt) or something that cannot be encoded (the caller then encodes the
+   * whole value it is part of the usual way, with the usual errors). The RPC layer writes the
+   * fixed parts of its envelopes around the arguments this way.
+   */
+  encodeFramed(prefix: Uint8Array, value: unknown, suffix: Uint8Array, depth: number): Buffer | undefined {
+    return encodeOwn(prefix, value, undefined, this.maxDepth, suffix, depth);
+  }
+
+  /**
    * @internal {@link encodePrefixed} of the plain object mapping `shape`'s keys to `values`
    * (in the shape's order), without making that object.
    */
@@ -980,8 +1006,22 @@ export class MsgpackCodec implements RpcCodec {
    * prefix), without making that view.
    */
   decodeAt(body: Buffer, offset: number): unknown {
-    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes);
-    if (extensions) return this.decodeWithMsgpackr(body, offset, protoKey);
+    return this.decodeRange(body, offset, body.length);
+  }
+
+  /**
+   * @internal {@link decode} of `body.subarray(offset, end)`, without making that view: the
+   * bytes there must be exactly one value. (The RPC layer decodes the parts of an envelope
+   * laid out as its own encoder writes it this way.)
+   * @throws RpcDecodeError like {@link decode}
+   * @throws InvalidArgumentError when `offset..end` is not a range of `body`
+   */
+  decodeRange(body: Buffer, offset: number, end: number): unknown {
+    if (!(offset >= 0 && offset <= end && end <= body.length)) {
+      throw new InvalidArgumentError(`decodeRange: ${offset}..${end} is not within ${body.length} bytes`);
+    }
+    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes, end);
+    if (extensions) return this.decodeWithMsgpackr(body, offset, protoKey, end);
     try {
       return decodeOwn(body, offset);
     } catch (err) {
@@ -996,18 +1036,18 @@ export class MsgpackCodec implements RpcCodec {
    * Small values are decoded from a copy in a reused buffer: msgpackr caches a DataView on
    * every buffer it reads, which would otherwise be made (and stuck on a new view) each time.
    */
-  private decodeWithMsgpackr(body: Buffer, offset: number, protoKey: boolean): unknown {
+  private decodeWithMsgpackr(body: Buffer, offset: number, protoKey: boolean, end = body.length): unknown {
     const unpackr = protoKey ? this.mapUnpackr : this.unpackr;
     let v: unknown;
     try {
-      const len = body.length - offset;
+      const len = end - offset;
       if (len <= SCRATCH_SIZE) {
         scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE);
-        body.copy(scratch, 0, offset);
+        body.copy(scratch, 0, offset, end);
         // nothing decoded refers to the scratch bytes: binaries are copied (copyBuffers)
         v = unpackr.unpack(scratch, len);
       } else {
-        v = unpackr.unpack(offset === 0 ? body : body.subarray(offset));
+        v = unpackr.unpack(offset === 0 && end === body.length ? body : body.subarray(offset, end));
       }
       return protoKey ? this.fromMaps(v) : v;
     } catch (err) {

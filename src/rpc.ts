@@ -24,7 +24,7 @@
 import { EventEmitter } from 'node:events';
 import { ClosedError, InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';
-import { readI32 } from './bytes.js';
+import { copy16, hashUuid, readI32, readU16BE, readU32BE } from './bytes.js';
 import { type Logger, defaultLogger } from './logger.js';
 import { Message, newUuid } from './message.js';
 import type { DropReason } from './messaging.js';
@@ -35,6 +35,7 @@ import {
   OutcomeUnknownError,
   PartialCallError,
   RemoteError,
+  RpcDecodeError,
   RequestDroppedError,
   RpcBadRequestError,
   RpcCallError,
@@ -93,6 +94,124 @@ const REP_ID = 0;
 const REP_OK = 1;
 const REP_RETURN = 2;
 const REP_ERROR = 3;
+
+// Envelopes as the MessagePack codec's own encoder writes them: the shape's keys in order, the
+// request id a bin 8 of 16 bytes. Bodies laid out so are read by comparing the fixed bytes and
+// decoding only the values (names, arguments, return value); any other body goes through the
+// general decode (which gives the same values for these).
+
+/** The bytes of a bin 8 header of a request id. */
+const ID_BIN_HEAD = [0xc4, REQ_ID_LENGTH];
+const REQ_KEYS = REQUEST_SHAPE.encodedKeys;
+const REP_KEYS = REPLY_OK_SHAPE.encodedKeys;
+/** A request after its prefix, up to the object name: a map of 5, `command`, the command, `object`. */
+const REQUEST_CALL_HEAD = Buffer.concat([Buffer.from([0x85]), REQ_KEYS[REQ_COMMAND], Buffer.from('\xa4call', 'latin1'), REQ_KEYS[REQ_OBJECT]]);
+const REQUEST_SIGNAL_HEAD = Buffer.concat([Buffer.from([0x85]), REQ_KEYS[REQ_COMMAND], Buffer.from('\xa6signal', 'latin1'), REQ_KEYS[REQ_OBJECT]]);
+/** The end of a request: `req_id`, a bin 8 header, then the 16 bytes of the id. */
+const REQUEST_TAIL = Buffer.concat([REQ_KEYS[REQ_ID], Buffer.from(ID_BIN_HEAD)]);
+const REQUEST_TAIL_LENGTH = REQUEST_TAIL.length + REQ_ID_LENGTH;
+/**
+ * A success reply up to its return value, the request id (16 zero bytes here) included: the
+ * prefix, a map of 3, `req_id`, the id, `ok`, true, `return`.
+ */
+const REPLY_OK_PREFIX = Buffer.concat([
+  REPLY_PREFIX,
+  Buffer.from([0x83]),
+  REP_KEYS[REP_ID],
+  Buffer.from(ID_BIN_HEAD),
+  Buffer.alloc(REQ_ID_LENGTH),
+  REP_KEYS[REP_OK],
+  Buffer.from([0xc3]),
+  REP_KEYS[REP_RETURN],
+]);
+/** The part of {@link REPLY_OK_PREFIX} after the request id. */
+const REPLY_OK_TAIL: Buffer = Buffer.concat([REP_KEYS[REP_OK], Buffer.from([0xc3]), REP_KEYS[REP_RETURN]]);
+/** Where the request id is in a success reply. */
+const REPLY_ID_AT = REPLY_OK_PREFIX.length - REP_KEYS[REP_RETURN].length - 1 - REP_KEYS[REP_OK].length - REQ_ID_LENGTH;
+
+/** {@link REQUEST_TAIL} followed by {@link REQ_ID_PLACEHOLDER}. */
+const REQUEST_TAIL_PLACEHOLDER: Buffer = Buffer.concat([REQUEST_TAIL, Buffer.alloc(REQ_ID_LENGTH)]);
+
+/**
+ * The bytes of a call's request body up to its arguments, as the codec's own encoder writes
+ * them: the prefix, a map of 5, `command`, `call`, `object`, the object name, `method`, the
+ * method name, `args`. A proxy method makes it once; each call then encodes only its arguments
+ * (at the depth they have in the envelope) followed by {@link REQUEST_TAIL_PLACEHOLDER}.
+ */
+function requestHead(codec: MsgpackCodec, object: string, method: string): Buffer {
+  return Buffer.concat([
+    REQUEST_PREFIX,
+    Buffer.from([0x85]),
+    REQ_KEYS[REQ_COMMAND],
+    codec.encode('call'),
+    REQ_KEYS[REQ_OBJECT],
+    codec.encode(object),
+    REQ_KEYS[REQ_METHOD],
+    codec.encode(method),
+    REQ_KEYS[REQ_ARGS],
+  ]);
+}
+
+/** Whether `body` holds `bytes` at `off`. */
+function bytesAt(body: Buffer, off: number, bytes: Uint8Array): boolean {
+  const n = bytes.length;
+  if (off + n > body.length) return false;
+  for (let i = 0; i < n; i++) if (body[off + i] !== bytes[i]) return false;
+  return true;
+}
+
+/** The end of the MessagePack string whose header is at `pos`, when it is one and ends by `limit`; else -1. */
+function stringEnd(body: Buffer, pos: number, limit: number): number {
+  if (pos >= limit) return -1;
+  const t = body[pos];
+  let end: number;
+  if (t >= 0xa0 && t <= 0xbf) end = pos + 1 + (t - 0xa0);
+  else if (t === 0xd9 && pos + 2 <= limit) end = pos + 2 + body[pos + 1];
+  else if (t === 0xda && pos + 3 <= limit) end = pos + 3 + readU16BE(body, pos + 1);
+  else if (t === 0xdb && pos + 5 <= limit) end = pos + 5 + readU32BE(body, pos + 1);
+  else return -1;
+  return end <= limit ? end : -1;
+}
+
+/**
+ * The request in `body` when it is laid out as the codec's own encoder writes it (see above),
+ * `undefined` otherwise or when a part does not decode (the general decode then decides).
+ * `req_id` is a view of the body.
+ */
+function decodeOwnRequest(codec: MsgpackCodec, body: Buffer): WireRequest | undefined {
+  const n = body.length;
+  const tail = n - REQUEST_TAIL_LENGTH;
+  if (tail <= PREFIX_LENGTH || !bytesAt(body, tail, REQUEST_TAIL)) return undefined;
+  let pos = PREFIX_LENGTH;
+  let command: 'call' | 'signal';
+  if (bytesAt(body, pos, REQUEST_CALL_HEAD)) {
+    command = 'call';
+    pos += REQUEST_CALL_HEAD.length;
+  } else if (bytesAt(body, pos, REQUEST_SIGNAL_HEAD)) {
+    command = 'signal';
+    pos += REQUEST_SIGNAL_HEAD.length;
+  } else return undefined;
+  const objectEnd = stringEnd(body, pos, tail);
+  if (objectEnd < 0 || !bytesAt(body, objectEnd, REQ_KEYS[REQ_METHOD])) return undefined;
+  const methodAt = objectEnd + REQ_KEYS[REQ_METHOD].length;
+  const methodEnd = stringEnd(body, methodAt, tail);
+  if (methodEnd < 0 || !bytesAt(body, methodEnd, REQ_KEYS[REQ_ARGS])) return undefined;
+  const argsAt = methodEnd + REQ_KEYS[REQ_ARGS].length;
+  if (argsAt >= tail) return undefined;
+  let object: unknown;
+  let method: unknown;
+  let args: unknown;
+  try {
+    object = codec.decodeRange(body, pos, objectEnd);
+    method = codec.decodeRange(body, methodAt, methodEnd);
+    args = codec.decodeRange(body, argsAt, tail);
+  } catch (err) {
+    if (err instanceof RpcDecodeError) return undefined;
+    throw err;
+  }
+  if (typeof object !== 'string' || typeof method !== 'string' || !Array.isArray(args)) return undefined;
+  return { command, object, method, args, req_id: body.subarray(n - REQ_ID_LENGTH) };
+}
 
 /**
  * `prefix` followed by the codec's encoding of the plain object mapping `shape`'s keys to
@@ -179,10 +298,19 @@ function idKey(id: Buffer): number {
   return readI32(id, 0) & 0x3fffffff;
 }
 
-/** Whether two 16-byte ids are equal. */
-function sameId(a: Buffer, b: Buffer): boolean {
-  for (let i = 0; i < REQ_ID_LENGTH; i++) if (a[i] !== b[i]) return false;
+/** Whether the 16-byte id `a` equals the one at `off` of `b`. */
+function sameIdAt(a: Buffer, b: Buffer, off: number): boolean {
+  for (let i = 0; i < REQ_ID_LENGTH; i++) if (a[i] !== b[off + i]) return false;
   return true;
+}
+
+// The executor of the promises of calls: hands their resolve/reject out through these two
+// (instead of a closure made per call).
+let executorResolve: ((v: unknown) => void) | undefined;
+let executorReject: ((err: Error) => void) | undefined;
+function captureExecutor(resolve: (v: unknown) => void, reject: (err: Error) => void): void {
+  executorResolve = resolve;
+  executorReject = reject;
 }
 
 function str(v: unknown, fallback = ''): string {
@@ -254,15 +382,97 @@ export interface RpcServerEvents {
 }
 
 interface CacheEntry {
-  /** The requesting peer's id map (in `RpcServer.cache`) holding this entry. */
-  peer: Map<string, CacheEntry>;
-  /** The requesting peer. */
-  ident: string;
-  /** The request id as a latin1 string: the entry's key in `peer`. */
-  key: string;
+  /** The requesting peer's table holding this entry. */
+  table: EntryTable;
+  /** The request id as four little-endian int32 words, and their {@link hashUuid}. */
+  id0: number;
+  id1: number;
+  id2: number;
+  id3: number;
+  hash: number;
   done: boolean;
   /** Encoded reply body (with prefix) once answered; absent for signals. */
   reply: Buffer | undefined;
+}
+
+/**
+ * The requests of one peer in the server's cache, by request id: an open-addressing hash table
+ * (linear probing, removal by shifting the run back, so that constant adding and removing
+ * leaves no tombstones and causes no rehashing). The hash is seeded per process: request ids
+ * come from peers, which must not be able to make them collide on purpose.
+ */
+class EntryTable {
+  readonly ident: string;
+  size = 0;
+  private hashes = new Int32Array(16);
+  private slots: (CacheEntry | undefined)[] = new Array<CacheEntry | undefined>(16).fill(undefined);
+  private mask = 15;
+
+  constructor(ident: string) {
+    this.ident = ident;
+  }
+
+  find(hash: number, a: number, b: number, c: number, d: number): CacheEntry | undefined {
+    const mask = this.mask;
+    const slots = this.slots;
+    for (let i = hash & mask; ; i = (i + 1) & mask) {
+      const e = slots[i];
+      if (e === undefined) return undefined;
+      if (this.hashes[i] === hash && e.id0 === a && e.id1 === b && e.id2 === c && e.id3 === d) return e;
+    }
+  }
+
+  /** Add an entry whose id is not in the table. */
+  add(e: CacheEntry): void {
+    if ((this.size + 1) * 2 > this.slots.length) this.resize(this.slots.length * 2);
+    this.place(e);
+    this.size++;
+  }
+
+  /** Remove an entry; whether it was there. */
+  remove(e: CacheEntry): boolean {
+    const mask = this.mask;
+    const slots = this.slots;
+    const hashes = this.hashes;
+    let i = e.hash & mask;
+    for (;;) {
+      const x = slots[i];
+      if (x === undefined) return false;
+      if (x === e) break;
+      i = (i + 1) & mask;
+    }
+    // shift back the entries after it in its run that may not stay behind the hole
+    for (let j = (i + 1) & mask; ; j = (j + 1) & mask) {
+      const x = slots[j];
+      if (x === undefined) break;
+      const home = hashes[j] & mask;
+      // x may move to the hole at i unless its home lies cyclically in (i, j]
+      if (i <= j ? home <= i || home > j : home <= i && home > j) {
+        slots[i] = x;
+        hashes[i] = hashes[j];
+        i = j;
+      }
+    }
+    slots[i] = undefined;
+    this.size--;
+    return true;
+  }
+
+  private place(e: CacheEntry): void {
+    const mask = this.mask;
+    let i = e.hash & mask;
+    while (this.slots[i] !== undefined) i = (i + 1) & mask;
+    this.slots[i] = e;
+    this.hashes[i] = e.hash;
+  }
+
+  private resize(n: number): void {
+    const old = this.slots;
+    this.slots = new Array<CacheEntry | undefined>(n).fill(undefined);
+    this.hashes = new Int32Array(n);
+    this.mask = n - 1;
+    for (const e of old) if (e !== undefined) this.place(e);
+  }
 }
 
 interface Registered {
@@ -347,10 +557,13 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private readonly codec: RpcCodec;
   private readonly fastCodec: MsgpackCodec | undefined;
   private readonly objects = new Map<string, Registered>();
-  /** Requests seen, by requesting peer, then request id (latin1). */
-  private readonly cache = new Map<string, Map<string, CacheEntry>>();
-  /** Answered entries, oldest first, for eviction. */
-  private doneOrder: CacheEntry[] = [];
+  /** Requests seen, by requesting peer, then request id. */
+  private readonly cache = new Map<string, EntryTable>();
+  /**
+   * Answered entries, oldest first, for eviction: a ring of `doneCount` entries from
+   * `doneHead` (grown as needed; it never holds more than `replyCacheSize`).
+   */
+  private doneOrder: (CacheEntry | undefined)[] = new Array<CacheEntry | undefined>(16).fill(undefined);
   private doneHead = 0;
   private doneCount = 0;
   private cachedBytes = 0;
@@ -442,6 +655,11 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private readonly onRequest = (_connId: ConnId, ident: string, message: Message): void => {
     if (this.closed) return;
+    const own = this.fastCodec === undefined ? undefined : decodeOwnRequest(this.fastCodec, message.body);
+    if (own !== undefined) {
+      this.accept(ident, own);
+      return;
+    }
     let fields: unknown[] | undefined;
     try {
       fields = decodeEnvelope(this.codec, this.fastCodec, message.body, REQUEST_SHAPE);
@@ -470,31 +688,41 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       else this.report(err, ident);
       return;
     }
-    const req: WireRequest = { command, object, method, args, req_id: reqId };
-    const key = reqId.toString('latin1');
-    let peer = this.cache.get(ident);
-    if (peer === undefined) {
-      peer = new Map();
-      this.cache.set(ident, peer);
+    this.accept(ident, { command, object, method, args, req_id: reqId });
+  };
+
+  /** A well-formed request: answer a duplicate from the cache, run a new one. */
+  private accept(ident: string, req: WireRequest): void {
+    const reqId = req.req_id;
+    const isCall = req.command === 'call';
+    const id0 = readI32(reqId, 0);
+    const id1 = readI32(reqId, 4);
+    const id2 = readI32(reqId, 8);
+    const id3 = readI32(reqId, 12);
+    const hash = hashUuid(id0, id1, id2, id3);
+    let table = this.cache.get(ident);
+    if (table === undefined) {
+      table = new EntryTable(ident);
+      this.cache.set(ident, table);
     }
-    const known = peer.get(key);
+    const known = table.find(hash, id0, id1, id2, id3);
     if (known) {
       // a duplicate: answer from the cache, or let the running one answer
       if (known.done && known.reply && isCall) this.sendReply(ident, known.reply);
       return;
     }
-    const entry: CacheEntry = { peer, ident, key, done: false, reply: undefined };
-    peer.set(key, entry);
+    const entry: CacheEntry = { table, id0, id1, id2, id3, hash, done: false, reply: undefined };
+    table.add(entry);
     if (this.persisted && isCall) {
       this.persistedRun(ident, entry, req).catch((err) => {
         // storage failed before the request ran: forget it, so a re-send can try again
-        if (!entry.done && entry.peer.get(key) === entry) this.forget(entry);
+        if (!entry.done) this.forget(entry);
         this.report(err, ident);
       });
     } else {
       this.run(ident, entry, req);
     }
-  };
+  }
 
   private async persistedRun(ident: string, entry: CacheEntry, req: WireRequest): Promise<void> {
     const store = this.persisted!;
@@ -596,6 +824,20 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   /** The reply to a call that returned `result`; `undefined` for a signal. Never throws. */
   private successReply(req: WireRequest, result: unknown): Buffer | undefined {
     if (req.command !== 'call') return undefined;
+    if (this.fastCodec) {
+      // the envelope's fixed bytes as a prefix, then the request id written in (the body is a
+      // buffer of our own); if the value does not encode, the general path gives the error
+      let body: Buffer | undefined;
+      try {
+        body = this.fastCodec.encodePrefixed(REPLY_OK_PREFIX, result);
+      } catch {
+        body = undefined;
+      }
+      if (body !== undefined) {
+        copy16(req.req_id, 0, body, REPLY_ID_AT);
+        return body;
+      }
+    }
     try {
       return encodeEnvelope(this.codec, this.fastCodec, REPLY_PREFIX, REPLY_OK_SHAPE, [req.req_id, true, result]);
     } catch (err) {
@@ -666,33 +908,46 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     entry.done = true;
     entry.reply = reply;
     this.cachedBytes += reply?.length ?? 0;
-    this.doneCount++;
-    this.doneOrder.push(entry);
-    while (this.doneCount > this.cacheSize || (this.cachedBytes > this.cacheBytes && this.doneCount > 0)) {
-      const old = this.doneOrder[this.doneHead];
-      this.doneOrder[this.doneHead++] = undefined!;
-      this.forget(old);
-      this.doneCount--;
-      this.cachedBytes -= old.reply?.length ?? 0;
-    }
-    if (this.doneHead > 1024 && this.doneHead * 2 > this.doneOrder.length) {
-      this.doneOrder = this.doneOrder.slice(this.doneHead);
+    let ring = this.doneOrder;
+    if (this.doneCount === ring.length) {
+      // full: grow, oldest first again
+      const grown = new Array<CacheEntry | undefined>(ring.length * 2).fill(undefined);
+      for (let i = 0; i < this.doneCount; i++) grown[i] = ring[(this.doneHead + i) % ring.length];
+      this.doneOrder = ring = grown;
       this.doneHead = 0;
+    }
+    ring[(this.doneHead + this.doneCount) % ring.length] = entry;
+    this.doneCount++;
+    while (this.doneCount > this.cacheSize || (this.cachedBytes > this.cacheBytes && this.doneCount > 0)) {
+      const old = ring[this.doneHead]!;
+      ring[this.doneHead] = undefined;
+      this.doneHead = this.doneHead + 1 === ring.length ? 0 : this.doneHead + 1;
+      this.doneCount--;
+      this.forget(old);
+      this.cachedBytes -= old.reply?.length ?? 0;
     }
   }
 
-  /** Remove an entry from the cache. */
+  /** Remove an entry from the cache (nothing when it is not there). */
   private forget(entry: CacheEntry): void {
-    const peer = entry.peer;
-    if (peer.get(entry.key) !== entry) return;
-    peer.delete(entry.key);
-    if (peer.size === 0 && this.cache.get(entry.ident) === peer) this.cache.delete(entry.ident);
+    const table = entry.table;
+    if (table.remove(entry) && table.size === 0 && this.cache.get(table.ident) === table) this.cache.delete(table.ident);
   }
 
   private sendReply(ident: string, body: Buffer): void {
     if (this.closed) return;
     // A Message that draws its own uuid lets Messaging skip the duplicate-uuid index.
-    this.messaging.sendMessage(ident, new Message(body, { ttl: this.replyTtl })).catch((err) => this.report(err, ident));
+    const message = Message.fresh(body, this.replyTtl);
+    const m = this.messaging;
+    if (m.queueMessage === undefined) {
+      m.sendMessage(ident, message).catch((err) => this.report(err, ident));
+      return;
+    }
+    try {
+      m.queueMessage(ident, message)?.catch((err) => this.report(err, ident));
+    } catch (err) {
+      this.report(err, ident);
+    }
   }
 }
 
@@ -729,15 +984,23 @@ export interface RpcClientEvents {
 
 interface PendingCall {
   ident: string;
-  /** The request id; also the uuid of the first attempt's message. */
-  reqId: Buffer;
+  /**
+   * The request id, also the uuid of the first attempt's message: `reqSrc[reqOff..reqOff + 16)`
+   * (memory that is never changed), and its four little-endian int32 words.
+   */
+  reqSrc: Buffer;
+  reqOff: number;
+  r0: number;
+  r1: number;
+  r2: number;
+  r3: number;
   /** {@link idKey} of the request id: the call's key in `calls`. */
   key: number;
   body: Buffer;
   deadline: number | null;
-  /** Uuid of the message of the current attempt (`reqId` for the first one). */
-  msgUuid: Buffer;
-  /** {@link idKey} of `msgUuid`: the call's key in `resent` once it is not `reqId`. */
+  /** Uuid of the message of the current attempt; `undefined` for the first one (the request id). */
+  msgUuid: Buffer | undefined;
+  /** {@link idKey} of `msgUuid`: the call's key in `resent` once it is set. */
   msgKey: number;
   /** A request message of this call was written to the peer (ever). */
   sent: boolean;
@@ -831,10 +1094,13 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private readonly resent = new Map<number, PendingCall>();
   private readonly log: Logger;
   private closed = false;
+  /** Stops the messaging layer's delivery observer, when it has one (else events are used). */
+  private readonly stopObserving: (() => void) | undefined;
 
   /**
    * Register on `receiveHook` for reply bodies (`rpcrep` prefix) and on its messaging for
-   * connects and message delivery events.
+   * connects, drops and delivery (through its delivery observer when it has one, else the
+   * `message-sent` / `message-delivered` events).
    * @throws InvalidArgumentError for a bad option
    */
   constructor(receiveHook: ReceiveHook, options: RpcClientOptions = {}) {
@@ -849,8 +1115,12 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     this.log = options.logger ?? defaultLogger();
     receiveHook.register(REPLY_PREFIX, this.onReply);
     this.messaging.on('connect', this.onConnect);
-    this.messaging.on('message-sent', this.onSent);
-    this.messaging.on('message-delivered', this.onDelivered);
+    if (this.messaging.observeDelivery) {
+      this.stopObserving = this.messaging.observeDelivery({ sent: this.onSentAt, delivered: this.onDeliveredAt });
+    } else {
+      this.messaging.on('message-sent', this.onSent);
+      this.messaging.on('message-delivered', this.onDelivered);
+    }
     this.messaging.on('message-drop', this.onDrop);
   }
 
@@ -890,15 +1160,20 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private remoteMethod(ident: string, object: string, method: string): RemoteMethod<unknown[], unknown> {
     let signalTtl: number | null = null;
     let timeout: number | null = null;
+    // the start of this method's request bodies (made on the first call)
+    const fast = this.fastCodec;
+    let head: Buffer | undefined;
     const invoke = (args: unknown[], options: CallOptions): Promise<unknown> => {
       if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl));
       const o = { timeout: timeout ?? undefined, ...options };
-      return this.doCall(ident, object, method, args, o.timeout, o.signal);
+      if (fast) head ??= requestHead(fast, object, method);
+      return this.doCall(ident, object, method, args, o.timeout, o.signal, head);
     };
-    const fn = ((...args: unknown[]) =>
-      signalTtl !== null
-        ? this.withHandler(this.signal(ident, object, method, args, signalTtl))
-        : this.doCall(ident, object, method, args, timeout ?? undefined, undefined)) as RemoteMethod<unknown[], unknown>;
+    const fn = ((...args: unknown[]) => {
+      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl));
+      if (fast) head ??= requestHead(fast, object, method);
+      return this.doCall(ident, object, method, args, timeout ?? undefined, undefined, head);
+    }) as RemoteMethod<unknown[], unknown>;
     Object.defineProperties(fn, {
       name: { value: method },
       signalTtl: { get: () => signalTtl, enumerable: true },
@@ -958,8 +1233,11 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     this.closed = true;
     this.receiveHook.unregister(REPLY_PREFIX, this.onReply);
     this.messaging.off('connect', this.onConnect);
-    this.messaging.off('message-sent', this.onSent);
-    this.messaging.off('message-delivered', this.onDelivered);
+    if (this.stopObserving) this.stopObserving();
+    else {
+      this.messaging.off('message-sent', this.onSent);
+      this.messaging.off('message-delivered', this.onDelivered);
+    }
     this.messaging.off('message-drop', this.onDrop);
     for (const p of [...this.calls.values()]) this.settle(p, new ClosedError('rpc client'));
   }
@@ -992,6 +1270,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     args: unknown[],
     timeoutOption: number | null | undefined,
     signal: AbortSignal | undefined,
+    head?: Buffer,
   ): Promise<unknown> {
     if (this.closed) return this.failedCall(new ClosedError('rpc client'));
     const timeout = timeoutOption === undefined ? this.timeout : timeoutOption;
@@ -1005,38 +1284,46 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     if (signal?.aborted) return this.failedCall(new NotConnectedError('aborted', ident, signal.reason));
     let message: Message;
     try {
-      message = this.requestMessage(object, method, args, timeout === null ? null : Math.max(1, timeout));
+      message = this.requestMessage(object, method, args, timeout === null ? null : Math.max(1, timeout), head);
     } catch (err) {
       return this.failedCall(err);
     }
-    const reqId = message.uuid;
-    return new Promise((resolve, reject) => {
-      const p: PendingCall = {
-        ident,
-        reqId,
-        key: idKey(reqId),
-        body: message.body,
-        deadline: timeout === null ? null : Date.now() + timeout,
-        msgUuid: reqId,
-        msgKey: idKey(reqId),
-        sent: false,
-        written: false,
-        delivered: false,
-        resendWhenDelivered: false,
-        timer: undefined,
-        signal,
-        onAbort: undefined,
-        resolve,
-        reject,
-      };
-      this.calls.set(p.key, p);
-      if (timeout !== null) p.timer = setTimeout(() => this.giveUp(p, 'timeout'), timeout);
-      if (signal) {
-        p.onAbort = () => this.giveUp(p, 'aborted', signal.reason);
-        signal.addEventListener('abort', p.onAbort, { once: true });
-      }
-      this.send(p, message);
-    });
+    const src = Message.uuidSource(message);
+    const off = Message.uuidOffset(message);
+    const r0 = readI32(src, off);
+    const promise = new Promise(captureExecutor);
+    const p: PendingCall = {
+      ident,
+      reqSrc: src,
+      reqOff: off,
+      r0,
+      r1: readI32(src, off + 4),
+      r2: readI32(src, off + 8),
+      r3: readI32(src, off + 12),
+      key: r0 & 0x3fffffff,
+      body: message.body,
+      deadline: timeout === null ? null : Date.now() + timeout,
+      msgUuid: undefined,
+      msgKey: 0,
+      sent: false,
+      written: false,
+      delivered: false,
+      resendWhenDelivered: false,
+      timer: undefined,
+      signal,
+      onAbort: undefined,
+      resolve: executorResolve!,
+      reject: executorReject!,
+    };
+    executorResolve = executorReject = undefined;
+    this.calls.set(p.key, p);
+    if (timeout !== null) p.timer = setTimeout(() => this.giveUp(p, 'timeout'), timeout);
+    if (signal) {
+      p.onAbort = () => this.giveUp(p, 'aborted', signal.reason);
+      signal.addEventListener('abort', p.onAbort, { once: true });
+    }
+    this.send(p, message);
+    return promise;
   }
 
   /**
@@ -1048,16 +1335,19 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
    * the request id (REQUEST_SHAPE ends with it; a 16-byte Buffer is always a bin 8). The body
    * is a buffer of our own that nobody has seen yet.
    */
-  private requestMessage(object: string, method: string, args: unknown[], ttl: number | null): Message {
+  private requestMessage(object: string, method: string, args: unknown[], ttl: number | null, head?: Buffer): Message {
     if (this.fastCodec) {
-      const body = this.encodeRequest('call', object, method, args, REQ_ID_PLACEHOLDER);
+      // with the method's head (see requestHead), only the arguments are encoded
+      let body = head === undefined || !Array.isArray(args) ? undefined : this.fastCodec.encodeFramed(head, args, REQUEST_TAIL_PLACEHOLDER, 1);
+      body ??= this.encodeRequest('call', object, method, args, REQ_ID_PLACEHOLDER);
       const at = body.length - REQ_ID_LENGTH;
       if (body[at - 2] === 0xc4 && body[at - 1] === REQ_ID_LENGTH) {
         for (;;) {
-          const message = new Message(body, { ttl });
-          const uuid = message.uuid;
-          if (this.calls.has(idKey(uuid))) continue;
-          uuid.copy(body, at);
+          const message = Message.fresh(body, ttl);
+          const src = Message.uuidSource(message);
+          const off = Message.uuidOffset(message);
+          if (this.calls.has(readI32(src, off) & 0x3fffffff)) continue;
+          copy16(src, off, body, at);
           return message;
         }
       }
@@ -1084,7 +1374,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
 
   /** Take a call's current attempt out of `resent` (where only later attempts are). */
   private forgetResent(p: PendingCall): void {
-    if (p.msgUuid !== p.reqId && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
+    if (p.msgUuid !== undefined && this.resent.get(p.msgKey) === p) this.resent.delete(p.msgKey);
   }
 
   /** Queue `message` as the current attempt of `p`. */
@@ -1092,27 +1382,52 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     p.written = false;
     p.delivered = false;
     p.resendWhenDelivered = false;
-    this.messaging.sendMessage(p.ident, message).catch((err: Error) => {
-      if (this.calls.get(p.key) === p) this.settle(p, err);
-    });
+    const m = this.messaging;
+    if (m.queueMessage === undefined) {
+      m.sendMessage(p.ident, message).catch((err: Error) => this.sendFailed(p, err));
+      return;
+    }
+    let wait: Promise<void> | undefined;
+    try {
+      wait = m.queueMessage(p.ident, message);
+    } catch (err) {
+      this.sendFailed(p, err);
+      return;
+    }
+    if (wait !== undefined) wait.catch((err: Error) => this.sendFailed(p, err));
   }
 
-  /** The waiting call whose current attempt is the message `uuid`. */
-  private byMessage(uuid: Buffer): PendingCall | undefined {
+  private sendFailed(p: PendingCall, err: unknown): void {
+    if (this.calls.get(p.key) === p) this.settle(p, err);
+  }
+
+  /** The waiting call whose current attempt is the message whose uuid is at `off` of `src`. */
+  private byMessage(src: Buffer, off: number): PendingCall | undefined {
     if (this.calls.size === 0) return undefined;
-    const key = idKey(uuid);
+    const r0 = readI32(src, off);
+    const key = r0 & 0x3fffffff;
     const p = this.calls.get(key);
-    if (p !== undefined && p.msgUuid === p.reqId && sameId(p.reqId, uuid)) return p;
+    if (
+      p !== undefined &&
+      p.msgUuid === undefined &&
+      p.r0 === r0 &&
+      p.r1 === readI32(src, off + 4) &&
+      p.r2 === readI32(src, off + 8) &&
+      p.r3 === readI32(src, off + 12)
+    ) {
+      return p;
+    }
     if (this.resent.size === 0) return undefined;
     const r = this.resent.get(key);
-    return r !== undefined && sameId(r.msgUuid, uuid) ? r : undefined;
+    return r !== undefined && sameIdAt(r.msgUuid!, src, off) ? r : undefined;
   }
 
   private giveUp(p: PendingCall, reason: CallAbortReason, cause?: unknown, dropped = false): void {
     if (this.calls.get(p.key) !== p) return;
     if (!p.sent && !dropped) {
       // take the request back if Messaging can; if it is already being written, it was sent
-      const cancelled = this.messaging.cancelMessage?.(p.ident, p.msgUuid);
+      const uuid = p.msgUuid ?? p.reqSrc.subarray(p.reqOff, p.reqOff + REQ_ID_LENGTH);
+      const cancelled = this.messaging.cancelMessage?.(p.ident, uuid);
       if (cancelled === false) p.sent = true;
     }
     this.settle(p, p.sent ? new PartialCallError(reason, p.ident, cause) : new NotConnectedError(reason, p.ident, cause));
@@ -1159,13 +1474,21 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     }
   };
 
-  private readonly onSent = (_connId: ConnId, _ident: string, uuid: Buffer): void => {
-    const p = this.byMessage(uuid);
+  private readonly onSent = (connId: ConnId, ident: string, uuid: Buffer): void => {
+    this.onSentAt(connId, ident, uuid, 0);
+  };
+
+  private readonly onDelivered = (ident: string, uuid: Buffer): void => {
+    this.onDeliveredAt(ident, uuid, 0);
+  };
+
+  private readonly onSentAt = (_connId: ConnId, _ident: string, src: Buffer, off: number): void => {
+    const p = this.byMessage(src, off);
     if (p) p.sent = p.written = true;
   };
 
-  private readonly onDelivered = (_ident: string, uuid: Buffer): void => {
-    const p = this.byMessage(uuid);
+  private readonly onDeliveredAt = (_ident: string, src: Buffer, off: number): void => {
+    const p = this.byMessage(src, off);
     if (!p) return;
     p.sent = p.written = true;
     p.delivered = true;
@@ -1173,13 +1496,31 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   };
 
   private readonly onDrop = (ident: string, uuid: Buffer, reason: DropReason): void => {
-    const p = this.byMessage(uuid);
+    const p = this.byMessage(uuid, 0);
     if (!p) return;
     if (reason === 'ttl') this.giveUp(p, 'timeout', undefined, true);
     else this.settle(p, new RequestDroppedError(ident, reason));
   };
 
   private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
+    const body = message.body;
+    const fast = this.fastCodec;
+    if (fast !== undefined && bytesAt(body, 0, REPLY_OK_PREFIX.subarray(0, REPLY_ID_AT)) && bytesAt(body, REPLY_ID_AT + REQ_ID_LENGTH, REPLY_OK_TAIL)) {
+      // a success reply laid out as the codec's own encoder writes it
+      let value: unknown;
+      let decoded = true;
+      try {
+        value = fast.decodeRange(body, REPLY_OK_PREFIX.length, body.length);
+      } catch (err) {
+        if (!(err instanceof RpcDecodeError)) throw err;
+        decoded = false;
+      }
+      if (decoded) {
+        const p = this.pendingCall(ident, body, REPLY_ID_AT);
+        if (p) this.settle(p, null, value);
+        return;
+      }
+    }
     let rep: unknown[] | undefined;
     try {
       rep = decodeEnvelope(this.codec, this.fastCodec, message.body, REPLY_SHAPE);
@@ -1193,14 +1534,31 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
       this.report(new RpcBadRequestError('malformed RPC reply; dropped'), ident);
       return;
     }
-    const p = this.calls.get(idKey(reqId));
-    if (!p || p.ident !== ident || !sameId(p.reqId, reqId)) return; // late, duplicate, or not ours
+    const p = this.pendingCall(ident, reqId, 0);
+    if (!p) return; // late, duplicate, or not ours
     if (ok) {
       this.settle(p, null, rep[REP_RETURN]);
       return;
     }
     this.settle(p, this.remoteError(rep[REP_ERROR]));
   };
+
+  /** The waiting call to `ident` whose request id is at `off` of `src`, or `undefined`. */
+  private pendingCall(ident: string, src: Buffer, off: number): PendingCall | undefined {
+    const r0 = readI32(src, off);
+    const p = this.calls.get(r0 & 0x3fffffff);
+    if (
+      p === undefined ||
+      p.ident !== ident ||
+      p.r0 !== r0 ||
+      p.r1 !== readI32(src, off + 4) ||
+      p.r2 !== readI32(src, off + 8) ||
+      p.r3 !== readI32(src, off + 12)
+    ) {
+      return undefined;
+    }
+    return p;
+  }
 
   private remoteError(raw: unknown): Error {
     const e = isPlainObject(raw) ? raw : {};
