@@ -23,7 +23,7 @@ import {
 import type { ConnId } from './link.js';
 import { type Logger, defaultLogger } from './logger.js';
 import { FLAG_PERSISTENT, Message } from './message.js';
-import { MAX_WIRE_PACKET_SIZE } from './packet-decoder.js';
+import { MAX_WIRE_PACKET_SIZE, PACKET_HEADER_SIZE } from './packet-decoder.js';
 import type { Packeter } from './packeter.js';
 import {
   EXTENSION_VERSION,
@@ -924,35 +924,71 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const maxInFlightBytes = this.opts.maxInFlightBytes;
     // Bytes the connection takes before writable() turns false; asked again when used up.
     let room = 0;
+    // The queue keeps each packet as it goes on the wire, one after the other in its chunks;
+    // only the TTL is filled in now. Packets lying back to back in one chunk are handed to the
+    // Packeter as one run (`chunk[runStart..runEnd)`, `run` of them, seqs from `runSeq`).
+    let runChunk: Buffer | undefined;
+    let runStart = 0;
+    let runEnd = 0;
+    let run = 0;
+    let runSeq = 0;
     for (;;) {
-      if (windowed && (q.inflight >= maxInFlight || (q.inflight > 0 && q.inflightBytes >= maxInFlightBytes))) return;
+      if (windowed && (q.inflight >= maxInFlight || (q.inflight > 0 && q.inflightBytes >= maxInFlightBytes))) break;
       if (room <= 0) {
-        if (!p.writable(c.id)) return;
+        if (!p.writable(c.id)) break;
         room = p.writableBytes(c.id);
       }
       const s = q.peekUnsent();
-      if (s < 0) return;
+      if (s < 0) break;
       const len = q.bodyLength(s) + MESSAGE_FRAME_HEAD_SIZE;
       if (len > c.peerMaxPacket) {
+        // (the run so far goes first: a listener may send, and so pump, again)
+        if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
+        run = 0;
+        runChunk = undefined;
         const uuid = q.uuid(s);
         this.removeItem(q, s);
         this.emit('message-drop', ident, uuid, 'too-large');
         continue;
       }
-      // The queue keeps the frame as it goes on the wire; only the TTL is filled in now.
       const chunk = q.chunk(s);
       const off = q.frameOffset(s);
       const t = q.ttl(s);
       writeU32BE(chunk, off + MESSAGE_TTL_OFFSET, t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t));
       const body = q.largeBody(s);
-      const id =
-        body === undefined
-          ? p.sendPacket(c.id, chunk.subarray(off, off + len))
-          : p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body);
+      const seq = q.seqOf(s);
       q.markWriting(s);
-      c.writing.push(q.seqOf(s));
-      c.writingIds.push(id);
-      room -= len + 4;
+      room -= len + PACKET_HEADER_SIZE;
+      if (body === undefined && chunk === runChunk && off - PACKET_HEADER_SIZE === runEnd && seq === runSeq + run) {
+        runEnd = q.packetEnd(s);
+        run++;
+        continue;
+      }
+      if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
+      if (body === undefined) {
+        runChunk = chunk;
+        runStart = off - PACKET_HEADER_SIZE;
+        runEnd = q.packetEnd(s);
+        run = 1;
+        runSeq = seq;
+      } else {
+        run = 0;
+        runChunk = undefined;
+        c.writing.push(seq);
+        c.writingIds.push(p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body));
+      }
+    }
+    if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
+  }
+
+  /** Hand `count` packets lying back to back in a queue chunk to the Packeter; their seqs follow `seq`. */
+  private sendRun(c: Conn, chunk: Buffer, start: number, end: number, count: number, seq: number): void {
+    const id = this.packeter.sendFramedPackets(c.id, chunk.subarray(start, end), count);
+    const writing = c.writing;
+    const ids = c.writingIds;
+    for (let i = 0; i < count; i++) {
+      writing.push(seq + i);
+      ids.push(id + i);
     }
   }
 

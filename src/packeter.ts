@@ -154,6 +154,41 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     return this.enqueue(connId, (head === undefined ? 0 : head.length) + body.length, head, body);
   }
 
+  /**
+   * Queue `count` packets that `data` holds whole, length prefixes included, back to back.
+   * Returns the id of the first; the others follow it in order (`first + 1`, …). `data` of
+   * {@link COPY_LIMIT} bytes or more is written as it is: it must not be modified until
+   * `packet-sent` reports its last packet (a TTL rewritten in place for a resend on another
+   * connection being the one harmless exception its caller makes); shorter data is copied now.
+   * The caller vouches for the framing.
+   * @internal
+   */
+  sendFramedPackets(connId: ConnId, data: Buffer, count: number): number {
+    const first = this.nextPacketId;
+    this.nextPacketId += count;
+    const c = this.conns.get(connId);
+    if (!c || c.closed || count === 0) return first;
+    const n = data.length;
+    if (n >= COPY_LIMIT) {
+      this.seal(c);
+      c.out.push(data);
+    } else {
+      let slab = c.slab;
+      if (slab === null || slab.length - c.slabEnd < n) {
+        this.seal(c);
+        slab = c.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+        c.slabStart = c.slabEnd = 0;
+      }
+      slab.set(data, c.slabEnd);
+      c.slabEnd += n;
+    }
+    c.outBytes += n;
+    const ids = c.outIds;
+    for (let i = 0; i < count; i++) ids.push(first + i);
+    this.schedule(connId, c);
+    return first;
+  }
+
   /** Check the length, number the packet and queue it (dropped for unknown or closed connections). */
   private enqueue(connId: ConnId, len: number, head: Uint8Array | undefined, body: Uint8Array | Uint8Array[]): number {
     if (len > MAX_WIRE_PACKET_SIZE) {
@@ -226,11 +261,16 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   private queued(connId: ConnId, c: ConnState, id: number, len: number): number {
     c.outBytes += PACKET_HEADER_SIZE + len;
     c.outIds.push(id);
+    this.schedule(connId, c);
+    return id;
+  }
+
+  /** Flush a connection's output once the current I/O phase is over. */
+  private schedule(connId: ConnId, c: ConnState): void {
     if (!c.scheduled && !c.blocked) {
       c.scheduled = true;
       setImmediate(this.flushConn, connId);
     }
-    return id;
   }
 
   /**

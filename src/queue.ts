@@ -3,9 +3,10 @@
  * the peer is not connected) and the cursors of acknowledged delivery; and the receiver's
  * dedup window. Pure: no I/O, time comes in as arguments.
  *
- * Memory: a queued message is no JavaScript object at all. Its frame as it goes on the wire
- * (type byte, uuid, TTL, flags, body) is copied into a chunk of queue memory when it is
- * queued, and its bookkeeping lives in parallel typed arrays: the garbage collector sees a few
+ * Memory: a queued message is no JavaScript object at all. Its packet as it goes on the wire
+ * (length prefix, then the frame: type byte, uuid, TTL, flags, body) is copied into a chunk of
+ * queue memory when it is queued, right after the packet queued before it (so a run of them is
+ * written to the socket as it lies, see {@link PeerQueue.packetEnd}), and its bookkeeping lives in parallel typed arrays: the garbage collector sees a few
  * arrays and chunk buffers per queue however many messages wait, and the application's body
  * and Message die young. Bodies of {@link COPY_BODY_LIMIT} bytes or more are kept by
  * reference instead of copied (only their frame head goes into a chunk).
@@ -18,6 +19,7 @@
  */
 import { copy16, hashUuid, readI32, writeU32BE } from './bytes.js';
 import type { Message } from './message.js';
+import { PACKET_HEADER_SIZE } from './packet-decoder.js';
 import { COPY_LIMIT } from './packeter.js';
 import { FRAME_MESSAGE, MESSAGE_FLAGS_OFFSET, MESSAGE_FRAME_HEAD_SIZE, MESSAGE_UUID_OFFSET } from './protocol.js';
 
@@ -31,10 +33,13 @@ const STORED = 4;
 const REMOVED = 8;
 
 /**
- * Bodies of at least this many bytes are kept by reference, not copied into a chunk. So every
- * frame kept whole in a chunk is shorter than the Packeter's copy limit and is copied when
- * sent: the chunk's bytes (the TTL is rewritten for a resend) are never the ones waiting in a
- * socket.
+ * Bodies of at least this many bytes are kept by reference, not copied into a chunk (only the
+ * length prefix and frame head are). The Packeter writes such a body as it is too.
+ *
+ * Chunk bytes are written once, when a message is queued, and never again except for the TTL,
+ * filled in whenever the frame is sent; so chunk memory can be handed to the socket as it is.
+ * (A TTL rewritten for a resend while the old connection's writes still drain changes one valid
+ * value into another.)
  */
 export const COPY_BODY_LIMIT = COPY_LIMIT - MESSAGE_FRAME_HEAD_SIZE;
 const MIN_CHUNK = 4 * 1024;
@@ -126,20 +131,21 @@ export class PeerQueue {
     if (this.end === this.cap) this.makeRoom();
     const n = body.length;
     const byRef = n >= COPY_BODY_LIMIT;
-    const need = MESSAGE_FRAME_HEAD_SIZE + (byRef ? 0 : n);
+    const need = PACKET_HEADER_SIZE + MESSAGE_FRAME_HEAD_SIZE + (byRef ? 0 : n);
     let k = this.chunks.length - 1;
     let chunk = this.chunks[k];
     if (chunk === undefined || chunk.length - this.fill < need) {
       chunk = this.newChunk(need);
       k++;
     }
-    const off = this.fill;
+    writeU32BE(chunk, this.fill, MESSAGE_FRAME_HEAD_SIZE + n);
+    const off = this.fill + PACKET_HEADER_SIZE;
     chunk[off] = FRAME_MESSAGE;
     copy16(src, srcOff, chunk, off + MESSAGE_UUID_OFFSET);
     // the TTL is written when the frame is sent
     writeU32BE(chunk, off + MESSAGE_FLAGS_OFFSET, flags);
     if (!byRef) chunk.set(body, off + MESSAGE_FRAME_HEAD_SIZE);
-    this.fill = off + need;
+    this.fill += need;
     const s = this.end++;
     this.chunkNo[s] = this.chunkBase + k;
     this.offs[s] = off;
@@ -213,8 +219,19 @@ export class PeerQueue {
     return this.chunks[this.chunkNo[slot] - this.chunkBase];
   }
 
+  /** Where the item's frame starts in its {@link chunk}; its 4-byte length prefix precedes it. */
   frameOffset(slot: number): number {
     return this.offs[slot];
+  }
+
+  /**
+   * Where the item's packet ends in its {@link chunk}: after its body, or after its frame head
+   * when the body is kept by reference ({@link largeBody}). The next item's packet starts there
+   * if it was queued into the same chunk.
+   */
+  packetEnd(slot: number): number {
+    const n = this.lens[slot];
+    return this.offs[slot] + MESSAGE_FRAME_HEAD_SIZE + (n >= COPY_BODY_LIMIT ? 0 : n);
   }
 
   /**

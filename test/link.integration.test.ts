@@ -3,7 +3,8 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Link, READ_CHUNK_SIZE } from '../src/link.js';
-import { Packeter } from '../src/packeter.js';
+import { encodePacketHeader } from '../src/packet-decoder.js';
+import { COPY_LIMIT, Packeter } from '../src/packeter.js';
 import { until, waitFor } from './helpers/wait.js';
 
 const closers: Array<() => Promise<void> | void> = [];
@@ -227,6 +228,36 @@ describe('Link and Packeter over loopback', () => {
     expect(order).toBe(true);
     expect(writes).toBeLessThan(10);
     expect(ids.every((id) => sent.has(id))).toBe(true);
+  });
+
+  it('sendFramedPackets: runs of framed packets in order among others, large runs written as they lie', async () => {
+    const { a, pa, pb, aId } = await connectedPackets();
+    const got: string[] = [];
+    pb.on('packet', (_c, p) => got.push(p.toString()));
+    const sent = new Set<number>();
+    pa.on('packet-sent', (_c, id) => sent.add(id));
+    const written: Buffer[] = [];
+    const origSend = a.send.bind(a);
+    a.send = (c, d, cb) => {
+      written.push(...(Array.isArray(d) ? d : [d]));
+      return origSend(c, d, cb);
+    };
+    const framed = (texts: string[]): Buffer =>
+      Buffer.concat(texts.map((t) => Buffer.concat([encodePacketHeader(Buffer.byteLength(t)), Buffer.from(t)])));
+    const bigTexts = Array.from({ length: 300 }, (_, i) => `big run ${i} `.padEnd(100, '.'));
+    const smallRun = framed(['small 0', 'small 1']);
+    const bigRun = framed(bigTexts);
+    expect(bigRun.length).toBeGreaterThanOrEqual(COPY_LIMIT);
+    const ids = [pa.sendPacket(aId, Buffer.from('first'))];
+    const small = pa.sendFramedPackets(aId, smallRun, 2);
+    smallRun.fill(0x21); // copied already: what arrives is unchanged
+    const big = pa.sendFramedPackets(aId, bigRun, bigTexts.length);
+    ids.push(small, small + 1, ...bigTexts.map((_, i) => big + i), pa.sendPacket(aId, Buffer.from('last')));
+    expect(new Set(ids).size).toBe(ids.length);
+    await until(() => got.length === 4 + bigTexts.length && sent.size === ids.length);
+    expect(got).toEqual(['first', 'small 0', 'small 1', ...bigTexts, 'last']);
+    expect(ids.every((id) => sent.has(id))).toBe(true);
+    expect(written).toContain(bigRun); // by reference, not copied
   });
 
   it('delivers 1 MiB packets intact, each in memory of its own that later packets leave alone', async () => {

@@ -86,6 +86,31 @@ describe('Messaging between two peers', () => {
     for (let i = 0; i < want.length; i++) expect(got[i].equals(want[i])).toBe(true);
   });
 
+  it('sends queued runs intact around cancelled, by-reference and too-large messages', async () => {
+    const bob = makePeer('bob');
+    const alice = makePeer('alice', {}, { maxPacketSize: 40_000 });
+    const got: Buffer[] = [];
+    alice.messaging.on('message', (_c, _i, m) => got.push(Buffer.from(m.body)));
+    const dropped: string[] = [];
+    bob.messaging.on('message-drop', (_i, _u, reason) => dropped.push(reason));
+    const sizes: number[] = [];
+    for (let i = 0; i < 600; i++) sizes.push(i % 97 === 5 ? 20_000 : i % 151 === 7 ? 50_000 : 10 + ((i * 37) % 300));
+    const messages = sizes.map((n, i) => {
+      const b = Buffer.alloc(n);
+      for (let k = 0; k < n; k++) b[k] = (k * 13 + i) & 0xff;
+      return new Message(b);
+    });
+    for (const m of messages) await bob.messaging.sendMessage('alice', m);
+    const cancelled = new Set([0, 3, 4, 200, 201, 202, 598].map((i) => messages[i]));
+    for (const m of cancelled) expect(bob.messaging.cancelMessage('alice', m.uuid)).toBe(true);
+    const want = messages.filter((m) => !cancelled.has(m) && m.body.length < 40_000 - 25);
+    connect(bob, await listen(alice));
+    await until(() => got.length === want.length && bob.messaging.queueSize('alice') === 0, 10_000);
+    expect(got.map((b) => b.length)).toEqual(want.map((m) => m.body.length));
+    for (let i = 0; i < want.length; i++) expect(got[i].equals(want[i].body)).toBe(true);
+    expect(dropped).toEqual(sizes.filter((n) => n === 50_000).map(() => 'too-large'));
+  });
+
   it('cancelMessage takes back a queued message, never one already delivered', async () => {
     const bob = makePeer('bob');
     const keep = new Message('keep');

@@ -1,5 +1,5 @@
 /**
- * PeerQueue on its own: frames kept in chunks, items named by seqs that survive the arrays
+ * PeerQueue on its own: packets (length prefix and frame) kept back to back in chunks, items named by seqs that survive the arrays
  * being compacted, large bodies kept by reference, TTL bookkeeping and chunk release.
  */
 import { describe, expect, it } from 'vitest';
@@ -51,6 +51,27 @@ describe('PeerQueue', () => {
       expect(f.subarray(FRAME_HEAD_SIZE).equals(bodyOf(i))).toBe(true);
       expect(q.uuid(q.slotOf(seqs[i])).equals(uuidOf(i))).toBe(true);
     }
+  });
+
+  it('keeps packets back to back, each after its length prefix, so runs of them can be written as they lie', () => {
+    const q = new PeerQueue('peer', 0);
+    q.connect(0);
+    const sizes = [0, 100, 3000, COPY_BODY_LIMIT, 7, COPY_BODY_LIMIT - 1, 5, 40_000, 12];
+    const slots = sizes.map((n, i) => q.slotOf(q.push(uuidOf(i), 0, bodyOf(i, Math.max(n, 4)), 0, null, false, 0)));
+    let contiguous = 0;
+    for (let i = 0; i < slots.length; i++) {
+      const s = slots[i];
+      const chunk = q.chunk(s);
+      const off = q.frameOffset(s);
+      const n = Math.max(sizes[i], 4);
+      expect(chunk.readUInt32BE(off - 4)).toBe(FRAME_HEAD_SIZE + n); // the packet's length prefix
+      expect(q.packetEnd(s)).toBe(off + FRAME_HEAD_SIZE + (n >= COPY_BODY_LIMIT ? 0 : n));
+      if (i + 1 < slots.length && q.chunk(slots[i + 1]) === chunk) {
+        expect(q.frameOffset(slots[i + 1]) - 4).toBe(q.packetEnd(s));
+        contiguous++;
+      }
+    }
+    expect(contiguous).toBeGreaterThan(3);
   });
 
   it('does not keep the body handed over (copied), except large ones (kept by reference)', () => {
