@@ -8,6 +8,7 @@
  * @internal
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
 /** The little-endian int32 at `off` (any alignment). */

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';

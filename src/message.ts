@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { randomFillSync } from 'node:crypto';
 import { type InspectOptionsStylized, inspect } from 'node:util';
 import { InvalidArgumentError } from './errors.js';

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';

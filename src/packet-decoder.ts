@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { FrameTooLargeError, InvalidArgumentError } from './errors.js';
 
 /** Default limit on one packet's payload: 64 MiB. */

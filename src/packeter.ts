@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { SnakeMQError, InvalidArgumentError } from './errors.js';
 import type { ConnId, ConnectionInfo, Transport } from './link.js';

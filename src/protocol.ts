@@ -32,6 +32,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { BadFrameError, InvalidArgumentError } from './errors.js';
 
 /** Frame type 0: protocol version, payload uint32 version. */

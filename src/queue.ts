@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { copy16, hashUuid, readI32, writeU32BE } from './bytes.js';
 import type { Message } from './message.js';
 import { PACKET_HEADER_SIZE } from './packet-decoder.js';

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';

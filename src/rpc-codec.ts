@@ -30,6 +30,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
 import { readU16BE, readU32BE } from './bytes.js';
 import { InvalidArgumentError } from './errors.js';

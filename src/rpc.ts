@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { ClosedError, InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';

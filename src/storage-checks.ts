@@ -4,6 +4,7 @@
  * @module
  * @internal
  */
+import { Buffer } from 'node:buffer';
 import { InvalidArgumentError } from './errors.js';
 import type { ItemKey, StoredItem, TtlUpdate } from './storage.js';
 

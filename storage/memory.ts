@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import { ClosedError, InvalidArgumentError } from '../src/errors.js';
 import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 import Database from 'better-sqlite3';
 import { hashUuid, readI32 } from '../src/bytes.js';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
