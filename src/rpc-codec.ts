@@ -932,13 +932,15 @@ export class MsgpackCodec implements RpcCodec {
 
   /**
    * @internal `prefix` followed by {@link encode}'s bytes, in one buffer (the RPC layer's
-   * bodies), without encoding into a separate buffer first. Same checks and errors as `encode`.
+   * bodies), without encoding into a separate buffer first. Same checks and errors as `encode`,
+   * the nesting counted as if `value` sat `depth` levels deep (where the prefix puts it inside
+   * an envelope).
    */
-  encodePrefixed(prefix: Uint8Array, value: unknown): Buffer {
-    const own = encodeOwn(prefix, value, undefined, this.maxDepth);
+  encodePrefixed(prefix: Uint8Array, value: unknown, depth = 0): Buffer {
+    const own = encodeOwn(prefix, value, undefined, this.maxDepth, undefined, depth);
     if (own !== undefined) return own;
     const n = prefix.length;
-    this.checkValue(value);
+    this.checkValue(value, depth);
     let out: Buffer;
     try {
       out = this.packr.pack(value, RESERVE_START_SPACE | n) as Buffer;
@@ -1013,15 +1015,16 @@ export class MsgpackCodec implements RpcCodec {
   /**
    * @internal {@link decode} of `body.subarray(offset, end)`, without making that view: the
    * bytes there must be exactly one value. (The RPC layer decodes the parts of an envelope
-   * laid out as its own encoder writes it this way.)
+   * laid out as its own encoder writes it this way, with `depth` the level they sit at in the
+   * envelope, so that nesting is limited exactly as when the whole envelope is decoded.)
    * @throws RpcDecodeError like {@link decode}
    * @throws InvalidArgumentError when `offset..end` is not a range of `body`
    */
-  decodeRange(body: Buffer, offset: number, end: number): unknown {
+  decodeRange(body: Buffer, offset: number, end: number, depth = 0): unknown {
     if (!(offset >= 0 && offset <= end && end <= body.length)) {
       throw new InvalidArgumentError(`decodeRange: ${offset}..${end} is not within ${body.length} bytes`);
     }
-    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth, this.maxBigIntBytes, end);
+    const { protoKey, extensions } = scanFrom(body, offset, this.maxDepth - depth, this.maxBigIntBytes, end);
     if (extensions) return this.decodeWithMsgpackr(body, offset, protoKey, end);
     try {
       return decodeOwn(body, offset);
@@ -1075,10 +1078,10 @@ export class MsgpackCodec implements RpcCodec {
   }
 
   /** @throws RpcEncodeError unless msgpackr may encode `value` (see {@link encode}) */
-  private checkValue(value: unknown): void {
+  private checkValue(value: unknown, depth = 0): void {
     let ok: boolean;
     try {
-      ok = this.valid(value, 0);
+      ok = this.valid(value, depth);
     } catch (err) {
       if (err instanceof RangeError) throw new RpcEncodeError(`value nested too deeply: ${err.message}`, { cause: err });
       throw err;

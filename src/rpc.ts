@@ -205,7 +205,7 @@ function decodeOwnRequest(codec: MsgpackCodec, body: Buffer): WireRequest | unde
   try {
     object = codec.decodeRange(body, pos, objectEnd);
     method = codec.decodeRange(body, methodAt, methodEnd);
-    args = codec.decodeRange(body, argsAt, tail);
+    args = codec.decodeRange(body, argsAt, tail, 1); // a value of the envelope map
   } catch (err) {
     if (err instanceof RpcDecodeError) return undefined;
     throw err;
@@ -830,7 +830,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       // buffer of our own); if the value does not encode, the general path gives the error
       let body: Buffer | undefined;
       try {
-        body = this.fastCodec.encodePrefixed(REPLY_OK_PREFIX, result);
+        body = this.fastCodec.encodePrefixed(REPLY_OK_PREFIX, result, 1); // a value of the envelope map
       } catch {
         body = undefined;
       }
@@ -1511,7 +1511,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
       let value: unknown;
       let decoded = true;
       try {
-        value = fast.decodeRange(body, REPLY_OK_PREFIX.length, body.length);
+        value = fast.decodeRange(body, REPLY_OK_PREFIX.length, body.length, 1); // a value of the envelope map
       } catch (err) {
         if (!(err instanceof RpcDecodeError)) throw err;
         decoded = false;

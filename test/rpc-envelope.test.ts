@@ -220,6 +220,58 @@ describe('RPC envelopes', () => {
     client.close();
   });
 
+  it('requests and replies in our layout are limited in nesting exactly as when the whole envelope is decoded or encoded', async () => {
+    const MAX = 4;
+    const small = new MsgpackCodec({ maxDepth: MAX });
+    const big = new MsgpackCodec({ maxDepth: 100 });
+    const nest = (d: number): unknown => {
+      let v: unknown = 1;
+      for (let i = 0; i < d; i++) v = [v];
+      return v;
+    };
+    const generalDecodes = (body: Buffer, prefix: Buffer): boolean => {
+      try {
+        small.decode(body.subarray(prefix.length));
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let d = 0; d <= MAX + 1; d++) {
+      // server: a request whose argument is nested d deep, laid out as our encoder writes it
+      const m = new StubMessaging('server');
+      const srv = new RpcServer(new ReceiveHook(m), { codec: small });
+      srv.on('error', () => {});
+      let ran = 0;
+      srv.registerObject({ f: (v: unknown) => (ran++, v) }, 'o');
+      const body = Buffer.concat([REQUEST_PREFIX, big.encode({ command: 'call', object: 'o', method: 'f', args: [nest(d)], req_id: Buffer.alloc(16, d) })]);
+      m.receive('peer', body);
+      expect(ran).toBe(generalDecodes(body, REQUEST_PREFIX) ? 1 : 0);
+      // its reply, when it ran: encodable by the general encoder exactly when sent as a success
+      if (ran === 1) {
+        const reply = codec.decode(m.sent[0].message.body.subarray(REPLY_PREFIX.length)) as { ok: boolean };
+        let generalEncodes = true;
+        try {
+          small.encode({ req_id: Buffer.alloc(16), ok: true, return: nest(d) });
+        } catch {
+          generalEncodes = false;
+        }
+        expect(reply.ok).toBe(generalEncodes);
+      }
+      // client: a success reply in our layout whose value is nested d deep
+      const mc = new StubMessaging('client');
+      const client = new RpcClient(new ReceiveHook(mc), { codec: small });
+      client.on('error', () => {});
+      const call = client.call('server', 'o', 'f', []);
+      const id = (codec.decode(mc.sent[0].message.body.subarray(REQUEST_PREFIX.length)) as { req_id: Buffer }).req_id;
+      const replyBody = Buffer.concat([REPLY_PREFIX, big.encode({ req_id: id, ok: true, return: nest(d) })]);
+      mc.receive('server', replyBody);
+      const settled = await Promise.race([call.then(() => true), new Promise((r) => setTimeout(() => r(false), 20))]);
+      expect(settled).toBe(generalDecodes(replyBody, REPLY_PREFIX));
+      client.close();
+    }
+  });
+
   it('the client reads replies laid out as our encoder writes them or otherwise, and reports broken ones', async () => {
     const m = new StubMessaging('client');
     const client = new RpcClient(new ReceiveHook(m));
