@@ -209,8 +209,11 @@ const RESOLVED: Promise<void> = Promise.resolve();
  * plain snakeMQ peer's messages are all handed over as they arrive.
  */
 export const DELIVERIES_PER_SLICE = 256;
-/** A backlog longer than this is handed over whole on its next slice (bounded memory). */
-const BACKLOG_LIMIT = 16 * DELIVERIES_PER_SLICE;
+/**
+ * @internal At most this many received messages wait per connection: a peer that sends past
+ * its window makes the whole backlog be handed over at once (bounded memory).
+ */
+export const BACKLOG_LIMIT = 16 * DELIVERIES_PER_SLICE;
 
 const noop = (): void => {};
 
@@ -518,11 +521,25 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    * Stop: cancel timers, write the remaining TTLs of stored messages back to storage, reject
    * waiting senders with `ERR_CLOSED`, end async iterators, and detach from the packeter.
    * Connections stay open (close the Link for that); the storage is not closed (it is yours).
+   * Messages received and not yet handed over (see {@link DELIVERIES_PER_SLICE}) are handed
+   * over first; if a `message` listener throws there, `close()` still closes and then rejects
+   * with that error.
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    // messages received and not yet handed over are handed over first
-    for (const c of this.conns.values()) if (!c.dead && c.backlogHead < c.backlog.length) this.drainBacklog(c);
+    // messages received and not yet handed over are handed over first; a listener that throws
+    // there does not stop the closing (close() rejects with its error once closed)
+    let failed = false;
+    let first: unknown;
+    for (const c of this.conns.values()) {
+      if (c.dead || c.backlogHead === c.backlog.length) continue;
+      try {
+        this.drainBacklog(c);
+      } catch (err) {
+        if (!failed) first = err;
+        failed = true;
+      }
+    }
     this.closed = true;
     this.packeter.off('connect', this.onConnect);
     this.packeter.off('disconnect', this.onDisconnect);
@@ -553,6 +570,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       if (p) writes.push(p);
     }
     await Promise.all(writes).catch((err) => this.reportError(err, undefined));
+    if (failed) throw first;
   }
 
   // ---------------------------------------------------------------- loading
@@ -733,7 +751,15 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Forget an identified connection: requeue what was in flight, start TTLs, report it. */
   private detach(c: Conn): void {
     // messages received before the connection ended are handed over first
-    if (!c.dead && c.backlogHead < c.backlog.length) this.drainBacklog(c);
+    try {
+      if (!c.dead && c.backlogHead < c.backlog.length) this.drainBacklog(c);
+    } finally {
+      this.forget(c);
+    }
+  }
+
+  /** The rest of {@link detach}, also when a listener threw while the backlog was handed over. */
+  private forget(c: Conn): void {
     const ident = c.ident;
     c.dead = true;
     if (ident === undefined || this.identConn.get(ident) !== c) return;
@@ -753,9 +779,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   private closeConn(c: Conn, err: SnakeMQError): void {
     this.log.debug(`messaging ${this.identifier}: closing ${c.id}: ${err.message}`);
-    this.detach(c);
-    this.packeter.closeConnection(c.id, err);
-    this.reportError(err, c.id);
+    try {
+      this.detach(c);
+    } finally {
+      this.packeter.closeConnection(c.id, err);
+      this.reportError(err, c.id);
+    }
   }
 
   private reportError(err: Error, connId: ConnId | undefined): void {
@@ -1107,7 +1136,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     const m = this.copyMessage(frame, start, end, ttl, flags);
     if (c.backlogHead < c.backlog.length) {
+      if (c.backlog.length - c.backlogHead >= BACKLOG_LIMIT) {
+        // a peer sending past its window: no more waiting, everything is handed over now
+        this.drainBacklog(c);
+        this.deliver(c, ident, m);
+        return;
+      }
       c.backlog.push(m);
+      this.scheduleSlice(c);
       return;
     }
     if (c.turn !== this.turn) {
@@ -1158,13 +1194,17 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.turn = this.turn;
     c.turnDelivered = DELIVERIES_PER_SLICE;
     this.scheduleEndTurn();
-    while (n-- > 0 && c.backlogHead < c.backlog.length && !c.dead) {
-      const m = c.backlog[c.backlogHead]!;
-      c.backlog[c.backlogHead++] = undefined;
-      this.deliver(c, ident, m);
+    try {
+      while (n-- > 0 && c.backlogHead < c.backlog.length && !c.dead) {
+        const m = c.backlog[c.backlogHead]!;
+        c.backlog[c.backlogHead++] = undefined;
+        this.deliver(c, ident, m);
+      }
+    } finally {
+      // (also after a listener threw: the rest still comes, on the next turns)
+      this.trimBacklog(c);
+      if (c.backlogHead < c.backlog.length && !c.dead && !this.closed) this.scheduleSlice(c);
     }
-    this.trimBacklog(c);
-    if (c.backlogHead < c.backlog.length) this.scheduleSlice(c);
   }
 
   private trimBacklog(c: Conn): void {
@@ -1181,12 +1221,22 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private drainBacklog(c: Conn): void {
     const ident = c.ident;
     if (ident === undefined) return;
+    // A listener that throws does not keep the others from their messages: the first error
+    // goes on once all are handed over.
+    let failed = false;
+    let first: unknown;
     while (c.backlogHead < c.backlog.length) {
       const m = c.backlog[c.backlogHead]!;
       c.backlog[c.backlogHead++] = undefined;
-      this.deliver(c, ident, m);
+      try {
+        this.deliver(c, ident, m);
+      } catch (err) {
+        if (!failed) first = err;
+        failed = true;
+      }
     }
     this.trimBacklog(c);
+    if (failed) throw first;
   }
 
   /** Hand a received message of an ack peer to the application (unless it is a repeat) and acknowledge it. */
@@ -1209,10 +1259,15 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         return;
       }
     }
-    this.emit('message', c.id, ident, m);
-    w.add(u0, u1, u2, u3);
-    if (this.storage) this.queueSeen(c, ident, m.uuid);
-    else this.queueAck(c, u0, u1, u2, u3);
+    // Recorded and acknowledged even when a listener throws: it was handed over, and a message
+    // that makes a listener throw is not to come back again and again.
+    try {
+      this.emit('message', c.id, ident, m);
+    } finally {
+      w.add(u0, u1, u2, u3);
+      if (this.storage) this.queueSeen(c, ident, m.uuid);
+      else this.queueAck(c, u0, u1, u2, u3);
+    }
   }
 
   /**

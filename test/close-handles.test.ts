@@ -27,6 +27,14 @@ export function runFixture(name: string): Promise<{ code: number | null; out: st
   });
 }
 
+/** The JSON lines a fixture printed. */
+function jsonLines(out: string): Record<string, any>[] {
+  return out
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l));
+}
+
 describe('close()', () => {
   it('leaves no open handles: the process exits by itself within 2 s', async () => {
     const r = await runFixture('link-close-child.ts');
@@ -38,15 +46,27 @@ describe('close()', () => {
   it('a listener that throws ends its plain TCP connection, and delivered packets stay intact', async () => {
     const r = await runFixture('link-throw-child.ts');
     expect(r.code).toBe(0);
-    const cases = r.out
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l));
+    const cases = jsonLines(r.out);
     expect(cases).toHaveLength(2);
     cases.forEach((c, i) => {
       expect(c.reason).toBe('listener bug');
       expect(c.intact).toBe(true);
       expect(c.uncaught).toBe(i + 1); // the error still goes on to the process
     });
+  });
+
+  it('a message listener that throws while messages wait in slices loses nothing and blocks nobody', async () => {
+    const r = await runFixture('messaging-throw-child.ts');
+    expect(r.code).toBe(0);
+    const cases = jsonLines(r.out);
+    expect(cases.map((c) => [c.variant, c.thrownIn])).toEqual([
+      ['slice', 'runSlice'],
+      ['disconnect', 'drainBacklog'],
+    ]);
+    for (const c of cases) {
+      expect(c.uncaught).toBe(1); // the error still goes on to the process
+      expect([c.delivered, c.distinct, c.bobQueue, c.connected]).toEqual([3000, 3000, 0, true]);
+    }
+    expect(cases[1].disconnects).toBe(1);
   });
 });
