@@ -521,7 +521,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    * Stop: cancel timers, write the remaining TTLs of stored messages back to storage, reject
    * waiting senders with `ERR_CLOSED`, end async iterators, and detach from the packeter.
    * Connections stay open (close the Link for that); the storage is not closed (it is yours).
-   * Messages received and not yet handed over (see {@link DELIVERIES_PER_SLICE}) are handed
+   * Messages received and not yet handed over (bursts are handed over in slices) are handed
    * over first; if a `message` listener throws there, `close()` still closes and then rejects
    * with that error.
    */
