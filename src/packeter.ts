@@ -169,21 +169,9 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     this.nextPacketId += count;
     const c = this.conns.get(connId);
     if (!c || c.closed || count === 0) return first;
-    const n = data.length;
-    if (n >= COPY_LIMIT) {
-      this.seal(c);
-      c.out.push(data);
-    } else {
-      let slab = c.slab;
-      if (slab === null || slab.length - c.slabEnd < n) {
-        this.seal(c);
-        slab = c.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-        c.slabStart = c.slabEnd = 0;
-      }
-      slab.set(data, c.slabEnd);
-      c.slabEnd += n;
-    }
-    c.outBytes += n;
+    if (data.length >= COPY_LIMIT) this.keep(c, data);
+    else this.copyIn(c, data);
+    c.outBytes += data.length;
     const ids = c.outIds;
     for (let i = 0; i < count; i++) ids.push(first + i);
     this.schedule(connId, c);
@@ -205,13 +193,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   /** Append a packet to a connection's output: small parts copied into the slab, large ones kept. */
   private put(c: ConnState, len: number, head: Uint8Array | undefined, body: Uint8Array | Uint8Array[]): void {
     const copied = len < COPY_LIMIT;
-    const need = PACKET_HEADER_SIZE + (copied ? len : head === undefined ? 0 : head.length);
-    let slab = c.slab;
-    if (slab === null || slab.length - c.slabEnd < need) {
-      this.seal(c);
-      slab = c.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, need));
-      c.slabStart = c.slabEnd = 0;
-    }
+    const slab = this.slabWithRoom(c, PACKET_HEADER_SIZE + (copied ? len : head === undefined ? 0 : head.length));
     let off = c.slabEnd;
     slab.writeUInt32BE(len, off);
     off += PACKET_HEADER_SIZE;
@@ -235,20 +217,33 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     c.slabEnd = off;
     for (const p of Array.isArray(body) ? body : [body]) {
       if (p.length === 0) continue;
-      if (p.length < COPY_LIMIT) {
-        // a small part of a large packet: copy it too
-        if (slab.length - c.slabEnd < p.length) {
-          this.seal(c);
-          slab = c.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-          c.slabStart = c.slabEnd = 0;
-        }
-        slab.set(p, c.slabEnd);
-        c.slabEnd += p.length;
-      } else {
-        this.seal(c);
-        c.out.push(Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length));
-      }
+      // a small part of a large packet is copied too
+      if (p.length < COPY_LIMIT) this.copyIn(c, p);
+      else this.keep(c, Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.length));
     }
+  }
+
+  /** The open slab, or a new one, with room for `need` more bytes at `slabEnd`. */
+  private slabWithRoom(c: ConnState, need: number): Buffer {
+    let slab = c.slab;
+    if (slab === null || slab.length - c.slabEnd < need) {
+      this.seal(c);
+      slab = c.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, need));
+      c.slabStart = c.slabEnd = 0;
+    }
+    return slab;
+  }
+
+  /** Append `bytes` to the connection's output by copying them into the slab. */
+  private copyIn(c: ConnState, bytes: Uint8Array): void {
+    this.slabWithRoom(c, bytes.length).set(bytes, c.slabEnd);
+    c.slabEnd += bytes.length;
+  }
+
+  /** Append `buf` to the connection's output as it is (after what the slab holds so far). */
+  private keep(c: ConnState, buf: Buffer): void {
+    this.seal(c);
+    c.out.push(buf);
   }
 
   /** Move the open slab part to `out`. */
