@@ -1088,6 +1088,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const q = this.queues.get(ident);
     if (!q) return;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
+    const observers = this.observers;
     const wasFull = this.full(q, 0);
     // Seqs of the items in flight by uuid, built only when an ack does not match the oldest item.
     let index: Map<string, number> | undefined;
@@ -1107,7 +1108,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const chunk = q.chunk(s);
       const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
       q.remove(s);
-      const observers = this.observers;
       for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, uuidOff);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
@@ -1142,22 +1142,21 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         this.deliver(c, ident, m);
         return;
       }
-      c.backlog.push(m);
-      this.scheduleSlice(c);
-      return;
+    } else {
+      if (c.turn !== this.turn) {
+        c.turn = this.turn;
+        c.turnDelivered = 0;
+        this.scheduleEndTurn();
+      }
+      if (c.turnDelivered < DELIVERIES_PER_SLICE) {
+        c.turnDelivered++;
+        this.deliver(c, ident, m);
+        return;
+      }
     }
-    if (c.turn !== this.turn) {
-      c.turn = this.turn;
-      c.turnDelivered = 0;
-      this.scheduleEndTurn();
-    }
-    if (c.turnDelivered >= DELIVERIES_PER_SLICE) {
-      c.backlog.push(m);
-      this.scheduleSlice(c);
-      return;
-    }
-    c.turnDelivered++;
-    this.deliver(c, ident, m);
+    // behind the messages waiting, or past this turn's slice
+    c.backlog.push(m);
+    this.scheduleSlice(c);
   }
 
   /** Counts turns of the event loop in which messages were handed over (see `Conn.turn`). */
@@ -1187,22 +1186,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private runSlice(c: Conn): void {
     c.sliceScheduled = false;
     if (c.dead || this.closed || c.ident === undefined) return;
-    const ident = c.ident;
-    const left = c.backlog.length - c.backlogHead;
-    let n = left > BACKLOG_LIMIT ? left : DELIVERIES_PER_SLICE;
     // messages arriving before the next turn ends wait behind this slice
     c.turn = this.turn;
     c.turnDelivered = DELIVERIES_PER_SLICE;
     this.scheduleEndTurn();
     try {
-      while (n-- > 0 && c.backlogHead < c.backlog.length && !c.dead) {
-        const m = c.backlog[c.backlogHead]!;
-        c.backlog[c.backlogHead++] = undefined;
-        this.deliver(c, ident, m);
-      }
+      this.handOver(c, DELIVERIES_PER_SLICE);
     } finally {
-      // (also after a listener threw: the rest still comes, on the next turns)
-      this.trimBacklog(c);
+      // the rest on the next turns, also after a listener threw
       if (c.backlogHead < c.backlog.length && !c.dead && !this.closed) this.scheduleSlice(c);
     }
   }
@@ -1219,13 +1210,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /** Hand the whole backlog of a connection over now. */
   private drainBacklog(c: Conn): void {
+    this.handOver(c, Infinity);
+  }
+
+  /**
+   * Hand the next `max` waiting messages of a connection over (fewer if fewer wait). A listener
+   * that throws does not keep the others from their messages: the first error goes on once they
+   * are handed over.
+   */
+  private handOver(c: Conn, max: number): void {
     const ident = c.ident;
     if (ident === undefined) return;
-    // A listener that throws does not keep the others from their messages: the first error
-    // goes on once all are handed over.
     let failed = false;
     let first: unknown;
-    while (c.backlogHead < c.backlog.length) {
+    for (let n = max; n > 0 && c.backlogHead < c.backlog.length; n--) {
       const m = c.backlog[c.backlogHead]!;
       c.backlog[c.backlogHead++] = undefined;
       try {
