@@ -129,6 +129,8 @@ const REPLY_OK_PREFIX = Buffer.concat([
 const REPLY_OK_TAIL: Buffer = Buffer.concat([REP_KEYS[REP_OK], Buffer.from([0xc3]), REP_KEYS[REP_RETURN]]);
 /** Where the request id is in a success reply. */
 const REPLY_ID_AT = REPLY_OK_PREFIX.length - REP_KEYS[REP_RETURN].length - 1 - REP_KEYS[REP_OK].length - REQ_ID_LENGTH;
+/** The part of {@link REPLY_OK_PREFIX} before the request id. */
+const REPLY_OK_HEAD: Buffer = REPLY_OK_PREFIX.subarray(0, REPLY_ID_AT);
 
 /** {@link REQUEST_TAIL} followed by {@link REQ_ID_PLACEHOLDER}. */
 const REQUEST_TAIL_PLACEHOLDER: Buffer = Buffer.concat([REQUEST_TAIL, Buffer.alloc(REQ_ID_LENGTH)]);
@@ -295,14 +297,13 @@ const REQ_ID_PLACEHOLDER = Buffer.alloc(REQ_ID_LENGTH);
  * A small-integer key of a request id or message uuid: 30 of its (random) bits. Not unique:
  * the client keeps keys unique among its waiting calls and checks the whole id on lookups.
  */
-function idKey(id: Buffer): number {
-  return readI32(id, 0) & 0x3fffffff;
+function idKey(id: Buffer, off = 0): number {
+  return readI32(id, off) & 0x3fffffff;
 }
 
-/** Whether the 16-byte id `a` equals the one at `off` of `b`. */
-function sameIdAt(a: Buffer, b: Buffer, off: number): boolean {
-  for (let i = 0; i < REQ_ID_LENGTH; i++) if (a[i] !== b[off + i]) return false;
-  return true;
+/** Whether the request id of call `p` is the one at `off` of `src`. */
+function hasRequestId(p: PendingCall, src: Buffer, off: number): boolean {
+  return p.r0 === readI32(src, off) && p.r1 === readI32(src, off + 4) && p.r2 === readI32(src, off + 8) && p.r3 === readI32(src, off + 12);
 }
 
 // The executor of the promises of calls: hands their resolve/reject out through these two
@@ -1291,17 +1292,16 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     }
     const src = Message.uuidSource(message);
     const off = Message.uuidOffset(message);
-    const r0 = readI32(src, off);
     const promise = new Promise(captureExecutor);
     const p: PendingCall = {
       ident,
       reqSrc: src,
       reqOff: off,
-      r0,
+      r0: readI32(src, off),
       r1: readI32(src, off + 4),
       r2: readI32(src, off + 8),
       r3: readI32(src, off + 12),
-      key: r0 & 0x3fffffff,
+      key: idKey(src, off),
       body: message.body,
       deadline: timeout === null ? null : Date.now() + timeout,
       msgUuid: undefined,
@@ -1347,7 +1347,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
           const message = Message.fresh(body, ttl);
           const src = Message.uuidSource(message);
           const off = Message.uuidOffset(message);
-          if (this.calls.has(readI32(src, off) & 0x3fffffff)) continue;
+          if (this.calls.has(idKey(src, off))) continue;
           copy16(src, off, body, at);
           return message;
         }
@@ -1405,22 +1405,12 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** The waiting call whose current attempt is the message whose uuid is at `off` of `src`. */
   private byMessage(src: Buffer, off: number): PendingCall | undefined {
     if (this.calls.size === 0) return undefined;
-    const r0 = readI32(src, off);
-    const key = r0 & 0x3fffffff;
+    const key = idKey(src, off);
     const p = this.calls.get(key);
-    if (
-      p !== undefined &&
-      p.msgUuid === undefined &&
-      p.r0 === r0 &&
-      p.r1 === readI32(src, off + 4) &&
-      p.r2 === readI32(src, off + 8) &&
-      p.r3 === readI32(src, off + 12)
-    ) {
-      return p;
-    }
+    if (p !== undefined && p.msgUuid === undefined && hasRequestId(p, src, off)) return p;
     if (this.resent.size === 0) return undefined;
     const r = this.resent.get(key);
-    return r !== undefined && sameIdAt(r.msgUuid!, src, off) ? r : undefined;
+    return r !== undefined && bytesAt(src, off, r.msgUuid!) ? r : undefined;
   }
 
   private giveUp(p: PendingCall, reason: CallAbortReason, cause?: unknown, dropped = false): void {
@@ -1506,7 +1496,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
     const body = message.body;
     const fast = this.fastCodec;
-    if (fast !== undefined && bytesAt(body, 0, REPLY_OK_PREFIX.subarray(0, REPLY_ID_AT)) && bytesAt(body, REPLY_ID_AT + REQ_ID_LENGTH, REPLY_OK_TAIL)) {
+    if (fast !== undefined && bytesAt(body, 0, REPLY_OK_HEAD) && bytesAt(body, REPLY_ID_AT + REQ_ID_LENGTH, REPLY_OK_TAIL)) {
       // a success reply laid out as the codec's own encoder writes it
       let value: unknown;
       let decoded = true;
@@ -1546,19 +1536,8 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
 
   /** The waiting call to `ident` whose request id is at `off` of `src`, or `undefined`. */
   private pendingCall(ident: string, src: Buffer, off: number): PendingCall | undefined {
-    const r0 = readI32(src, off);
-    const p = this.calls.get(r0 & 0x3fffffff);
-    if (
-      p === undefined ||
-      p.ident !== ident ||
-      p.r0 !== r0 ||
-      p.r1 !== readI32(src, off + 4) ||
-      p.r2 !== readI32(src, off + 8) ||
-      p.r3 !== readI32(src, off + 12)
-    ) {
-      return undefined;
-    }
-    return p;
+    const p = this.calls.get(idKey(src, off));
+    return p !== undefined && p.ident === ident && hasRequestId(p, src, off) ? p : undefined;
   }
 
   private remoteError(raw: unknown): Error {
