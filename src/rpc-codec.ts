@@ -519,23 +519,33 @@ function encHeader(n: number, fix: number, t16: number): void {
   }
 }
 
+/**
+ * `t8` and `n` in one byte when `n` fits, else `t8 + 1` and two bytes, else `t8 + 2` and four
+ * (big-endian): uint 8/16/32 (`0xcc`), bin 8/16/32 (`0xc4`), str 8/16/32 (`0xd9`). Room for 5
+ * bytes must be there.
+ */
+function encSized(n: number, t8: number): void {
+  const b = encBuf;
+  if (n < 0x100) {
+    b[encPos++] = t8;
+    b[encPos++] = n;
+  } else if (n < 0x10000) {
+    b[encPos++] = t8 + 1;
+    b[encPos++] = n >>> 8;
+    b[encPos++] = n & 0xff;
+  } else {
+    b[encPos++] = t8 + 2;
+    encView.setUint32(encPos, n);
+    encPos += 4;
+  }
+}
+
 function encNumber(v: number): void {
   encRoom(9);
   const b = encBuf;
   if (v >>> 0 === v) {
     if (v < 0x80) b[encPos++] = v;
-    else if (v < 0x100) {
-      b[encPos++] = 0xcc;
-      b[encPos++] = v;
-    } else if (v < 0x10000) {
-      b[encPos++] = 0xcd;
-      b[encPos++] = v >>> 8;
-      b[encPos++] = v & 0xff;
-    } else {
-      b[encPos++] = 0xce;
-      encView.setUint32(encPos, v);
-      encPos += 4;
-    }
+    else encSized(v, 0xcc);
   } else if (v >> 0 === v) {
     if (v >= -0x20) b[encPos++] = 0x100 + v;
     else if (v >= -0x80) {
@@ -597,18 +607,7 @@ function encString(s: string): void {
   const need = len < 0x20 ? 1 : len < 0x100 ? 2 : len < 0x10000 ? 3 : 5;
   if (need > head) b.copyWithin(encPos + need, at, at + len);
   if (need === 1) b[encPos++] = 0xa0 | len;
-  else if (need === 2) {
-    b[encPos++] = 0xd9;
-    b[encPos++] = len;
-  } else if (need === 3) {
-    b[encPos++] = 0xda;
-    b[encPos++] = len >>> 8;
-    b[encPos++] = len & 0xff;
-  } else {
-    b[encPos++] = 0xdb;
-    encView.setUint32(encPos, len);
-    encPos += 4;
-  }
+  else encSized(len, 0xd9);
   encPos += len;
 }
 
@@ -616,18 +615,7 @@ function encBin(v: Uint8Array): void {
   const n = v.length;
   encRoom(5 + n);
   const b = encBuf;
-  if (n < 0x100) {
-    b[encPos++] = 0xc4;
-    b[encPos++] = n;
-  } else if (n < 0x10000) {
-    b[encPos++] = 0xc5;
-    b[encPos++] = n >>> 8;
-    b[encPos++] = n & 0xff;
-  } else {
-    b[encPos++] = 0xc6;
-    encView.setUint32(encPos, n);
-    encPos += 4;
-  }
+  encSized(n, 0xc4);
   if (n <= 32) for (let i = 0; i < n; i++) b[encPos + i] = v[i];
   else b.set(v, encPos);
   encPos += n;
