@@ -6,10 +6,11 @@
  * Memory: a queued message is no JavaScript object at all. Its packet as it goes on the wire
  * (length prefix, then the frame: type byte, uuid, TTL, flags, body) is copied into a chunk of
  * queue memory when it is queued, right after the packet queued before it (so a run of them is
- * written to the socket as it lies, see {@link PeerQueue.packetEnd}), and its bookkeeping lives in parallel typed arrays: the garbage collector sees a few
- * arrays and chunk buffers per queue however many messages wait, and the application's body
- * and Message die young. Bodies of {@link COPY_BODY_LIMIT} bytes or more are kept by
- * reference instead of copied (only their frame head goes into a chunk).
+ * written to the socket as it lies, see {@link PeerQueue.packetEnd}), and its bookkeeping lives
+ * in parallel typed arrays: the garbage collector sees a few arrays and chunk buffers per queue
+ * however many messages wait, and the application's body and Message die young. Bodies of
+ * {@link COPY_BODY_LIMIT} bytes or more are kept by reference instead of copied (only their
+ * length prefix and frame head go into a chunk).
  *
  * Items are named by a sequence number (`seq`), stable for the life of the queue; the arrays
  * hold the items `head..end` at slots `seq - base`, removed items flagged and skipped until
