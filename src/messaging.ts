@@ -1043,7 +1043,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       // Looked up per item: a listener may have queued or removed messages meanwhile.
       const s = q.slotOf(seq);
       if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
-      const uuid = sentEvents || deliveredEvents ? q.uuid(s) : undefined;
+      // (an ack peer's message-delivered comes with its ack, see onAck)
+      const uuid = sentEvents || (deliveredEvents && !c.acks) ? q.uuid(s) : undefined;
       // (the chunk keeps the uuid's bytes while observers are told, removed or not)
       const chunk = q.chunk(s);
       const off = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
@@ -1093,6 +1094,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // Seqs of the items in flight by uuid, built only when an ack does not match the oldest item.
     let index: Map<string, number> | undefined;
     const deletes: ItemKey[] = [];
+    // The uuids handed out (events, storage deletes) are views of one copy of the frame's uuids.
+    let uuids: Buffer | undefined;
     for (let off = start + 1; off < end; off += 16) {
       // Acks come in sending order: the oldest item in flight is normally the one.
       let s = q.head;
@@ -1103,8 +1106,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         s = q.slotOf(seq);
         if (s < 0 || !q.isInFlight(s)) continue;
       }
-      if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
-      const uuid = deliveredEvents ? q.uuid(s) : undefined;
+      let uuid: Buffer | undefined;
+      if (deliveredEvents || q.isStored(s)) {
+        if (uuids === undefined) {
+          uuids = Buffer.allocUnsafeSlow(end - start - 1);
+          frame.copy(uuids, 0, start + 1, end);
+        }
+        const at = off - start - 1;
+        uuid = uuids.subarray(at, at + 16);
+        if (q.isStored(s)) deletes.push({ queue: ident, uuid });
+      }
       const chunk = q.chunk(s);
       const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
       q.remove(s);
@@ -1124,6 +1135,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Slab that received uuids and bodies are copied into. */
   private rxSlab: Buffer = Buffer.alloc(0);
   private rxOffset = 0;
+  /** The stretch `rxSrc[rxSrcStart..rxSrcEnd)` of chunk number `rxSrcChunk` is copied at `rxMirror[i + rxDelta]`. */
+  private rxSrc: Buffer | null = null;
+  private rxSrcStart = 0;
+  private rxSrcEnd = 0;
+  private rxSrcChunk = -1;
+  private rxMirror: Buffer = Buffer.alloc(0);
+  private rxDelta = 0;
 
   /** A message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least 25 bytes. */
   private onMessage(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
@@ -1270,25 +1288,45 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /**
    * A received message with its own copy of uuid and body (the frame is a view of a larger
-   * chunk): both copied at once into a slab shared by received messages, as Node's Buffer pool
-   * does for small buffers; large bodies get their own memory.
+   * chunk), in a slab shared by received messages as Node's Buffer pool does for small buffers;
+   * large bodies get their own memory.
+   *
+   * Copied a stretch at a time: the first message of a chunk copies as much of the chunk from
+   * its uuid on as the slab has room for, and the messages after it that lie in that stretch
+   * are views of the copy (one memcpy for dozens of messages instead of a `Buffer#copy` each).
+   * The stretch is known by the chunk buffer and the Packeter's chunk count, so a transport
+   * that hands over one buffer again with new bytes is never answered from an old copy.
    */
   private copyMessage(frame: Buffer, start: number, end: number, ttl: number | null, flags: number): Message {
-    const n = end - start - 1; // uuid, TTL, flags, body
-    let slab = this.rxSlab;
-    let off = this.rxOffset;
-    if (n > RX_SLAB_SIZE >>> 1) {
+    const from = start + 1; // uuid, TTL, flags, body
+    const n = end - from;
+    let slab: Buffer;
+    let off: number;
+    if (frame === this.rxSrc && from >= this.rxSrcStart && end <= this.rxSrcEnd && this.packeter.chunksReceived === this.rxSrcChunk) {
+      slab = this.rxMirror;
+      off = from + this.rxDelta;
+    } else if (n > RX_SLAB_SIZE >>> 1) {
       slab = Buffer.allocUnsafeSlow(n);
       off = 0;
+      frame.copy(slab, 0, from, end);
     } else {
+      slab = this.rxSlab;
+      off = this.rxOffset;
       if (slab.length - off < n) {
         slab = this.rxSlab = Buffer.allocUnsafeSlow(RX_SLAB_SIZE);
         off = 0;
       }
+      const stop = Math.min(frame.length, from + (slab.length - off));
+      frame.copy(slab, off, from, stop);
+      this.rxSrc = frame;
+      this.rxSrcStart = from;
+      this.rxSrcEnd = stop;
+      this.rxSrcChunk = this.packeter.chunksReceived;
+      this.rxMirror = slab;
+      this.rxDelta = off - from;
       // keep the next copy 8-byte aligned
-      this.rxOffset = off + ((n + 7) & ~7);
+      this.rxOffset = Math.min(slab.length, off + ((stop - from + 7) & ~7));
     }
-    frame.copy(slab, off, start + 1, end);
     return Message.fromWire(slab.subarray(off + MESSAGE_HEADER_SIZE, off + n), slab, off, ttl, flags);
   }
 
