@@ -5,7 +5,10 @@
  *    sides (acknowledged delivery; the receiver records seen uuids before acknowledging).
  * The sender calls sendMessage() `window` times, awaits those promises, yields to the event
  * loop once (setImmediate) and goes on; it uses the 'block' queue policy, so the queue stays
- * bounded (queueLimit) and a blocked sendMessage is the backpressure.
+ * bounded (queueLimit) and a blocked sendMessage is the backpressure. Every message is a new
+ * Message (with its own uuid) of one shared, never changed body Buffer, as the zeromq and raw
+ * scenarios send one body again and again (a Message's body is not to be changed, and queued
+ * messages are copied or kept by reference, so sharing it is allowed).
  * The receiver reports its rate; the sender also reports when every message was delivered
  * (acknowledged).
  * params: { role, size, persistent?, dir?, storageOptions?, messaging? (sender options), window?,
@@ -64,6 +67,7 @@ if (params.role === 'receiver') {
   await connected;
   const window = (params.window as number) ?? 1000;
   const flags = persistent ? FLAG_PERSISTENT : 0;
+  const body = Buffer.alloc(size, 0x61);
   let delivered = 0;
   let target = 0;
   let allDelivered: (() => void) | undefined;
@@ -80,8 +84,6 @@ if (params.role === 'receiver') {
       const t0 = nowMs();
       let pending: Promise<void>[] = [];
       for (let i = 0; i < n; i++) {
-        const body = Buffer.allocUnsafe(size);
-        body.writeUInt32BE(i, 0);
         pending.push(bob.sendMessage('alice', new Message(body, { flags })));
         if (pending.length >= window) {
           await Promise.all(pending);
