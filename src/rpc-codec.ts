@@ -419,15 +419,15 @@ function encodeOwn(
   return out;
 }
 
-/** Copy `bytes` to `encPos` (short runs byte by byte: cheaper than a typed-array copy). */
+/**
+ * Copy `bytes` to `encPos`. (A typed-array copy: a byte loop, even over 16 bytes, took several
+ * times the instructions, `bytes` being sometimes a Buffer and sometimes a Uint8Array.)
+ */
 function encBytes(bytes: Uint8Array): void {
   const n = bytes.length;
   encRoom(n);
-  const b = encBuf;
-  const p = encPos;
-  if (n <= 64) for (let i = 0; i < n; i++) b[p + i] = bytes[i];
-  else b.set(bytes, p);
-  encPos = p + n;
+  encBuf.set(bytes, encPos);
+  encPos += n;
 }
 
 /** {@link encValue} of the map of `shape`'s keys to `values`. */
@@ -439,10 +439,8 @@ function encShaped(shape: MapShape, values: readonly unknown[], maxDepth: number
     const k = keys[i];
     const len = k.length;
     encRoom(len);
-    const b = encBuf;
-    const p = encPos;
-    for (let j = 0; j < len; j++) b[p + j] = k[j];
-    encPos = p + len;
+    encBuf.set(k, encPos);
+    encPos += len;
     if (!encValue(values[i], 1, maxDepth)) return false;
   }
   return true;
@@ -616,8 +614,7 @@ function encBin(v: Uint8Array): void {
   encRoom(5 + n);
   const b = encBuf;
   encSized(n, 0xc4);
-  if (n <= 32) for (let i = 0; i < n; i++) b[encPos + i] = v[i];
-  else b.set(v, encPos);
+  b.set(v, encPos);
   encPos += n;
 }
 
