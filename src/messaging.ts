@@ -198,6 +198,8 @@ interface Conn {
 const ACKS_PER_FRAME = 1024;
 /** Received message bodies and uuids are copied into slabs of this size (like Node's Buffer pool). */
 const RX_SLAB_SIZE = 8 * 1024;
+/** The uuids of an ack frame handed to message-delivered listeners are copied this many bytes at a time. */
+const ACK_COPY_BYTES = 16 * 256;
 const RESOLVED: Promise<void> = Promise.resolve();
 /**
  * @internal Received messages of an ack peer handed to the application per connection in one
@@ -541,6 +543,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
     }
     this.closed = true;
+    this.rxSrc = null; // (the last received chunk)
     this.packeter.off('connect', this.onConnect);
     this.packeter.off('disconnect', this.onDisconnect);
     if (this.sinkSet) this.packeter.setPacketSink(undefined, this.onPacket);
@@ -1094,8 +1097,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // Seqs of the items in flight by uuid, built only when an ack does not match the oldest item.
     let index: Map<string, number> | undefined;
     const deletes: ItemKey[] = [];
-    // The uuids handed out (events, storage deletes) are views of one copy of the frame's uuids.
+    // The uuids of message-delivered are views of copies of the frame's uuids, up to
+    // ACK_COPY_BYTES at a time (the frame may be as long as a packet can be).
     let uuids: Buffer | undefined;
+    let uuidsFrom = 0;
     for (let off = start + 1; off < end; off += 16) {
       // Acks come in sending order: the oldest item in flight is normally the one.
       let s = q.head;
@@ -1106,15 +1111,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         s = q.slotOf(seq);
         if (s < 0 || !q.isInFlight(s)) continue;
       }
+      // (storage gets a uuid of its own: a listener may change the one it was given)
+      if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
       let uuid: Buffer | undefined;
-      if (deliveredEvents || q.isStored(s)) {
-        if (uuids === undefined) {
-          uuids = Buffer.allocUnsafeSlow(end - start - 1);
-          frame.copy(uuids, 0, start + 1, end);
+      if (deliveredEvents) {
+        if (uuids === undefined || off + 16 > uuidsFrom + uuids.length) {
+          uuidsFrom = off;
+          uuids = Buffer.allocUnsafeSlow(Math.min(end - off, ACK_COPY_BYTES));
+          frame.copy(uuids, 0, off, off + uuids.length);
         }
-        const at = off - start - 1;
-        uuid = uuids.subarray(at, at + 16);
-        if (q.isStored(s)) deletes.push({ queue: ident, uuid });
+        uuid = uuids.subarray(off - uuidsFrom, off - uuidsFrom + 16);
       }
       const chunk = q.chunk(s);
       const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
@@ -1135,12 +1141,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Slab that received uuids and bodies are copied into. */
   private rxSlab: Buffer = Buffer.alloc(0);
   private rxOffset = 0;
-  /** The stretch `rxSrc[rxSrcStart..rxSrcEnd)` of chunk number `rxSrcChunk` is copied at `rxMirror[i + rxDelta]`. */
+  /** The stretch `rxSrc[rxSrcStart..rxSrcEnd)` of chunk number `rxSrcChunk` is copied at `rxSlab[i + rxDelta]`. */
   private rxSrc: Buffer | null = null;
   private rxSrcStart = 0;
   private rxSrcEnd = 0;
   private rxSrcChunk = -1;
-  private rxMirror: Buffer = Buffer.alloc(0);
   private rxDelta = 0;
 
   /** A message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least 25 bytes. */
@@ -1291,11 +1296,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    * chunk), in a slab shared by received messages as Node's Buffer pool does for small buffers;
    * large bodies get their own memory.
    *
-   * Copied a stretch at a time: the first message of a chunk copies as much of the chunk from
-   * its uuid on as the slab has room for, and the messages after it that lie in that stretch
-   * are views of the copy (one memcpy for dozens of messages instead of a `Buffer#copy` each).
-   * The stretch is known by the chunk buffer and the Packeter's chunk count, so a transport
-   * that hands over one buffer again with new bytes is never answered from an old copy.
+   * Copied a stretch at a time: the first message of a chunk copies itself and the packets
+   * right after it in the chunk (read by their length prefixes) as long as they are small and
+   * fit the slab, and the messages among them become views of that copy: one memcpy for dozens
+   * of messages instead of a `Buffer#copy` each. The stretch is known by the chunk buffer and
+   * the Packeter's chunk count, so a transport that hands over one buffer again with new bytes
+   * is never answered from an old copy.
    */
   private copyMessage(frame: Buffer, start: number, end: number, ttl: number | null, flags: number): Message {
     const from = start + 1; // uuid, TTL, flags, body
@@ -1303,7 +1309,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     let slab: Buffer;
     let off: number;
     if (frame === this.rxSrc && from >= this.rxSrcStart && end <= this.rxSrcEnd && this.packeter.chunksReceived === this.rxSrcChunk) {
-      slab = this.rxMirror;
+      slab = this.rxSlab;
       off = from + this.rxDelta;
     } else if (n > RX_SLAB_SIZE >>> 1) {
       slab = Buffer.allocUnsafeSlow(n);
@@ -1316,13 +1322,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         slab = this.rxSlab = Buffer.allocUnsafeSlow(RX_SLAB_SIZE);
         off = 0;
       }
-      const stop = Math.min(frame.length, from + (slab.length - off));
+      // the packets after this one that are whole in the chunk, small, and fit the slab
+      const limit = from + (slab.length - off);
+      let stop = end;
+      for (let at = end; at + PACKET_HEADER_SIZE <= frame.length; ) {
+        const len = readU32BE(frame, at);
+        const next = at + PACKET_HEADER_SIZE + len;
+        if (len > RX_SLAB_SIZE >>> 1 || next > frame.length || next > limit) break;
+        stop = at = next;
+      }
       frame.copy(slab, off, from, stop);
       this.rxSrc = frame;
       this.rxSrcStart = from;
       this.rxSrcEnd = stop;
       this.rxSrcChunk = this.packeter.chunksReceived;
-      this.rxMirror = slab;
       this.rxDelta = off - from;
       // keep the next copy 8-byte aligned
       this.rxOffset = Math.min(slab.length, off + ((stop - from + 7) & ~7));

@@ -2,18 +2,39 @@
  * Received messages keep their own bytes: bodies and uuids are copied out of the received
  * chunks (a stretch of a chunk at a time, see Messaging's copyMessage), so a Message the
  * application keeps stays intact however much arrives after it, and a transport that hands
- * over one buffer again with new bytes still gives each message its own.
+ * over one buffer again with new bytes still gives each message its own. And the uuids that
+ * acknowledgements hand to message-delivered listeners and to storage.
  */
+import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConnId } from '../src/link.js';
-import { Message, Messaging } from '../src/messaging.js';
+import { FLAG_PERSISTENT, Message, Messaging } from '../src/messaging.js';
 import { Packeter } from '../src/packeter.js';
-import { encodeIdentification, encodeMessage, encodeProtocolVersion } from '../src/protocol.js';
-import { MemoryTransport, connectPair, tick } from './helpers/memory-transport.js';
+import {
+  EXTENSION_VERSION,
+  FEATURE_ACKS,
+  FRAME_ACK,
+  encodeAck,
+  encodeHello,
+  encodeIdentification,
+  encodeMessage,
+  encodePing,
+  encodeProtocolVersion,
+} from '../src/protocol.js';
+import { MemoryQueuesStorage } from '../storage/memory.js';
+import { MemoryTransport, connectPair, memoryPair, tick } from './helpers/memory-transport.js';
+import { prng } from './helpers/prng.js';
 import { closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
 import { until } from './helpers/wait.js';
 
 afterEach(closeAllPeers);
+
+/** Length prefix and payload. */
+function framed(payload: Buffer): Buffer {
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(payload.length);
+  return Buffer.concat([h, payload]);
+}
 
 /** Body `i` of `n` bytes, different for every `i`. */
 function bodyOf(i: number, n: number): Buffer {
@@ -47,7 +68,9 @@ describe('received messages', () => {
     // Every chunk of the same length arrives in the same Buffer object, rewritten.
     class RecyclingTransport extends MemoryTransport {
       private readonly reused = new Map<number, Buffer>();
+      readonly lengths: number[] = [];
       override deliver(connId: ConnId, data: Buffer): void {
+        this.lengths.push(data.length);
         let b = this.reused.get(data.length);
         if (b === undefined) this.reused.set(data.length, (b = Buffer.alloc(data.length)));
         data.copy(b);
@@ -78,10 +101,217 @@ describe('received messages', () => {
       await tick();
     }
     expect(kept.length).toBe(20);
+    // each message came alone, in a chunk of the same length (so in the same Buffer object)
+    expect(tr.lengths.slice(-40).filter((n) => n === 4 + 25 + 50).length).toBe(20);
     for (let i = 0; i < 20; i++) {
       expect(kept[i].body.equals(bodyOf(i, 50)), `body ${i}`).toBe(true);
       expect(kept[i].uuid.equals(uuids[i]), `uuid ${i}`).toBe(true);
     }
     await receiver.close();
+  });
+
+  it('are views of one copy per chunk, and small ones between large ones take only their own room', async () => {
+    const tr = new MemoryTransport();
+    tr.peer = new MemoryTransport();
+    const receiver = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0 });
+    const kept: Message[] = [];
+    receiver.on('message', (_c, _i, m) => kept.push(m));
+    const conn = 'c1' as ConnId;
+    tr.connectTo(conn);
+    tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification('snd'))]));
+    // chunk after chunk: 40 small ones in a row, then small and large (10,000 B) taking turns
+    const sent: { uuid: Buffer; body: Buffer }[] = [];
+    for (let k = 0; k < 50; k++) {
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 52; i++) {
+        const n = i < 40 ? 100 : i % 2 === 0 ? 100 : 10_000;
+        const m = { uuid: randomBytes(16), body: bodyOf(sent.length, n) };
+        sent.push(m);
+        parts.push(framed(encodeMessage({ uuid: m.uuid, ttlMs: null, flags: 0, body: m.body })));
+      }
+      tr.deliver(conn, Buffer.concat(parts));
+    }
+    expect(kept.length).toBe(sent.length);
+    for (let i = 0; i < sent.length; i++) {
+      expect(kept[i].body.equals(sent[i].body), `body ${i}`).toBe(true);
+      expect(kept[i].uuid.equals(sent[i].uuid), `uuid ${i}`).toBe(true);
+    }
+    // the 40 in a row of a chunk share one copy (at most two slabs)
+    for (let k = 0; k < 50; k++) {
+      const buffers = new Set(kept.slice(k * 52, k * 52 + 40).map((m) => m.body.buffer));
+      expect(buffers.size).toBeLessThanOrEqual(2);
+    }
+    // 2300 small messages of 125 bytes (with their uuids) fit in about 36 slabs of 8 KiB; a
+    // copy that ran on into the large ones would take a slab or more for each
+    const slabs = new Set(kept.filter((m) => m.body.length === 100).map((m) => m.body.buffer));
+    expect(slabs.size).toBeLessThan(60);
+    await receiver.close();
+  });
+});
+
+describe('received messages, random chunking', () => {
+  // Two peers' packet streams cut at random, each chunk handed over as a fresh Buffer, as a
+  // view of one large buffer, or in one Buffer object per length rewritten every time; and
+  // sometimes a chunk of the other connection handed over from inside a message listener.
+  // Every message must have its own uuid and body, at receipt and at the end.
+  for (const acks of [false, true]) {
+    it(`keeps every message its own bytes (${acks ? 'extension peers' : 'plain snakeMQ peers'})`, async () => {
+      const rnd = prng(acks ? 7 : 11);
+      const int = (n: number): number => Math.floor(rnd() * n);
+      const stream = (ident: string, count: number) => {
+        const parts: Buffer[] = [framed(encodeProtocolVersion())];
+        if (acks) parts.push(framed(encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 64 << 20, features: FEATURE_ACKS })));
+        parts.push(framed(encodeIdentification(ident)));
+        const sent: { uuid: Buffer; body: Buffer }[] = [];
+        for (let i = 0; i < count; i++) {
+          const r = int(100);
+          const n = r < 70 ? int(300) : r < 85 ? 3000 + int(2500) : r < 95 ? 9000 + int(3000) : r < 98 ? 0 : 70_000;
+          const m = { uuid: randomBytes(16), body: randomBytes(n) };
+          sent.push(m);
+          parts.push(framed(encodeMessage({ uuid: m.uuid, ttlMs: null, flags: 0, body: m.body })));
+          const x = int(20);
+          if (x === 0) parts.push(framed(encodePing()));
+          if (x === 1) parts.push(framed(encodeAck([randomBytes(16), randomBytes(16)])));
+        }
+        return { bytes: Buffer.concat(parts), sent };
+      };
+      const feeder = (tr: MemoryTransport, connId: ConnId, bytes: Buffer) => {
+        const cuts = [0];
+        for (let at = 0; at < bytes.length; ) {
+          const r = int(10);
+          const steps = [17, 37, 100, 300, 500, 4096, 9000, 65536, 200_000];
+          const last = cuts.length > 1 ? cuts[cuts.length - 1] - cuts[cuts.length - 2] : 1;
+          at = Math.min(bytes.length, at + (r < 4 ? last : r < 7 ? steps[int(steps.length)] : 1 + int(65536)));
+          cuts.push(at);
+        }
+        const reused = new Map<number, Buffer>();
+        let i = 0;
+        return {
+          get done() {
+            return i + 1 >= cuts.length;
+          },
+          next() {
+            const a = cuts[i];
+            const b = cuts[++i];
+            const mode = int(4) === 0 ? int(2) : 2;
+            let chunk: Buffer;
+            if (mode === 0) chunk = Buffer.from(bytes.subarray(a, b));
+            else if (mode === 1) chunk = bytes.subarray(a, b);
+            else {
+              let r = reused.get(b - a);
+              if (r === undefined) reused.set(b - a, (r = Buffer.alloc(b - a)));
+              bytes.copy(r, 0, a, b);
+              chunk = r;
+            }
+            tr.deliver(connId, chunk);
+          },
+        };
+      };
+      for (let round = 0; round < 3; round++) {
+        const tr = new MemoryTransport();
+        tr.peer = new MemoryTransport();
+        tr.peer.peer = tr;
+        const m = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0 });
+        const A = 'cA' as ConnId;
+        const B = 'cB' as ConnId;
+        tr.connectTo(A);
+        tr.connectTo(B);
+        const streams = { sa: stream('sa', 300), sb: stream('sb', 300) };
+        const fA = feeder(tr, A, streams.sa.bytes);
+        const fB = feeder(tr, B, streams.sb.bytes);
+        const got: Record<string, Message[]> = { sa: [], sb: [] };
+        let nested = false;
+        m.on('message', (_c, ident, msg) => {
+          const list = got[ident];
+          const want = streams[ident as 'sa' | 'sb'].sent[list.length];
+          expect(msg.body.equals(want.body), `${ident} body ${list.length} at receipt`).toBe(true);
+          expect(msg.uuid.equals(want.uuid), `${ident} uuid ${list.length} at receipt`).toBe(true);
+          list.push(msg);
+          if (!nested && ident === 'sa' && !fB.done && int(4) === 0) {
+            nested = true;
+            try {
+              fB.next();
+            } finally {
+              nested = false;
+            }
+          }
+        });
+        while (!fA.done || !fB.done) {
+          if (!fA.done && (fB.done || int(2) === 0)) fA.next();
+          else fB.next();
+          if (int(5) === 0) await tick();
+        }
+        for (let k = 0; k < 20; k++) await tick();
+        for (const ident of ['sa', 'sb'] as const) {
+          const sent = streams[ident].sent;
+          expect(got[ident].length, ident).toBe(sent.length);
+          for (let i = 0; i < sent.length; i++) {
+            expect(got[ident][i].body.equals(sent[i].body), `${ident} body ${i} at end`).toBe(true);
+            expect(got[ident][i].uuid.equals(sent[i].uuid), `${ident} uuid ${i} at end`).toBe(true);
+          }
+        }
+        await m.close();
+      }
+    });
+  }
+});
+
+describe('acknowledgements', () => {
+  /** A Messaging with storage ('rcv') that queues persistent messages for a raw Packeter peer ('snd'). */
+  async function rig() {
+    const [tr, ts] = memoryPair();
+    const storage = new MemoryQueuesStorage();
+    const messaging = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0, storage });
+    await messaging.ready;
+    const peer = new Packeter(ts);
+    connectPair(tr, ts, 'c1' as ConnId);
+    peer.sendPacket('c1' as ConnId, encodeProtocolVersion());
+    peer.sendPacket('c1' as ConnId, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
+    peer.sendPacket('c1' as ConnId, encodeIdentification('snd'));
+    for (let i = 0; i < 5; i++) await tick();
+    const queue = async (n: number): Promise<Buffer[]> => {
+      const uuids: Buffer[] = [];
+      for (let i = 0; i < n; i++) {
+        const m = new Message(Buffer.from(`m${i}`), { flags: FLAG_PERSISTENT });
+        uuids.push(Buffer.from(m.uuid));
+        await messaging.sendMessage('snd', m);
+      }
+      for (let i = 0; i < 5; i++) await tick();
+      return uuids;
+    };
+    const ack = (uuids: Buffer[]): void => {
+      peer.sendPacket('c1' as ConnId, Buffer.concat([Buffer.from([FRAME_ACK]), ...uuids]));
+    };
+    return { messaging, storage, queue, ack };
+  }
+
+  it('report each acknowledged message once, in order of acknowledgement, and delete it from storage', async () => {
+    const { messaging, storage, queue, ack } = await rig();
+    const delivered: string[] = [];
+    messaging.on('message-delivered', (_i, u) => delivered.push(u.toString('hex')));
+    const uuids = await queue(40);
+    expect((await storage.load()).length).toBe(40);
+    // in order; then reversed, with unknown and repeated uuids between; then shuffled
+    const mixed: Buffer[] = [];
+    for (let i = 19; i >= 10; i--) mixed.push(uuids[i], randomBytes(16), uuids[i], uuids[i - 5]);
+    const rest = uuids.slice(20).reverse();
+    ack(uuids.slice(0, 10));
+    ack(mixed);
+    ack(rest);
+    for (let i = 0; i < 10; i++) await tick();
+    const pending = new Set(uuids.map((u) => u.toString('hex')));
+    const want = [...uuids.slice(0, 10), ...mixed, ...rest].map((u) => u.toString('hex')).filter((h) => pending.delete(h));
+    expect(delivered).toEqual(want);
+    expect(await storage.load()).toEqual([]);
+    await messaging.close();
+  });
+
+  it('delete from storage even when a message-delivered listener changes the uuid it was given', async () => {
+    const { messaging, storage, queue, ack } = await rig();
+    messaging.on('message-delivered', (_i, u) => void u.reverse());
+    ack(await queue(4));
+    for (let i = 0; i < 10; i++) await tick();
+    expect(await storage.load()).toEqual([]);
+    await messaging.close();
   });
 });
