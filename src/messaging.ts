@@ -163,9 +163,12 @@ interface Conn {
   keepalive?: TimerHandle;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
-  /** Seqs of the items being written on this connection, in packet order, and their packet ids. */
+  /**
+   * The items being written on this connection, in packet order, as runs of three numbers
+   * from `writingHead` on: the seq of a run's first item, its packet id, and how many items
+   * follow with consecutive seqs and packet ids.
+   */
   writing: number[];
-  writingIds: number[];
   writingHead: number;
   /** The ack frame being gathered: type byte then `ackCount` uuids. */
   ackBuf: Buffer | null;
@@ -721,7 +724,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       pingAt: 0,
       dead: false,
       writing: [],
-      writingIds: [],
       writingHead: 0,
       ackBuf: null,
       ackCount: 0,
@@ -1007,8 +1009,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       } else {
         run = 0;
         runChunk = undefined;
-        c.writing.push(seq);
-        c.writingIds.push(p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body));
+        c.writing.push(seq, p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body), 1);
       }
     }
     if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
@@ -1016,13 +1017,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /** Hand `count` packets lying back to back in a queue chunk to the Packeter; their seqs follow `seq`. */
   private sendRun(c: Conn, chunk: Buffer, start: number, end: number, count: number, seq: number): void {
-    const id = this.packeter.sendFramedPackets(c.id, chunk.subarray(start, end), count);
-    const writing = c.writing;
-    const ids = c.writingIds;
-    for (let i = 0; i < count; i++) {
-      writing.push(seq + i);
-      ids.push(id + i);
-    }
+    c.writing.push(seq, this.packeter.sendFramedPackets(c.id, chunk.subarray(start, end), count), count);
   }
 
   private readonly onPacketsSent = (connId: ConnId, lastId: number): void => {
@@ -1032,7 +1027,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const ident = c.ident;
     const q = this.queues.get(ident);
     const w = c.writing;
-    const ids = c.writingIds;
     let i = c.writingHead;
     const sentEvents = this.listenerCount('message-sent') > 0;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
@@ -1040,40 +1034,48 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // (with a plain snakeMQ peer, written is delivered: items leave the queue here)
     const wasFull = !c.acks && q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
-    while (i < w.length && ids[i] <= lastId) {
-      const seq = w[i++];
+    // Runs written in full are passed; a run written in part is cut to its unwritten rest.
+    while (i < w.length && w[i + 1] <= lastId) {
+      const first = w[i];
+      const count = w[i + 2];
+      const written = Math.min(count, lastId - w[i + 1] + 1);
+      if (written < count) {
+        w[i] = first + written;
+        w[i + 1] += written;
+        w[i + 2] = count - written;
+      } else i += 3;
       if (q === undefined) continue;
-      // Looked up per item: a listener may have queued or removed messages meanwhile.
-      const s = q.slotOf(seq);
-      if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
-      // (an ack peer's message-delivered comes with its ack, see onAck)
-      const uuid = sentEvents || (deliveredEvents && !c.acks) ? q.uuid(s) : undefined;
-      // (the chunk keeps the uuid's bytes while observers are told, removed or not)
-      const chunk = q.chunk(s);
-      const off = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
-      if (c.acks) {
-        q.setState(s, AWAITING_ACK);
+      for (let seq = first; seq < first + written; seq++) {
+        // Looked up per item: a listener may have queued or removed messages meanwhile.
+        const s = q.slotOf(seq);
+        if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
+        // (an ack peer's message-delivered comes with its ack, see onAck)
+        const uuid = sentEvents || (deliveredEvents && !c.acks) ? q.uuid(s) : undefined;
+        // (the chunk keeps the uuid's bytes while observers are told, removed or not)
+        const chunk = q.chunk(s);
+        const off = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
+        if (c.acks) {
+          q.setState(s, AWAITING_ACK);
+          for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
+          if (sentEvents) this.emit('message-sent', connId, ident, uuid!);
+          continue;
+        }
+        // A plain snakeMQ peer: written is delivered.
+        if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
+        q.remove(s);
         for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
-        if (sentEvents) this.emit('message-sent', connId, ident, uuid!);
-        continue;
+        if (sentEvents) this.emit('message-sent', connId, ident, deliveredEvents ? Buffer.from(uuid!) : uuid!);
+        for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, off);
+        if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
       }
-      // A plain snakeMQ peer: written is delivered.
-      if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
-      q.remove(s);
-      for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
-      if (sentEvents) this.emit('message-sent', connId, ident, deliveredEvents ? Buffer.from(uuid!) : uuid!);
-      for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, off);
-      if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
     c.writingHead = i;
     if (i === c.writing.length) {
       c.writing = [];
-      c.writingIds = [];
       c.writingHead = 0;
-    } else if (i > 4096) {
+    } else if (i > 3 * 1024) {
       c.writing = c.writing.slice(i);
-      c.writingIds = c.writingIds.slice(i);
       c.writingHead = 0;
     }
     if (!c.acks && q) {

@@ -315,3 +315,50 @@ describe('acknowledgements', () => {
     await messaging.close();
   });
 });
+
+describe('sending', () => {
+  it('a write reported done in part reports the messages of that part of a run, the rest when it is done', async () => {
+    const [tr, ts] = memoryPair();
+    // writes are never reported done by the transport: the test reports them
+    tr.send = (connId, data) => {
+      for (const b of Array.isArray(data) ? data : [data]) setImmediate(() => ts.deliver(connId, Buffer.from(b)));
+      return true;
+    };
+    const packeter = new Packeter(tr);
+    const runs: { id: number; count: number }[] = [];
+    const sendFramedPackets = packeter.sendFramedPackets.bind(packeter);
+    packeter.sendFramedPackets = (connId, framed, count) => {
+      const id = sendFramedPackets(connId, framed, count);
+      runs.push({ id, count });
+      return id;
+    };
+    const messaging = new Messaging('rcv', '', packeter, { keepaliveInterval: 0 });
+    const peer = new Packeter(ts);
+    const conn = 'c1' as ConnId;
+    connectPair(tr, ts, conn);
+    peer.sendPacket(conn, encodeProtocolVersion());
+    peer.sendPacket(conn, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
+    peer.sendPacket(conn, encodeIdentification('snd'));
+    for (let i = 0; i < 5; i++) await tick();
+    const sent: string[] = [];
+    messaging.on('message-sent', (_c, _i, u) => sent.push(u.toString('hex')));
+    const uuids: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const m = new Message(`m${i}`);
+      uuids.push(m.uuidHex);
+      messaging.queueMessage('snd', m);
+    }
+    for (let i = 0; i < 3; i++) await tick();
+    const run = runs.find((r) => r.count === 10)!;
+    expect(run).toBeDefined();
+    packeter.emit('packets-sent', conn, run.id + 2);
+    expect(sent).toEqual(uuids.slice(0, 3));
+    packeter.emit('packets-sent', conn, run.id + 2); // again: nothing new
+    packeter.emit('packets-sent', conn, run.id + 6);
+    expect(sent).toEqual(uuids.slice(0, 7));
+    packeter.emit('packets-sent', conn, run.id + 9);
+    expect(sent).toEqual(uuids);
+    expect(messaging.queueSize('snd')).toBe(10); // written, not yet acknowledged
+    await messaging.close();
+  });
+});
