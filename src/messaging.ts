@@ -1034,18 +1034,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // (with a plain snakeMQ peer, written is delivered: items leave the queue here)
     const wasFull = !c.acks && q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
-    // Runs written in full are passed; a run written in part is cut to its unwritten rest.
+    // Runs written in full are passed; a run written in part is cut to its unwritten rest,
+    // after its items are handled (when a listener throws, the next call walks them again and
+    // skips those no longer being written).
     while (i < w.length && w[i + 1] <= lastId) {
       const first = w[i];
       const count = w[i + 2];
       const written = Math.min(count, lastId - w[i + 1] + 1);
-      if (written < count) {
-        w[i] = first + written;
-        w[i + 1] += written;
-        w[i + 2] = count - written;
-      } else i += 3;
-      if (q === undefined) continue;
-      for (let seq = first; seq < first + written; seq++) {
+      for (let seq = first; q !== undefined && seq < first + written; seq++) {
         // Looked up per item: a listener may have queued or removed messages meanwhile.
         const s = q.slotOf(seq);
         if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
@@ -1068,6 +1064,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, off);
         if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
       }
+      if (written < count) {
+        w[i] = first + written;
+        w[i + 1] += written;
+        w[i + 2] = count - written;
+      } else i += 3;
     }
     this.deleteStored(deletes);
     c.writingHead = i;
@@ -1324,13 +1325,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         slab = this.rxSlab = Buffer.allocUnsafeSlow(RX_SLAB_SIZE);
         off = 0;
       }
-      // the packets after this one that are whole in the chunk, small, and fit the slab
+      // the messages after this one that are whole in the chunk, small, and fit the slab
       const limit = from + (slab.length - off);
       let stop = end;
-      for (let at = end; at + PACKET_HEADER_SIZE <= frame.length; ) {
+      for (let at = end; at + PACKET_HEADER_SIZE < frame.length; ) {
         const len = readU32BE(frame, at);
         const next = at + PACKET_HEADER_SIZE + len;
-        if (len > RX_SLAB_SIZE >>> 1 || next > frame.length || next > limit) break;
+        if (len > RX_SLAB_SIZE >>> 1 || next > frame.length || next > limit || frame[at + PACKET_HEADER_SIZE] !== FRAME_MESSAGE) break;
         stop = at = next;
       }
       frame.copy(slab, off, from, stop);
