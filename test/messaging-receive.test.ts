@@ -36,6 +36,23 @@ function framed(payload: Buffer): Buffer {
   return Buffer.concat([h, payload]);
 }
 
+/**
+ * A Messaging ('rcv') on a memory transport whose peer ('snd', a plain snakeMQ peer) has
+ * identified itself; what arrives next is handed over with `tr.deliver(conn, bytes)`. `kept`:
+ * every message received.
+ */
+function identifiedReceiver() {
+  const tr = new MemoryTransport();
+  tr.peer = new MemoryTransport();
+  const receiver = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0 });
+  const kept: Message[] = [];
+  receiver.on('message', (_c, _i, m) => kept.push(m));
+  const conn = 'c1' as ConnId;
+  tr.connectTo(conn);
+  tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification('snd'))]));
+  return { tr, conn, receiver, kept };
+}
+
 /** Body `i` of `n` bytes, different for every `i`. */
 function bodyOf(i: number, n: number): Buffer {
   const b = Buffer.alloc(n);
@@ -111,14 +128,7 @@ describe('received messages', () => {
   });
 
   it('are views of one copy per chunk, and small ones between large ones take only their own room', async () => {
-    const tr = new MemoryTransport();
-    tr.peer = new MemoryTransport();
-    const receiver = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0 });
-    const kept: Message[] = [];
-    receiver.on('message', (_c, _i, m) => kept.push(m));
-    const conn = 'c1' as ConnId;
-    tr.connectTo(conn);
-    tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification('snd'))]));
+    const { tr, conn, receiver, kept } = identifiedReceiver();
     // chunk after chunk: 40 small ones in a row, then small and large (10,000 B) taking turns
     const sent: { uuid: Buffer; body: Buffer }[] = [];
     for (let k = 0; k < 50; k++) {
@@ -152,18 +162,9 @@ describe('received messages', () => {
     expect(slabs.size).toBeLessThan(60);
     await receiver.close();
   });
-});
 
-describe('received messages between other packets', () => {
   it('small messages between ack frames take only their own room', async () => {
-    const tr = new MemoryTransport();
-    tr.peer = new MemoryTransport();
-    const receiver = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0 });
-    const kept: Message[] = [];
-    receiver.on('message', (_c, _i, m) => kept.push(m));
-    const conn = 'c1' as ConnId;
-    tr.connectTo(conn);
-    tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification('snd'))]));
+    const { tr, conn, receiver, kept } = identifiedReceiver();
     // as an extension peer sends them: its own messages with ack frames (here 250 uuids) between
     for (let k = 0; k < 50; k++) {
       const parts: Buffer[] = [];
@@ -349,9 +350,13 @@ describe('acknowledgements', () => {
 });
 
 describe('sending', () => {
-  it('a write reported done in part reports the messages of that part of a run, the rest when it is done', async () => {
+  /**
+   * A Messaging ('rcv') whose transport never reports writes done (the test reports them, by
+   * `packets-sent`), identified by a raw Packeter peer ('snd'); `queue(n)` queues n messages
+   * and returns their uuids and the run of packets they went out in.
+   */
+  async function rig(ext: boolean) {
     const [tr, ts] = memoryPair();
-    // writes are never reported done by the transport: the test reports them
     tr.send = (connId, data) => {
       for (const b of Array.isArray(data) ? data : [data]) setImmediate(() => ts.deliver(connId, Buffer.from(b)));
       return true;
@@ -369,67 +374,52 @@ describe('sending', () => {
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
     peer.sendPacket(conn, encodeProtocolVersion());
-    peer.sendPacket(conn, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
+    // without a hello: a plain snakeMQ peer
+    if (ext) peer.sendPacket(conn, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
     peer.sendPacket(conn, encodeIdentification('snd'));
     for (let i = 0; i < 5; i++) await tick();
+    const queue = async (n: number) => {
+      const uuids: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const m = new Message(`m${i}`);
+        uuids.push(m.uuidHex);
+        messaging.queueMessage('snd', m);
+      }
+      for (let i = 0; i < 3; i++) await tick();
+      const run = runs.find((r) => r.count === n)!;
+      expect(run).toBeDefined();
+      return { uuids, firstId: run.id };
+    };
+    const written = (lastId: number) => packeter.emit('packets-sent', conn, lastId);
+    return { messaging, queue, written };
+  }
+
+  it('a write reported done in part reports the messages of that part of a run, the rest when it is done', async () => {
+    const { messaging, queue, written } = await rig(true);
     const sent: string[] = [];
     messaging.on('message-sent', (_c, _i, u) => sent.push(u.toString('hex')));
-    const uuids: string[] = [];
-    for (let i = 0; i < 10; i++) {
-      const m = new Message(`m${i}`);
-      uuids.push(m.uuidHex);
-      messaging.queueMessage('snd', m);
-    }
-    for (let i = 0; i < 3; i++) await tick();
-    const run = runs.find((r) => r.count === 10)!;
-    expect(run).toBeDefined();
-    packeter.emit('packets-sent', conn, run.id + 2);
+    const { uuids, firstId } = await queue(10);
+    written(firstId + 2);
     expect(sent).toEqual(uuids.slice(0, 3));
-    packeter.emit('packets-sent', conn, run.id + 2); // again: nothing new
-    packeter.emit('packets-sent', conn, run.id + 6);
+    written(firstId + 2); // again: nothing new
+    written(firstId + 6);
     expect(sent).toEqual(uuids.slice(0, 7));
-    packeter.emit('packets-sent', conn, run.id + 9);
+    written(firstId + 9);
     expect(sent).toEqual(uuids);
     expect(messaging.queueSize('snd')).toBe(10); // written, not yet acknowledged
     await messaging.close();
   });
 
   it('a listener throwing while a write reported in part is handled leaves nothing behind (plain peer)', async () => {
-    const [tr, ts] = memoryPair();
-    tr.send = (connId, data) => {
-      for (const b of Array.isArray(data) ? data : [data]) setImmediate(() => ts.deliver(connId, Buffer.from(b)));
-      return true;
-    };
-    const packeter = new Packeter(tr);
-    const runs: { id: number; count: number }[] = [];
-    const sendFramedPackets = packeter.sendFramedPackets.bind(packeter);
-    packeter.sendFramedPackets = (connId, framed, count) => {
-      const id = sendFramedPackets(connId, framed, count);
-      runs.push({ id, count });
-      return id;
-    };
-    const messaging = new Messaging('rcv', '', packeter, { keepaliveInterval: 0 });
-    const peer = new Packeter(ts);
-    const conn = 'c1' as ConnId;
-    connectPair(tr, ts, conn);
-    peer.sendPacket(conn, encodeProtocolVersion());
-    peer.sendPacket(conn, encodeIdentification('snd')); // no hello: a plain snakeMQ peer
-    for (let i = 0; i < 5; i++) await tick();
+    const { messaging, queue, written } = await rig(false);
     const sent: string[] = [];
     messaging.on('message-sent', (_c, _i, u) => {
       sent.push(u.toString('hex'));
       if (sent.length === 2) throw new Error('listener');
     });
-    const uuids: string[] = [];
-    for (let i = 0; i < 10; i++) {
-      const m = new Message(`m${i}`);
-      uuids.push(m.uuidHex);
-      messaging.queueMessage('snd', m);
-    }
-    for (let i = 0; i < 3; i++) await tick();
-    const run = runs.find((r) => r.count === 10)!;
-    expect(() => packeter.emit('packets-sent', conn, run.id + 4)).toThrow('listener');
-    packeter.emit('packets-sent', conn, run.id + 9);
+    const { uuids, firstId } = await queue(10);
+    expect(() => written(firstId + 4)).toThrow('listener');
+    written(firstId + 9);
     // written to a plain peer is delivered: every one reported once, none left queued
     expect(sent).toEqual(uuids);
     expect(messaging.queueSize('snd')).toBe(0);
