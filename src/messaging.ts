@@ -170,7 +170,10 @@ interface Conn {
    */
   writing: number[];
   writingHead: number;
-  /** The ack frame being gathered: type byte then `ackCount` uuids. */
+  /**
+   * The ack frame being gathered: type byte then `ackCount` uuids. Kept for the next frame
+   * once sent (the Packeter copies it); it grows from 64 uuids to {@link ACKS_PER_FRAME}.
+   */
   ackBuf: Buffer | null;
   ackCount: number;
   /** Received uuids to record in storage before acknowledging. */
@@ -204,6 +207,7 @@ const RX_SLAB_SIZE = 8 * 1024;
 /** The uuids of an ack frame handed to message-delivered listeners are copied this many bytes at a time. */
 const ACK_COPY_BYTES = 16 * 256;
 const RESOLVED: Promise<void> = Promise.resolve();
+const EMPTY = Buffer.alloc(0);
 /**
  * @internal Received messages of an ack peer handed to the application per connection in one
  * stretch (a turn of the event loop); the rest wait for the next turns, a slice per turn, each
@@ -1380,17 +1384,18 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private queueAck(c: Conn, u0: number, u1: number, u2: number, u3: number): void {
     if (c.dead || !this.conns.has(c.id)) return;
     let buf = c.ackBuf;
-    if (buf === null) {
-      buf = c.ackBuf = Buffer.allocUnsafe(1 + 16 * ACKS_PER_FRAME);
-      buf[0] = FRAME_ACK;
-      c.ackCount = 0;
+    const off = 1 + 16 * c.ackCount;
+    if (buf === null || buf.length < off + 16) {
+      const grown = Buffer.allocUnsafeSlow(buf === null ? 1 + 16 * 64 : Math.min(2 * buf.length - 1, 1 + 16 * ACKS_PER_FRAME));
+      if (buf !== null) buf.copy(grown, 0, 0, off);
+      grown[0] = FRAME_ACK;
+      buf = c.ackBuf = grown;
     }
-    const off = 1 + 16 * c.ackCount++;
     writeI32(buf, off, u0);
     writeI32(buf, off + 4, u1);
     writeI32(buf, off + 8, u2);
     writeI32(buf, off + 12, u3);
-    if (c.ackCount >= ACKS_PER_FRAME) this.flushAcks(c);
+    if (++c.ackCount >= ACKS_PER_FRAME) this.flushAcks(c);
     else if (!c.ackScheduled) {
       c.ackScheduled = true;
       setImmediate(() => this.flushAcks(c));
@@ -1400,10 +1405,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private flushAcks(c: Conn): void {
     c.ackScheduled = false;
     if (c.ackCount === 0 || c.dead || !this.conns.has(c.id)) return;
-    const buf = c.ackBuf!;
     const n = c.ackCount;
-    c.ackBuf = null;
     c.ackCount = 0;
-    this.packeter.sendPacket(c.id, buf.subarray(0, 1 + 16 * n));
+    // as the head of a packet: copied before this returns, so the buffer gathers the next frame
+    this.packeter.sendPacketParts(c.id, c.ackBuf!.subarray(0, 1 + 16 * n), EMPTY);
   }
 }
