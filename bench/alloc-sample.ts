@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { Link, Message, Messaging, Packeter } from '../src/index.js';
 import { ReceiveHook } from '../src/receive-hook.js';
 import { RpcClient, RpcServer } from '../src/rpc.js';
+import { pipelined } from './lib/pipeline.js';
 
 const { values: opts, positionals } = parseArgs({
   options: {
@@ -91,20 +92,7 @@ if (scenario === 'transient') {
   const rpcClient = new RpcClient(new ReceiveHook(client));
   closers.unshift(() => rpcClient.close(), () => rpcServer.close());
   const proxy = rpcClient.getProxy<{ echo(x: number): Promise<number> }>('server', 'bench');
-  run = (n) =>
-    new Promise<void>((resolve, reject) => {
-      let issued = 0;
-      let finished = 0;
-      const next = (): void => {
-        const i = issued++;
-        proxy.echo(i).then((r) => {
-          if (r !== i) return reject(new Error(`echo(${i}) returned ${r}`));
-          if (++finished === n) return resolve();
-          if (issued < n) next();
-        }, reject);
-      };
-      for (let k = 0; k < Math.min(1000, n); k++) next();
-    });
+  run = (n) => pipelined((i) => proxy.echo(i), n, 1000);
 }
 
 await run(N); // warm-up: optimized code, grown buffers and windows

@@ -10,6 +10,7 @@ import { Link, Messaging, Packeter } from '../../src/index.js';
 import { ReceiveHook } from '../../src/receive-hook.js';
 import { RpcClient, RpcServer } from '../../src/rpc.js';
 import { installCrashHandlers, nowMs, params, report, serve } from '../lib/child.js';
+import { pipelined } from '../lib/pipeline.js';
 import { latencyStats } from '../lib/stats.js';
 
 installCrashHandlers();
@@ -61,19 +62,7 @@ if (params.role === 'receiver') {
         report('done', { ms, rate: (n / ms) * 1000, ...latencyStats(lat) });
       } else {
         const t0 = nowMs();
-        let issued = 0;
-        let finished = 0;
-        await new Promise<void>((resolve, reject) => {
-          const next = (): void => {
-            const i = issued++;
-            proxy.echo(i).then((r) => {
-              if (r !== i) return reject(new Error(`echo(${i}) returned ${r}`));
-              if (++finished === n) return resolve();
-              if (issued < n) next();
-            }, reject);
-          };
-          for (let k = 0; k < Math.min(window, n); k++) next();
-        });
+        await pipelined((i) => proxy.echo(i), n, window);
         const ms = nowMs() - t0;
         report('done', { ms, rate: (n / ms) * 1000 });
       }
