@@ -25,7 +25,7 @@ import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { ClosedError, InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';
-import { copy16, hashUuid, readI32, readU16BE, readU32BE } from './bytes.js';
+import { copy16, readI32, readU16BE, readU32BE } from './bytes.js';
 import { type Logger, defaultLogger } from './logger.js';
 import { Message, newUuid } from './message.js';
 import type { DropReason } from './messaging.js';
@@ -45,6 +45,7 @@ import {
   type CallAbortReason,
 } from './rpc-errors.js';
 import type { QueuesStorage } from './storage.js';
+import { UuidMap } from './uuid-map.js';
 
 /** Bodies of RPC requests start with these bytes (snakeMQ's `REQUEST_PREFIX`). */
 export const REQUEST_PREFIX: Buffer = Buffer.from('rpcreq', 'latin1');
@@ -384,97 +385,17 @@ export interface RpcServerEvents {
 }
 
 interface CacheEntry {
-  /** The requesting peer's table holding this entry. */
-  table: EntryTable;
-  /** The request id as four little-endian int32 words, and their {@link hashUuid}. */
+  /** The requesting peer, and its table (in `RpcServer.cache`) holding this entry. */
+  ident: string;
+  table: UuidMap<CacheEntry>;
+  /** The request id as four little-endian int32 words. */
   id0: number;
   id1: number;
   id2: number;
   id3: number;
-  hash: number;
   done: boolean;
   /** Encoded reply body (with prefix) once answered; absent for signals. */
   reply: Buffer | undefined;
-}
-
-/**
- * The requests of one peer in the server's cache, by request id: an open-addressing hash table
- * (linear probing, removal by shifting the run back, so that constant adding and removing
- * leaves no tombstones and causes no rehashing). The hash is seeded per process: request ids
- * come from peers, which must not be able to make them collide on purpose.
- */
-class EntryTable {
-  readonly ident: string;
-  size = 0;
-  private hashes = new Int32Array(16);
-  private slots: (CacheEntry | undefined)[] = new Array<CacheEntry | undefined>(16).fill(undefined);
-  private mask = 15;
-
-  constructor(ident: string) {
-    this.ident = ident;
-  }
-
-  find(hash: number, a: number, b: number, c: number, d: number): CacheEntry | undefined {
-    const mask = this.mask;
-    const slots = this.slots;
-    for (let i = hash & mask; ; i = (i + 1) & mask) {
-      const e = slots[i];
-      if (e === undefined) return undefined;
-      if (this.hashes[i] === hash && e.id0 === a && e.id1 === b && e.id2 === c && e.id3 === d) return e;
-    }
-  }
-
-  /** Add an entry whose id is not in the table. */
-  add(e: CacheEntry): void {
-    if ((this.size + 1) * 2 > this.slots.length) this.resize(this.slots.length * 2);
-    this.place(e);
-    this.size++;
-  }
-
-  /** Remove an entry; whether it was there. */
-  remove(e: CacheEntry): boolean {
-    const mask = this.mask;
-    const slots = this.slots;
-    const hashes = this.hashes;
-    let i = e.hash & mask;
-    for (;;) {
-      const x = slots[i];
-      if (x === undefined) return false;
-      if (x === e) break;
-      i = (i + 1) & mask;
-    }
-    // shift back the entries after it in its run that may not stay behind the hole
-    for (let j = (i + 1) & mask; ; j = (j + 1) & mask) {
-      const x = slots[j];
-      if (x === undefined) break;
-      const home = hashes[j] & mask;
-      // x may move to the hole at i unless its home lies cyclically in (i, j]
-      if (i <= j ? home <= i || home > j : home <= i && home > j) {
-        slots[i] = x;
-        hashes[i] = hashes[j];
-        i = j;
-      }
-    }
-    slots[i] = undefined;
-    this.size--;
-    return true;
-  }
-
-  private place(e: CacheEntry): void {
-    const mask = this.mask;
-    let i = e.hash & mask;
-    while (this.slots[i] !== undefined) i = (i + 1) & mask;
-    this.slots[i] = e;
-    this.hashes[i] = e.hash;
-  }
-
-  private resize(n: number): void {
-    const old = this.slots;
-    this.slots = new Array<CacheEntry | undefined>(n).fill(undefined);
-    this.hashes = new Int32Array(n);
-    this.mask = n - 1;
-    for (const e of old) if (e !== undefined) this.place(e);
-  }
 }
 
 interface Registered {
@@ -560,7 +481,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private readonly fastCodec: MsgpackCodec | undefined;
   private readonly objects = new Map<string, Registered>();
   /** Requests seen, by requesting peer, then request id. */
-  private readonly cache = new Map<string, EntryTable>();
+  private readonly cache = new Map<string, UuidMap<CacheEntry>>();
   /**
    * Answered entries, oldest first, for eviction: a ring of `doneCount` entries from
    * `doneHead` (grown as needed; it never holds more than `replyCacheSize`).
@@ -701,20 +622,19 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     const id1 = readI32(reqId, 4);
     const id2 = readI32(reqId, 8);
     const id3 = readI32(reqId, 12);
-    const hash = hashUuid(id0, id1, id2, id3);
     let table = this.cache.get(ident);
     if (table === undefined) {
-      table = new EntryTable(ident);
+      table = new UuidMap<CacheEntry>();
       this.cache.set(ident, table);
     }
-    const known = table.find(hash, id0, id1, id2, id3);
+    const known = table.get4(id0, id1, id2, id3);
     if (known) {
       // a duplicate: answer from the cache, or let the running one answer
       if (known.done && known.reply && isCall) this.sendReply(ident, known.reply);
       return;
     }
-    const entry: CacheEntry = { table, id0, id1, id2, id3, hash, done: false, reply: undefined };
-    table.add(entry);
+    const entry: CacheEntry = { ident, table, id0, id1, id2, id3, done: false, reply: undefined };
+    table.put4(id0, id1, id2, id3, entry);
     if (this.persisted && isCall) {
       this.persistedRun(ident, entry, req).catch((err) => {
         // storage failed before the request ran: forget it, so a re-send can try again
@@ -932,8 +852,10 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   /** Remove an entry from the cache (nothing when it is not there). */
   private forget(entry: CacheEntry): void {
-    const table = entry.table;
-    if (table.remove(entry) && table.size === 0 && this.cache.get(table.ident) === table) this.cache.delete(table.ident);
+    const { table, id0, id1, id2, id3 } = entry;
+    if (table.get4(id0, id1, id2, id3) !== entry) return;
+    table.delete4(id0, id1, id2, id3);
+    if (table.size === 0 && this.cache.get(entry.ident) === table) this.cache.delete(entry.ident);
   }
 
   private sendReply(ident: string, body: Buffer): void {

@@ -6,10 +6,11 @@
  */
 import { Buffer } from 'node:buffer';
 import Database from 'better-sqlite3';
-import { hashUuid, readI32 } from '../src/bytes.js';
+import { readI32 } from '../src/bytes.js';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
 import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
 import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
+import { UuidMap } from '../src/uuid-map.js';
 
 /** Options of {@link SqliteQueuesStorage}. */
 export interface SqliteQueuesStorageOptions {
@@ -102,174 +103,6 @@ function newBatch(): Batch {
 
 function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** Smallest table of a {@link UuidMap} (slots; a power of two). */
-const MAP_MIN_SLOTS = 16;
-/** A {@link UuidMap} table shrinks on deletes only while larger than this (slots). */
-const MAP_SHRINK_ABOVE = 4096;
-
-/**
- * uuid → number (>= 0). 16-byte uuids, the only ones Messaging uses, live in an open-addressing
- * table (linear probing, backward-shift deletion) of their four int32 words: no string or object
- * per uuid. Uuids of any other length go to a `Map` keyed by their bytes as latin1.
- */
-class UuidMap {
-  /** Keys, four words per slot. */
-  private words = new Int32Array(MAP_MIN_SLOTS * 4);
-  /** Values by slot; -1: the slot is empty. */
-  private vals = new Float64Array(MAP_MIN_SLOTS).fill(-1);
-  private mask = MAP_MIN_SLOTS - 1;
-  /** 16-byte uuids in the table. */
-  private count = 0;
-  private other: Map<string, number> | null = null;
-
-  get size(): number {
-    return this.other === null ? this.count : this.count + this.other.size;
-  }
-
-  /** The value of `u`, or -1. */
-  get(u: Buffer): number {
-    if (u.length !== 16) return this.other?.get(u.toString('latin1')) ?? -1;
-    const i = this.find(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
-    return i < 0 ? -1 : this.vals[i]!;
-  }
-
-  /** Set `u` to `v` unless present; returns the value it had, or -1 (it was added). */
-  add(u: Buffer, v: number): number {
-    if (u.length !== 16) {
-      const k = u.toString('latin1');
-      const m = (this.other ??= new Map());
-      const old = m.get(k);
-      if (old !== undefined) return old;
-      m.set(k, v);
-      return -1;
-    }
-    const a = readI32(u, 0);
-    const b = readI32(u, 4);
-    const c = readI32(u, 8);
-    const d = readI32(u, 12);
-    const i = this.find(a, b, c, d);
-    if (i >= 0) return this.vals[i]!;
-    this.insertAt(~i, a, b, c, d, v);
-    return -1;
-  }
-
-  /** Set the uuid of words `a..d` to `v`; returns the value it had, or -1. */
-  put4(a: number, b: number, c: number, d: number, v: number): number {
-    const i = this.find(a, b, c, d);
-    if (i < 0) {
-      this.insertAt(~i, a, b, c, d, v);
-      return -1;
-    }
-    const old = this.vals[i]!;
-    this.vals[i] = v;
-    return old;
-  }
-
-  /** Set `u` (not 16 bytes long) to `v`; returns the value it had, or -1. */
-  putOther(u: Buffer, v: number): number {
-    const k = u.toString('latin1');
-    const m = (this.other ??= new Map());
-    const old = m.get(k);
-    m.set(k, v);
-    return old ?? -1;
-  }
-
-  /** Remove `u`; returns its value, or -1 when absent. */
-  delete(u: Buffer): number {
-    if (u.length === 16) return this.delete4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
-    if (this.other === null) return -1;
-    const k = u.toString('latin1');
-    const old = this.other.get(k);
-    if (old === undefined) return -1;
-    this.other.delete(k);
-    return old;
-  }
-
-  /** Remove the uuid of words `a..d`; returns its value, or -1 when absent. */
-  delete4(a: number, b: number, c: number, d: number): number {
-    const i = this.find(a, b, c, d);
-    if (i < 0) return -1;
-    const old = this.vals[i]!;
-    this.removeAt(i);
-    // (a table that grows and drains over and over, as a queue does, is not resized every time)
-    if (--this.count * 16 < this.mask && this.mask >= MAP_SHRINK_ABOVE) this.resize((this.mask + 1) >> 1);
-    return old;
-  }
-
-  /** Call `fn` with every value (the map must not change meanwhile). */
-  forEachValue(fn: (v: number) => void): void {
-    const vals = this.vals;
-    for (let i = 0; i < vals.length; i++) if (vals[i]! >= 0) fn(vals[i]!);
-    if (this.other) for (const v of this.other.values()) fn(v);
-  }
-
-  /** The slot holding `a..d`, or `~slot` of the empty slot where it would go. */
-  private find(a: number, b: number, c: number, d: number): number {
-    const words = this.words;
-    const vals = this.vals;
-    const mask = this.mask;
-    for (let i = hashUuid(a, b, c, d) & mask; ; i = (i + 1) & mask) {
-      if (vals[i]! < 0) return ~i;
-      const q = i << 2;
-      if (words[q] === a && words[q + 1] === b && words[q + 2] === c && words[q + 3] === d) return i;
-    }
-  }
-
-  private insertAt(i: number, a: number, b: number, c: number, d: number, v: number): void {
-    const q = i << 2;
-    const words = this.words;
-    words[q] = a;
-    words[q + 1] = b;
-    words[q + 2] = c;
-    words[q + 3] = d;
-    this.vals[i] = v;
-    // at most 5/8 full
-    if (++this.count * 8 > (this.mask + 1) * 5) this.resize((this.mask + 1) << 1);
-  }
-
-  /** Empty slot `i`, moving later entries of its probe run back so that every entry stays findable. */
-  private removeAt(i: number): void {
-    const words = this.words;
-    const vals = this.vals;
-    const mask = this.mask;
-    let hole = i;
-    for (let j = (i + 1) & mask; vals[j]! >= 0; j = (j + 1) & mask) {
-      const q = j << 2;
-      const home = hashUuid(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!) & mask;
-      // the entry may move into the hole when the hole lies between its home slot and it
-      if (((j - home) & mask) >= ((j - hole) & mask)) {
-        const h = hole << 2;
-        words[h] = words[q]!;
-        words[h + 1] = words[q + 1]!;
-        words[h + 2] = words[q + 2]!;
-        words[h + 3] = words[q + 3]!;
-        vals[hole] = vals[j]!;
-        hole = j;
-      }
-    }
-    vals[hole] = -1;
-  }
-
-  private resize(slots: number): void {
-    const words = this.words;
-    const vals = this.vals;
-    this.words = new Int32Array(slots * 4);
-    this.vals = new Float64Array(slots).fill(-1);
-    this.mask = slots - 1;
-    for (let i = 0; i < vals.length; i++) {
-      if (vals[i]! < 0) continue;
-      const q = i << 2;
-      const at = ~this.find(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!);
-      const p = at << 2;
-      this.words[p] = words[q]!;
-      this.words[p + 1] = words[q + 1]!;
-      this.words[p + 2] = words[q + 2]!;
-      this.words[p + 3] = words[q + 3]!;
-      this.vals[at] = vals[i]!;
-    }
-  }
 }
 
 /**
@@ -465,7 +298,7 @@ interface PeerSeen {
   /** `no` of `chunks[0]`. */
   first: number;
   /** uuid → `no` of the chunk holding it. */
-  where: UuidMap;
+  where: UuidMap<number>;
 }
 
 /** A `seen_chunks` row. */
@@ -546,7 +379,7 @@ function evictSeen(p: PeerSeen, dirty: Set<SeenChunk>): void {
 function appendSeen(p: PeerSeen, c: SeenChunk, u: Buffer, dirty: Set<SeenChunk>): void {
   const s = c.n++;
   c.live++;
-  let old: number;
+  let old: number | undefined;
   if (c.width === 16) {
     const bytes = c.bytes;
     const o = s << 4;
@@ -556,7 +389,7 @@ function appendSeen(p: PeerSeen, c: SeenChunk, u: Buffer, dirty: Set<SeenChunk>)
     u.copy(c.bytes, s * c.width);
     old = p.where.putOther(u, c.no);
   }
-  if (old >= 0) {
+  if (old !== undefined) {
     // (its old slot is found by content: the new one is not live yet for that search)
     c.n--;
     killSeen(p, old, u, dirty);
@@ -704,9 +537,9 @@ export class SqliteQueuesStorage implements QueuesStorage {
   private stale = false;
 
   /** queue → uuid → seq of every stored item (as of the ops applied so far). */
-  private index = new Map<string, UuidMap>();
+  private index = new Map<string, UuidMap<number>>();
   /** The last map of {@link index} that emptied, for the next queue (most often the same one). */
-  private spareMap: UuidMap | null = null;
+  private spareMap: UuidMap<number> | null = null;
   private nextSeq = 1;
   /** Items of the current transaction not yet written; item `i` gets seq `insSeq0 + i`. */
   private pendingIns: (StoredItem | null)[] = [];
@@ -829,7 +662,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     this.chunks = [];
     this.goneChunks = 0;
     this.lastChunk = null;
-    const index = new Map<string, UuidMap>();
+    const index = new Map<string, UuidMap<number>>();
     let maxSeq = 0;
     const deadRows = new Map(this.stmt.loadDead.all() as [number, Buffer][]);
     const rows = this.db.prepare('SELECT seq, keys, length(data) FROM item_chunks ORDER BY seq').raw().iterate() as IterableIterator<[number, Buffer, number]>;
@@ -848,9 +681,9 @@ export class SqliteQueuesStorage implements QueuesStorage {
         if (isDead(c.dead, e.off)) return;
         const queue = keys.toString('utf8', e.queueAt, e.queueAt + e.queueLen);
         let m = index.get(queue);
-        if (!m) index.set(queue, (m = new UuidMap()));
+        if (!m) index.set(queue, (m = new UuidMap<number>()));
         // (a key present twice, which this code never writes, counts at its first place)
-        if (m.add(keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen), seq + e.off) >= 0) return;
+        if (m.add(keys.subarray(e.uuidAt, e.uuidAt + e.uuidLen), seq + e.off) !== undefined) return;
         const size = ENTRY_FIXED + e.queueLen + e.uuidLen + e.bodyLen;
         c.sizes[e.off] = size;
         c.live++;
@@ -874,7 +707,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     let maxSeen = 0;
     for (const row of this.stmt.loadSeen.iterate() as IterableIterator<SeenRow>) {
       let p = seen.get(row.peer);
-      if (!p) seen.set(row.peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap() }));
+      if (!p) seen.set(row.peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap<number>() }));
       const c = newSeenChunk(row.seq, p.chunks.length, row.peer, row.width, row.n);
       c.inDb = true;
       // (an empty row, which this code never writes, goes with the next batch)
@@ -892,11 +725,11 @@ export class SqliteQueuesStorage implements QueuesStorage {
     for (const it of items) {
       let m = this.index.get(it.queue);
       if (!m) {
-        m = this.spareMap ?? new UuidMap();
+        m = this.spareMap ?? new UuidMap<number>();
         this.spareMap = null;
         this.index.set(it.queue, m);
       }
-      if (m.add(it.uuid, this.nextSeq) >= 0) continue;
+      if (m.add(it.uuid, this.nextSeq) !== undefined) continue;
       this.nextSeq++;
       this.pendingIns.push(it);
     }
@@ -907,7 +740,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
       const m = this.index.get(key.queue);
       if (!m) continue;
       const seq = m.delete(key.uuid);
-      if (seq < 0) continue;
+      if (seq === undefined) continue;
       if (m.size === 0) {
         this.index.delete(key.queue);
         this.spareMap = m;
@@ -980,8 +813,8 @@ export class SqliteQueuesStorage implements QueuesStorage {
 
   private applyTtls(updates: TtlUpdate[]): void {
     for (const u of updates) {
-      const seq = this.index.get(u.queue)?.get(u.uuid) ?? -1;
-      if (seq < 0) continue;
+      const seq = this.index.get(u.queue)?.get(u.uuid);
+      if (seq === undefined) continue;
       if (seq >= this.insSeq0) this.pendingIns[seq - this.insSeq0]!.ttl = u.ttl; // our own copy
       else this.pendingTtl.set(seq, u.ttl);
     }
@@ -1081,7 +914,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     let p = this.seen.get(peer);
     if (!p) {
       if (uuids.length === 0) return;
-      this.seen.set(peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap() }));
+      this.seen.set(peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap<number>() }));
     }
     const dirty = this.seenDirty;
     const where = p.where;

@@ -1,0 +1,188 @@
+/**
+ * A map keyed by uuids without a string or object per key: the SQLite storage's item and dedup
+ * indexes and the RPC server's reply cache.
+ *
+ * @internal
+ * @module
+ */
+import { Buffer } from 'node:buffer';
+import { hashUuid, readI32 } from './bytes.js';
+
+/** Smallest table of a {@link UuidMap} (slots; a power of two). */
+const MAP_MIN_SLOTS = 16;
+/** A {@link UuidMap} table shrinks on deletes only while larger than this (slots). */
+const MAP_SHRINK_ABOVE = 4096;
+
+/**
+ * uuid → value (never `undefined`). 16-byte uuids live in an open-addressing table (linear
+ * probing, backward-shift deletion, so constant adding and removing leaves no tombstones) of
+ * their four int32 words: no string or object per uuid. The hash is seeded per process
+ * ({@link hashUuid}): uuids come from peers, which must not be able to make them collide on
+ * purpose. Uuids of any other length go to a `Map` keyed by their bytes as latin1.
+ */
+export class UuidMap<V> {
+  /** Keys, four words per slot. */
+  private words = new Int32Array(MAP_MIN_SLOTS * 4);
+  /** Values by slot; `undefined`: the slot is empty. */
+  private vals: (V | undefined)[] = new Array<V | undefined>(MAP_MIN_SLOTS).fill(undefined);
+  private mask = MAP_MIN_SLOTS - 1;
+  /** 16-byte uuids in the table. */
+  private count = 0;
+  private other: Map<string, V> | null = null;
+
+  get size(): number {
+    return this.other === null ? this.count : this.count + this.other.size;
+  }
+
+  /** The value of `u`, or `undefined`. */
+  get(u: Buffer): V | undefined {
+    if (u.length !== 16) return this.other?.get(u.toString('latin1'));
+    return this.get4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
+  }
+
+  /** The value of the uuid of words `a..d`, or `undefined`. */
+  get4(a: number, b: number, c: number, d: number): V | undefined {
+    const i = this.find(a, b, c, d);
+    return i < 0 ? undefined : this.vals[i];
+  }
+
+  /** Set `u` to `v` unless present; returns the value it had, or `undefined` (it was added). */
+  add(u: Buffer, v: V): V | undefined {
+    if (u.length !== 16) {
+      const k = u.toString('latin1');
+      const m = (this.other ??= new Map());
+      const old = m.get(k);
+      if (old !== undefined) return old;
+      m.set(k, v);
+      return undefined;
+    }
+    const a = readI32(u, 0);
+    const b = readI32(u, 4);
+    const c = readI32(u, 8);
+    const d = readI32(u, 12);
+    const i = this.find(a, b, c, d);
+    if (i >= 0) return this.vals[i];
+    this.insertAt(~i, a, b, c, d, v);
+    return undefined;
+  }
+
+  /** Set the uuid of words `a..d` to `v`; returns the value it had, or `undefined`. */
+  put4(a: number, b: number, c: number, d: number, v: V): V | undefined {
+    const i = this.find(a, b, c, d);
+    if (i < 0) {
+      this.insertAt(~i, a, b, c, d, v);
+      return undefined;
+    }
+    const old = this.vals[i];
+    this.vals[i] = v;
+    return old;
+  }
+
+  /** Set `u` (not 16 bytes long) to `v`; returns the value it had, or `undefined`. */
+  putOther(u: Buffer, v: V): V | undefined {
+    const k = u.toString('latin1');
+    const m = (this.other ??= new Map());
+    const old = m.get(k);
+    m.set(k, v);
+    return old;
+  }
+
+  /** Remove `u`; returns its value, or `undefined` when absent. */
+  delete(u: Buffer): V | undefined {
+    if (u.length === 16) return this.delete4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
+    if (this.other === null) return undefined;
+    const k = u.toString('latin1');
+    const old = this.other.get(k);
+    if (old === undefined) return undefined;
+    this.other.delete(k);
+    return old;
+  }
+
+  /** Remove the uuid of words `a..d`; returns its value, or `undefined` when absent. */
+  delete4(a: number, b: number, c: number, d: number): V | undefined {
+    const i = this.find(a, b, c, d);
+    if (i < 0) return undefined;
+    const old = this.vals[i];
+    this.removeAt(i);
+    // (a table that grows and drains over and over, as a queue does, is not resized every time)
+    if (--this.count * 16 < this.mask && this.mask >= MAP_SHRINK_ABOVE) this.resize((this.mask + 1) >> 1);
+    return old;
+  }
+
+  /** Call `fn` with every value (the map must not change meanwhile). */
+  forEachValue(fn: (v: V) => void): void {
+    const vals = this.vals;
+    for (let i = 0; i < vals.length; i++) {
+      const v = vals[i];
+      if (v !== undefined) fn(v);
+    }
+    if (this.other) for (const v of this.other.values()) fn(v);
+  }
+
+  /** The slot holding `a..d`, or `~slot` of the empty slot where it would go. */
+  private find(a: number, b: number, c: number, d: number): number {
+    const words = this.words;
+    const vals = this.vals;
+    const mask = this.mask;
+    for (let i = hashUuid(a, b, c, d) & mask; ; i = (i + 1) & mask) {
+      if (vals[i] === undefined) return ~i;
+      const q = i << 2;
+      if (words[q] === a && words[q + 1] === b && words[q + 2] === c && words[q + 3] === d) return i;
+    }
+  }
+
+  private insertAt(i: number, a: number, b: number, c: number, d: number, v: V): void {
+    const q = i << 2;
+    const words = this.words;
+    words[q] = a;
+    words[q + 1] = b;
+    words[q + 2] = c;
+    words[q + 3] = d;
+    this.vals[i] = v;
+    // at most 5/8 full
+    if (++this.count * 8 > (this.mask + 1) * 5) this.resize((this.mask + 1) << 1);
+  }
+
+  /** Empty slot `i`, moving later entries of its probe run back so that every entry stays findable. */
+  private removeAt(i: number): void {
+    const words = this.words;
+    const vals = this.vals;
+    const mask = this.mask;
+    let hole = i;
+    for (let j = (i + 1) & mask; vals[j] !== undefined; j = (j + 1) & mask) {
+      const q = j << 2;
+      const home = hashUuid(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!) & mask;
+      // the entry may move into the hole when the hole lies between its home slot and it
+      if (((j - home) & mask) >= ((j - hole) & mask)) {
+        const h = hole << 2;
+        words[h] = words[q]!;
+        words[h + 1] = words[q + 1]!;
+        words[h + 2] = words[q + 2]!;
+        words[h + 3] = words[q + 3]!;
+        vals[hole] = vals[j];
+        hole = j;
+      }
+    }
+    vals[hole] = undefined;
+  }
+
+  private resize(slots: number): void {
+    const words = this.words;
+    const vals = this.vals;
+    this.words = new Int32Array(slots * 4);
+    this.vals = new Array<V | undefined>(slots).fill(undefined);
+    this.mask = slots - 1;
+    for (let i = 0; i < vals.length; i++) {
+      const v = vals[i];
+      if (v === undefined) continue;
+      const q = i << 2;
+      const at = ~this.find(words[q]!, words[q + 1]!, words[q + 2]!, words[q + 3]!);
+      const p = at << 2;
+      this.words[p] = words[q]!;
+      this.words[p + 1] = words[q + 1]!;
+      this.words[p + 2] = words[q + 2]!;
+      this.words[p + 3] = words[q + 3]!;
+      this.vals[at] = v;
+    }
+  }
+}
