@@ -502,37 +502,32 @@ function encValue(v: unknown, depth: number, maxDepth: number): boolean {
   return true;
 }
 
-/** An array or map header: `fix | n` below 16, else `t16` with 16 bits or `t16 + 1` with 32. */
+/** An array or map header: `fix | n` below 16, else as {@link encWide} from `t16`. */
 function encHeader(n: number, fix: number, t16: number): void {
   encRoom(5);
   if (n < 0x10) encBuf[encPos++] = fix | n;
-  else if (n < 0x10000) {
+  else encWide(n, t16);
+}
+
+/**
+ * `t8` and `n` in one byte when `n` fits, else as {@link encWide} from `t8 + 1`: uint 8/16/32
+ * (`0xcc`), bin 8/16/32 (`0xc4`), str 8/16/32 (`0xd9`). Room for 5 bytes must be there.
+ */
+function encSized(n: number, t8: number): void {
+  if (n < 0x100) {
+    encBuf[encPos++] = t8;
+    encBuf[encPos++] = n;
+  } else encWide(n, t8 + 1);
+}
+
+/** `t16` and `n` in two bytes when it fits, else `t16 + 1` and four (big-endian). Room for 5 bytes must be there. */
+function encWide(n: number, t16: number): void {
+  if (n < 0x10000) {
     encBuf[encPos++] = t16;
     encBuf[encPos++] = n >>> 8;
     encBuf[encPos++] = n & 0xff;
   } else {
     encBuf[encPos++] = t16 + 1;
-    encView.setUint32(encPos, n);
-    encPos += 4;
-  }
-}
-
-/**
- * `t8` and `n` in one byte when `n` fits, else `t8 + 1` and two bytes, else `t8 + 2` and four
- * (big-endian): uint 8/16/32 (`0xcc`), bin 8/16/32 (`0xc4`), str 8/16/32 (`0xd9`). Room for 5
- * bytes must be there.
- */
-function encSized(n: number, t8: number): void {
-  const b = encBuf;
-  if (n < 0x100) {
-    b[encPos++] = t8;
-    b[encPos++] = n;
-  } else if (n < 0x10000) {
-    b[encPos++] = t8 + 1;
-    b[encPos++] = n >>> 8;
-    b[encPos++] = n & 0xff;
-  } else {
-    b[encPos++] = t8 + 2;
     encView.setUint32(encPos, n);
     encPos += 4;
   }
