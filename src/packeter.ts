@@ -82,7 +82,10 @@ interface ConnState {
   slabEnd: number;
   /** Bytes waiting for the next flush (`out` and the open slab part). */
   outBytes: number;
-  /** Packet ids contained in `out`, in order. */
+  /**
+   * Packet ids contained in `out`, in order, as runs of two numbers: the first id of a run and
+   * how many consecutive ids it has.
+   */
   outIds: number[];
   /** Transport refused more; wait for its drain. */
   blocked: boolean;
@@ -172,8 +175,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     if (data.length >= COPY_LIMIT) this.keep(c, data);
     else this.copyIn(c, data);
     c.outBytes += data.length;
-    const ids = c.outIds;
-    for (let i = 0; i < count; i++) ids.push(first + i);
+    this.addIds(c, first, count);
     this.schedule(connId, c);
     return first;
   }
@@ -256,9 +258,17 @@ export class Packeter extends EventEmitter<PacketerEvents> {
 
   private queued(connId: ConnId, c: ConnState, id: number, len: number): number {
     c.outBytes += PACKET_HEADER_SIZE + len;
-    c.outIds.push(id);
+    this.addIds(c, id, 1);
     this.schedule(connId, c);
     return id;
+  }
+
+  /** Note `count` packets with ids from `first` on as queued in `out` (see `outIds`). */
+  private addIds(c: ConnState, first: number, count: number): void {
+    const ids = c.outIds;
+    const n = ids.length;
+    if (n > 0 && ids[n - 2] + ids[n - 1] === first) ids[n - 1] += count;
+    else ids.push(first, count);
   }
 
   /** Flush a connection's output once the current I/O phase is over. */
@@ -426,8 +436,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     // Packets are in slab parts and large buffers already: write them as they are.
     const ok = this.transport.send(connId, out.length === 1 ? out[0] : out, (err) => {
       if (err) return;
-      if (this.listenerCount('packet-sent') > 0) for (const id of ids) this.emit('packet-sent', connId, id);
-      this.emit('packets-sent', connId, ids[ids.length - 1]);
+      if (this.listenerCount('packet-sent') > 0) {
+        for (let i = 0; i < ids.length; i += 2) for (let id = ids[i]; id < ids[i] + ids[i + 1]; id++) this.emit('packet-sent', connId, id);
+      }
+      this.emit('packets-sent', connId, ids[ids.length - 2] + ids[ids.length - 1] - 1);
     });
     if (!ok) c.blocked = true;
   }

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Link, READ_CHUNK_SIZE } from '../src/link.js';
 import { encodePacketHeader } from '../src/packet-decoder.js';
 import { COPY_LIMIT, Packeter } from '../src/packeter.js';
+import { connectPair, memoryPair, tick } from './helpers/memory-transport.js';
 import { until, waitFor } from './helpers/wait.js';
 
 const closers: Array<() => Promise<void> | void> = [];
@@ -228,6 +229,37 @@ describe('Link and Packeter over loopback', () => {
     expect(order).toBe(true);
     expect(writes).toBeLessThan(10);
     expect(ids.every((id) => sent.has(id))).toBe(true);
+  });
+
+  it('packet-sent reports every id of its connection once, in order, with two connections interleaved', async () => {
+    const [ta, tb] = memoryPair();
+    const pa = new Packeter(ta);
+    new Packeter(tb);
+    connectPair(ta, tb, 'c1');
+    connectPair(ta, tb, 'c2');
+    const reported: Record<string, number[]> = { c1: [], c2: [] };
+    const last: Record<string, number[]> = { c1: [], c2: [] };
+    pa.on('packet-sent', (c, id) => reported[c].push(id));
+    pa.on('packets-sent', (c, id) => last[c].push(id));
+    const framed = (n: number): Buffer => Buffer.concat(Array.from({ length: n }, () => Buffer.from([0, 0, 0, 1, 0x61])));
+    const want: Record<string, number[]> = { c1: [], c2: [] };
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 20; i++) {
+        const c = i % 3 === 0 ? 'c2' : 'c1';
+        if (i % 5 === 4) {
+          const first = pa.sendFramedPackets(c, framed(4), 4);
+          want[c].push(first, first + 1, first + 2, first + 3);
+        } else want[c].push(pa.sendPacket(c, Buffer.from('x')));
+      }
+      for (let k = 0; k < 3; k++) await tick();
+    }
+    expect(reported).toEqual(want);
+    // one packets-sent per flush of a connection, naming the last id written by it
+    for (const c of ['c1', 'c2']) {
+      expect(last[c].length).toBe(3);
+      expect(last[c].every((id) => want[c].includes(id))).toBe(true);
+      expect(last[c][2]).toBe(want[c][want[c].length - 1]);
+    }
   });
 
   it('sendFramedPackets: runs of framed packets in order among others, large runs written as they lie', async () => {
