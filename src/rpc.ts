@@ -316,6 +316,26 @@ function captureExecutor(resolve: (v: unknown) => void, reject: (err: Error) => 
   executorReject = reject;
 }
 
+/**
+ * Queue `message` for `ident` (through `queueMessage` when the messaging layer has it: no
+ * promise made when it is queued at once) and hand a failure, thrown now or later, to
+ * `fail(x, err)`.
+ */
+function queueOn<T>(m: HookMessaging, ident: string, message: Message, fail: (x: T, err: unknown) => void, x: T): void {
+  if (m.queueMessage === undefined) {
+    m.sendMessage(ident, message).catch((err: unknown) => fail(x, err));
+    return;
+  }
+  let wait: Promise<void> | undefined;
+  try {
+    wait = m.queueMessage(ident, message);
+  } catch (err) {
+    fail(x, err);
+    return;
+  }
+  wait?.catch((err: unknown) => fail(x, err));
+}
+
 function str(v: unknown, fallback = ''): string {
   return typeof v === 'string' ? v : fallback;
 }
@@ -861,18 +881,10 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private sendReply(ident: string, body: Buffer): void {
     if (this.closed) return;
     // A Message that draws its own uuid lets Messaging skip the duplicate-uuid index.
-    const message = Message.fresh(body, this.replyTtl);
-    const m = this.messaging;
-    if (m.queueMessage === undefined) {
-      m.sendMessage(ident, message).catch((err) => this.report(err, ident));
-      return;
-    }
-    try {
-      m.queueMessage(ident, message)?.catch((err) => this.report(err, ident));
-    } catch (err) {
-      this.report(err, ident);
-    }
+    queueOn(this.messaging, ident, Message.fresh(body, this.replyTtl), this.replyFailed, ident);
   }
+
+  private readonly replyFailed = (ident: string, err: unknown): void => this.report(err, ident);
 }
 
 // ------------------------------------------------------------------------------ client
@@ -1305,24 +1317,12 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     p.written = false;
     p.delivered = false;
     p.resendWhenDelivered = false;
-    const m = this.messaging;
-    if (m.queueMessage === undefined) {
-      m.sendMessage(p.ident, message).catch((err: Error) => this.sendFailed(p, err));
-      return;
-    }
-    let wait: Promise<void> | undefined;
-    try {
-      wait = m.queueMessage(p.ident, message);
-    } catch (err) {
-      this.sendFailed(p, err);
-      return;
-    }
-    if (wait !== undefined) wait.catch((err: Error) => this.sendFailed(p, err));
+    queueOn(this.messaging, p.ident, message, this.sendFailed, p);
   }
 
-  private sendFailed(p: PendingCall, err: unknown): void {
+  private readonly sendFailed = (p: PendingCall, err: unknown): void => {
     if (this.calls.get(p.key) === p) this.settle(p, err);
-  }
+  };
 
   /** The waiting call whose current attempt is the message whose uuid is at `off` of `src`. */
   private byMessage(src: Buffer, off: number): PendingCall | undefined {
