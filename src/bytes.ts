@@ -1,6 +1,6 @@
 /**
  * Unchecked byte helpers for the paths run per message, and the hash of uuids used by the
- * hash tables of the queue's dedup lookup and of the SQLite storage.
+ * uuid-keyed hash tables: `UuidMap` (uuid-map.ts) and the dedup lookup of the queue.
  *
  * Plain indexing: several times faster than `Buffer#readInt32LE` and friends with their checks.
  * Callers know the offsets to be in bounds.
