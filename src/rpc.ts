@@ -504,9 +504,14 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private readonly cache = new Map<string, UuidMap<CacheEntry>>();
   /**
    * Answered entries, oldest first, for eviction: a ring of `doneCount` entries from
-   * `doneHead` (grown as needed; it never holds more than `replyCacheSize`).
+   * `doneHead` (grown as needed; it never holds more than `replyCacheSize`). Beside each entry
+   * the ring keeps its table, request id words and reply length, so that evicting an entry
+   * answered thousands of requests ago reads these arrays in order instead of the entry.
    */
   private doneOrder: (CacheEntry | undefined)[] = new Array<CacheEntry | undefined>(16).fill(undefined);
+  private doneTables: (UuidMap<CacheEntry> | undefined)[] = new Array<UuidMap<CacheEntry> | undefined>(16).fill(undefined);
+  private doneIds = new Int32Array(16 * 4);
+  private doneLengths = new Float64Array(16);
   private doneHead = 0;
   private doneCount = 0;
   private cachedBytes = 0;
@@ -647,14 +652,13 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       table = new UuidMap<CacheEntry>();
       this.cache.set(ident, table);
     }
-    const known = table.get4(id0, id1, id2, id3);
+    const entry: CacheEntry = { ident, table, id0, id1, id2, id3, done: false, reply: undefined };
+    const known = table.add4(id0, id1, id2, id3, entry);
     if (known) {
       // a duplicate: answer from the cache, or let the running one answer
       if (known.done && known.reply && isCall) this.sendReply(ident, known.reply);
       return;
     }
-    const entry: CacheEntry = { ident, table, id0, id1, id2, id3, done: false, reply: undefined };
-    table.put4(id0, id1, id2, id3, entry);
     if (this.persisted && isCall) {
       this.persistedRun(ident, entry, req).catch((err) => {
         // storage failed before the request ran: forget it, so a re-send can try again
@@ -849,32 +853,67 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     if (entry.done) return;
     entry.done = true;
     entry.reply = reply;
-    this.cachedBytes += reply?.length ?? 0;
-    let ring = this.doneOrder;
-    if (this.doneCount === ring.length) {
-      // full: grow, oldest first again
-      const grown = new Array<CacheEntry | undefined>(ring.length * 2).fill(undefined);
-      for (let i = 0; i < this.doneCount; i++) grown[i] = ring[(this.doneHead + i) % ring.length];
-      this.doneOrder = ring = grown;
-      this.doneHead = 0;
-    }
-    ring[(this.doneHead + this.doneCount) % ring.length] = entry;
+    const length = reply?.length ?? 0;
+    this.cachedBytes += length;
+    if (this.doneCount === this.doneOrder.length) this.growDone();
+    const ring = this.doneOrder;
+    const tables = this.doneTables;
+    const ids = this.doneIds;
+    const lengths = this.doneLengths;
+    const last = ring.length - 1; // a power of two, less one
+    let at = (this.doneHead + this.doneCount) & last;
+    ring[at] = entry;
+    tables[at] = entry.table;
+    lengths[at] = length;
+    at <<= 2;
+    ids[at] = entry.id0;
+    ids[at + 1] = entry.id1;
+    ids[at + 2] = entry.id2;
+    ids[at + 3] = entry.id3;
     this.doneCount++;
     while (this.doneCount > this.cacheSize || (this.cachedBytes > this.cacheBytes && this.doneCount > 0)) {
-      const old = ring[this.doneHead]!;
-      ring[this.doneHead] = undefined;
-      this.doneHead = this.doneHead + 1 === ring.length ? 0 : this.doneHead + 1;
+      const h = this.doneHead;
+      const old = ring[h]!;
+      const table = tables[h]!;
+      ring[h] = undefined;
+      tables[h] = undefined;
+      this.doneHead = (h + 1) & last;
       this.doneCount--;
-      this.forget(old);
-      this.cachedBytes -= old.reply?.length ?? 0;
+      this.cachedBytes -= lengths[h]!;
+      const q = h << 2;
+      if (table.deleteIf4(ids[q]!, ids[q + 1]!, ids[q + 2]!, ids[q + 3]!, old)) this.dropIfEmpty(old, table);
     }
+  }
+
+  /** Double the ring of answered entries, oldest first again. */
+  private growDone(): void {
+    const n = this.doneOrder.length;
+    const ring = new Array<CacheEntry | undefined>(n * 2).fill(undefined);
+    const tables = new Array<UuidMap<CacheEntry> | undefined>(n * 2).fill(undefined);
+    const ids = new Int32Array(n * 2 * 4);
+    const lengths = new Float64Array(n * 2);
+    for (let i = 0; i < this.doneCount; i++) {
+      const from = (this.doneHead + i) & (n - 1);
+      ring[i] = this.doneOrder[from];
+      tables[i] = this.doneTables[from];
+      lengths[i] = this.doneLengths[from]!;
+      ids.set(this.doneIds.subarray(from * 4, from * 4 + 4), i * 4);
+    }
+    this.doneOrder = ring;
+    this.doneTables = tables;
+    this.doneIds = ids;
+    this.doneLengths = lengths;
+    this.doneHead = 0;
   }
 
   /** Remove an entry from the cache (nothing when it is not there). */
   private forget(entry: CacheEntry): void {
     const { table, id0, id1, id2, id3 } = entry;
-    if (table.get4(id0, id1, id2, id3) !== entry) return;
-    table.delete4(id0, id1, id2, id3);
+    if (table.deleteIf4(id0, id1, id2, id3, entry)) this.dropIfEmpty(entry, table);
+  }
+
+  /** Drop `table`, which held `entry`, once it is empty. */
+  private dropIfEmpty(entry: CacheEntry, table: UuidMap<CacheEntry>): void {
     if (table.size === 0 && this.cache.get(entry.ident) === table) this.cache.delete(entry.ident);
   }
 

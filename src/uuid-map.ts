@@ -60,6 +60,11 @@ export class UuidMap<V> {
     const b = readI32(u, 4);
     const c = readI32(u, 8);
     const d = readI32(u, 12);
+    return this.add4(a, b, c, d, v);
+  }
+
+  /** Set the uuid of words `a..d` to `v` unless present; returns the value it had, or `undefined` (it was added). */
+  add4(a: number, b: number, c: number, d: number, v: V): V | undefined {
     const i = this.find(a, b, c, d);
     if (i >= 0) return this.vals[i];
     this.insertAt(~i, a, b, c, d, v);
@@ -103,10 +108,16 @@ export class UuidMap<V> {
     const i = this.find(a, b, c, d);
     if (i < 0) return undefined;
     const old = this.vals[i];
-    this.removeAt(i);
-    // (a table that grows and drains over and over, as a queue does, is not resized every time)
-    if (--this.count * 16 < this.mask && this.mask >= MAP_SHRINK_ABOVE) this.resize((this.mask + 1) >> 1);
+    this.removeSlot(i);
     return old;
+  }
+
+  /** Remove the uuid of words `a..d` if its value is `v` (the same object); returns whether it did. */
+  deleteIf4(a: number, b: number, c: number, d: number, v: V): boolean {
+    const i = this.find(a, b, c, d);
+    if (i < 0 || this.vals[i] !== v) return false;
+    this.removeSlot(i);
+    return true;
   }
 
   /** Call `fn` with every value (the map must not change meanwhile). */
@@ -141,6 +152,12 @@ export class UuidMap<V> {
     this.vals[i] = v;
     // at most 5/8 full
     if (++this.count * 8 > (this.mask + 1) * 5) this.resize((this.mask + 1) << 1);
+  }
+
+  private removeSlot(i: number): void {
+    this.removeAt(i);
+    // (a table that grows and drains over and over, as a queue does, is not resized every time)
+    if (--this.count * 16 < this.mask && this.mask >= MAP_SHRINK_ABOVE) this.resize((this.mask + 1) >> 1);
   }
 
   /** Empty slot `i`, moving later entries of its probe run back so that every entry stays findable. */

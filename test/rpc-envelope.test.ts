@@ -96,6 +96,61 @@ describe('RpcServer reply cache', () => {
     }
   });
 
+  it('keeps the newest replies within replyCacheBytes (replies of many sizes; the ring grows while it wraps)', () => {
+    const limit = 3000;
+    const { m, runs } = server({ replyCacheSize: 1000, replyCacheBytes: limit });
+    const rnd = prng(99);
+    // reference model: answered ids with their reply's length, oldest first; the oldest go while
+    // the total is over; `gone`: the ids it evicted last
+    const model: { id: Buffer; key: string; length: number }[] = [];
+    let gone: Buffer[] = [];
+    let total = 0;
+    const totalRuns = () => [...runs.values()].reduce((a, b) => a + b, 0);
+    let fromCache = 0;
+    let rerun = 0;
+    for (let step = 0; step < 4000; step++) {
+      // duplicates of cached ids and of ids evicted lately, to find the cache's edge
+      let id: Buffer;
+      const r = rnd();
+      if (r < 0.3 && model.length > 0) id = model[Math.floor(rnd() * model.length)].id;
+      else if (r < 0.6 && gone.length > 0) id = gone[Math.floor(rnd() * gone.length)];
+      else {
+        id = Buffer.alloc(16);
+        for (let i = 0; i < 16; i++) id[i] = Math.floor(rnd() * 256);
+      }
+      const key = id.toString('hex');
+      // long and short replies in turns of 300, so that the number of cached replies swings
+      // up and down, and the ring grows while its oldest entry is not in its first slot
+      const size = Math.floor(step / 300) % 2 === 1 ? Math.floor(rnd() * 40) : 100 + Math.floor(rnd() * 900);
+      const expectRun = !model.some((e) => e.key === key);
+      const tag = key + 'x'.repeat(size);
+      const ranBefore = totalRuns();
+      m.receive('alice', request(id, [tag], 'calc', 'tag'));
+      expect(totalRuns() - ranBefore, `step ${step}`).toBe(expectRun ? 1 : 0);
+      const reply = m.sent[m.sent.length - 1].message.body;
+      const decoded = codec.decode(reply.subarray(REPLY_PREFIX.length)) as { req_id: Buffer; return: string };
+      expect(decoded.req_id.equals(id)).toBe(true);
+      if (expectRun) {
+        expect(decoded.return).toBe(tag);
+        if (gone.includes(id)) rerun++;
+        gone = gone.filter((g) => g !== id);
+        model.push({ id, key, length: reply.length });
+        total += reply.length;
+        while (total > limit) {
+          const e = model.shift()!;
+          total -= e.length;
+          gone.push(e.id);
+        }
+        gone = gone.slice(-12);
+      } else {
+        fromCache++;
+        expect(decoded.return.startsWith(key)).toBe(true);
+      }
+    }
+    expect(fromCache).toBeGreaterThan(500);
+    expect(rerun).toBeGreaterThan(500);
+  });
+
   it('a duplicate of a request still running is not run again, and is answered once it is done', async () => {
     const m = new StubMessaging('server');
     const srv = new RpcServer(new ReceiveHook(m));
