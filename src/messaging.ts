@@ -64,6 +64,13 @@ export type DropReason = 'ttl' | 'queue-full' | 'too-large';
 export type QueuePolicy = 'reject' | 'drop-oldest' | 'block';
 
 /** Defaults of {@link MessagingOptions}. */
+/**
+ * Dedup windows loaded from storage are all kept this long (ms) after loading, whatever
+ * `dedupIdlePeers` says: the peers connected before a restart resend their unacknowledged
+ * messages once they are back, and need their windows then.
+ */
+export const LOADED_WINDOWS_GRACE_MS = 60_000;
+
 export const MESSAGING_DEFAULTS = {
   keepaliveInterval: 10_000,
   keepaliveWait: 5_000,
@@ -72,6 +79,7 @@ export const MESSAGING_DEFAULTS = {
   queuePolicy: 'reject' as QueuePolicy,
   maxInFlight: 8192,
   maxInFlightBytes: 16 * 1024 * 1024,
+  dedupIdlePeers: 4096,
   extensions: true,
 } as const;
 
@@ -107,6 +115,16 @@ export interface MessagingOptions {
    * default window are covered whatever our own).
    */
   dedupWindow?: number;
+  /**
+   * Dedup windows kept for peers that are not connected (default 4096; `Infinity`: all).
+   * Past that, the window of the peer that left longest ago is forgotten, in storage too, so
+   * that peers coming and going under ever new identities cannot grow memory. A forgotten peer
+   * that comes back and re-sends messages it had not seen acknowledged gets those delivered
+   * again: at most one in-flight window of them. Windows loaded from storage are kept for
+   * {@link LOADED_WINDOWS_GRACE_MS} after loading, whatever their number, so that the peers
+   * connected before a restart can come back first.
+   */
+  dedupIdlePeers?: number;
   /** Offer our extensions (acks, flow window) to peers (default true). */
   extensions?: boolean;
   clock?: Clock;
@@ -226,6 +244,15 @@ export const BACKLOG_LIMIT = 16 * DELIVERIES_PER_SLICE;
 
 const noop = (): void => {};
 
+/** An integer >= 0 or `Infinity`. */
+function checkCount(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !(v === Infinity || (Number.isInteger(v) && v >= 0))) {
+    throw new InvalidArgumentError(`${name} must be an integer >= 0 or Infinity, got ${v}`);
+  }
+  return v;
+}
+
 function checkMs(name: string, v: number | undefined, dflt: number, min = 0): number {
   if (v === undefined) return dflt;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min) {
@@ -258,6 +285,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private readonly identConn = new Map<string, Conn>();
   private readonly queues = new Map<string, PeerQueue>();
   private readonly seen = new Map<string, SeenWindow>();
+  /** Peers with a window in `seen` and no connection, the one gone longest first. */
+  private readonly idleSeen = new Set<string>();
+  /** Windows are not forgotten before this time (see {@link LOADED_WINDOWS_GRACE_MS}). */
+  private trimFrom = 0;
+  private trimTimer: TimerHandle | undefined;
+  private trimQueued = false;
   private readonly ttlTimers = new Map<string, { at: number; handle: TimerHandle }>();
   private readonly ownIdentFrame: Buffer;
   private readonly helloFrame: Buffer | undefined;
@@ -298,6 +331,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       maxInFlight,
       maxInFlightBytes: checkMs('maxInFlightBytes', options.maxInFlightBytes, MESSAGING_DEFAULTS.maxInFlightBytes, 1),
       dedupWindow: checkMs('dedupWindow', options.dedupWindow, Math.max(2 * maxInFlight, 2 * MESSAGING_DEFAULTS.maxInFlight), 1),
+      dedupIdlePeers: checkCount('dedupIdlePeers', options.dedupIdlePeers, MESSAGING_DEFAULTS.dedupIdlePeers),
       extensions: options.extensions ?? MESSAGING_DEFAULTS.extensions,
     };
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
@@ -560,6 +594,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     for (const c of this.conns.values()) if (c.keepalive) this.clock.clearTimeout(c.keepalive);
     for (const t of this.ttlTimers.values()) this.clock.clearTimeout(t.handle);
     this.ttlTimers.clear();
+    if (this.trimTimer) this.clock.clearTimeout(this.trimTimer);
     for (const q of this.queues.values()) {
       const line = q.line;
       const from = q.lineHead;
@@ -596,6 +631,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         for (const u of uuids) {
           if (u.length === 16) w.add(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
         }
+        if (!this.identConn.has(peer)) this.idleSeen.add(peer);
+      }
+      if (seen.size > 0 && !this.closed) {
+        this.trimFrom = now + LOADED_WINDOWS_GRACE_MS;
+        this.trimTimer = this.clock.setTimeout(() => {
+          this.trimTimer = undefined;
+          this.queueTrim();
+        }, LOADED_WINDOWS_GRACE_MS);
       }
       for (const q of this.queues.values()) this.armTtl(q);
       this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages`);
@@ -773,6 +816,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.dead = true;
     if (ident === undefined || this.identConn.get(ident) !== c) return;
     this.identConn.delete(ident);
+    if (this.seen.has(ident)) {
+      this.idleSeen.add(ident);
+      this.queueTrim();
+    }
     const q = this.queues.get(ident);
     if (q && q.size === 0 && q.lineHead >= q.line.length) {
       // Nothing waits for this peer: forget its queue, so peers that come and go under ever
@@ -922,6 +969,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     c.ident = ident;
     c.seen = this.seenWindow(ident);
+    this.idleSeen.delete(ident);
     // Only a new connection's first messages can repeat ones received before (see SeenWindow).
     c.checkLeft = c.seen.limit;
     c.seenIndex = undefined;
@@ -1360,6 +1408,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const uuids = c.pendingSeen;
     if (uuids.length === 0) return undefined;
     c.pendingSeen = [];
+    // gone, and its window forgotten meanwhile (a listener that closed the connection): the
+    // uuids would make a window in storage that memory no longer has
+    if (c.dead && this.seen.get(ident) !== c.seen) return undefined;
     const commit = this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
       () => {
         for (const u of uuids) this.queueAck(c, readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
@@ -1369,6 +1420,41 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.seenCommits.add(commit);
     void commit.finally(() => this.seenCommits.delete(commit));
     return commit;
+  }
+
+  /**
+   * Trim the idle windows on the next turn: a connection replaced by another of the same peer
+   * leaves and comes back within this one, and must not cost that peer (or another) a window.
+   */
+  private queueTrim(): void {
+    if (this.trimQueued || this.idleSeen.size <= this.opts.dedupIdlePeers) return;
+    this.trimQueued = true;
+    setImmediate(() => {
+      this.trimQueued = false;
+      this.trimIdleSeen();
+    });
+  }
+
+  /** Forget the windows of the peers gone longest while more than `dedupIdlePeers` are kept, in storage too. */
+  private trimIdleSeen(): void {
+    if (this.closed || this.clock.now() < this.trimFrom) return;
+    const gone: string[] = [];
+    for (const peer of this.idleSeen) {
+      if (this.idleSeen.size <= this.opts.dedupIdlePeers) break;
+      this.idleSeen.delete(peer);
+      this.seen.delete(peer);
+      gone.push(peer);
+    }
+    const storage = this.storage;
+    if (!storage || gone.length === 0) return;
+    // (seen uuids of a connection that is gone and whose window was forgotten are not written
+    // after this: see flushSeen)
+    const commit = Promise.all(gone.map((peer) => Promise.resolve().then(() => storage.addSeen(peer, [], 0)))).then(
+      () => undefined,
+      (err) => this.reportError(err, undefined),
+    );
+    this.seenCommits.add(commit);
+    void commit.finally(() => this.seenCommits.delete(commit));
   }
 
   private seenWindow(ident: string): SeenWindow {

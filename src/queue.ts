@@ -500,7 +500,8 @@ export class SeenWindow {
 
   constructor(limit: number) {
     this.limit = Math.max(1, Math.floor(limit));
-    this.cap = Math.min(this.limit, 1024);
+    // small to start with: a peer that sends a few messages and leaves keeps a few hundred bytes
+    this.cap = Math.min(this.limit, 32);
     this.ring = new Int32Array(this.cap * 4);
   }
 

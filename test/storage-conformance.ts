@@ -284,6 +284,10 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       seen = await s.loadSeen();
       expect(seen.get('bob') ?? []).toEqual([]);
       expect(seen.get('alice')).toEqual([uuidOf(5)]);
+      // an empty add with keep 0 forgets the peer (Messaging's dedupIdlePeers bound)
+      await s.addSeen('alice', [], 0);
+      seen = await s.loadSeen();
+      expect(seen.has('alice')).toBe(false);
     });
 
     it('trims correctly when many addSeen calls land in one tick', async () => {

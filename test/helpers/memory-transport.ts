@@ -11,11 +11,11 @@ export class MemoryTransport extends Emitter<TransportEvents> implements Transpo
   /** Everything written per connection, in order (for assertions). */
   readonly written = new Map<ConnId, Buffer[]>();
 
-  connectTo(connId: ConnId): void {
+  connectTo(connId: ConnId, side: ConnectionInfo['side'] = 'connector'): void {
     this.open.add(connId);
     const info: ConnectionInfo = {
       connId,
-      side: 'connector',
+      side,
       ownerId: 'mem',
       remoteAddress: 'memory',
       remotePort: 0,
