@@ -163,6 +163,14 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    key: 'ceiling.framed_views',
+    title: `ceiling: the same, with a Buffer view of each frame handed to a function (${fmtNum(N.framed)})`,
+    async run() {
+      const r = await pair('scenarios/raw.ts', { mode: 'framed', size: 100, batch: 512, views: true }, N.framed, 'ceiling framed views');
+      figures.ceiling_framed_views_100b_msgs_per_s = figure('msg/s', nums(r.recv, 'rate'));
+    },
+  },
+  {
     key: 'ceiling.bulk',
     title: `ceiling: raw net, 64 KiB bulk writes (${fmtNum((N.bulk * 64) / 1024)} MiB)`,
     async run() {

@@ -1,9 +1,11 @@
 /**
  * Ceiling: raw Node `net` sockets, no library.
  *  - mode "framed": 4-byte-length-prefixed frames of `size` bytes, written in batches of
- *    `batch` frames per write (each batch built fresh), receiver parses every frame.
+ *    `batch` frames per write (each batch built fresh), receiver parses every frame; with
+ *    `views`, it also makes a Buffer view of each frame's payload (whole in its chunk) and
+ *    hands it to a function, the least a receiver that delivers messages must do.
  *  - mode "bulk": `size`-byte writes (64 KiB) of opaque bytes; receiver counts bytes.
- * params: { role, mode, size, batch?, port? }; run command: { n } (frames or writes).
+ * params: { role, mode, size, batch?, views?, port? }; run command: { n } (frames or writes).
  */
 import * as net from 'node:net';
 import { once } from 'node:events';
@@ -12,6 +14,13 @@ import { RunCounter, installCrashHandlers, nowMs, params, report, serve } from '
 installCrashHandlers();
 const mode = params.mode as 'framed' | 'bulk';
 const size = params.size as number;
+const views = params.views === true;
+/** Where frames are handed (with `views`): it keeps the last one, so none can be optimised away. */
+let lastFrame: Buffer | undefined;
+function hand(frame: Buffer): void {
+  lastFrame = frame;
+}
+export const lastHanded = (): Buffer | undefined => lastFrame;
 
 if (params.role === 'receiver') {
   const counter = new RunCounter();
@@ -51,6 +60,7 @@ if (params.role === 'receiver') {
           len = hdr.readUInt32BE(0);
         }
         if (n - off >= len) {
+          if (views) hand(d.subarray(off, off + len));
           off += len;
           frames++;
         } else {
