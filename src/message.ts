@@ -7,7 +7,7 @@ import { Buffer } from 'node:buffer';
 import { randomFillSync } from 'node:crypto';
 import { type InspectOptionsStylized, inspect } from 'node:util';
 import { InvalidArgumentError } from './errors.js';
-import { FLAG_PERSISTENT } from './protocol.js';
+import { FLAG_PERSISTENT, MESSAGE_HEADER_SIZE } from './protocol.js';
 
 export { FLAG_PERSISTENT };
 
@@ -30,12 +30,18 @@ const TRUSTED: MessageOptions = Object.freeze({});
 /** Marks the constructor call of {@link Message.fresh}, whose TTL waits in `trusted`. */
 const FRESH: MessageOptions = Object.freeze({});
 const EMPTY = Buffer.alloc(0);
-const trusted = { src: EMPTY as Buffer, off: 0, ttl: null as number | null, flags: 0 };
+/** The body passed by {@link Message.fromWire}: the body is made from the frame when read. */
+const LAZY = Buffer.alloc(0);
+const trusted = { src: EMPTY as Buffer, off: 0, ttl: null as number | null, flags: 0, bodyEnd: 0 };
 
 /** A message to send or one received. Immutable. */
 export class Message {
-  /** The body. */
-  readonly body: Buffer;
+  /**
+   * The body, or `undefined` for a received message whose body has not been read: it is then
+   * `#src[#off + MESSAGE_HEADER_SIZE .. #bodyEnd)`, in the frame after the uuid, TTL and flags.
+   */
+  #body: Buffer | undefined;
+  #bodyEnd: number;
   /** Time to live in milliseconds, `null` = infinite. For a received message: as it came on the wire. */
   readonly ttl: number | null;
   /** Flag bits. */
@@ -60,7 +66,8 @@ export class Message {
   constructor(body: Uint8Array | string, options: MessageOptions = {}) {
     if (options === TRUSTED) {
       // fromWire: the fields as they are, no validation (same shape as below)
-      this.body = body as Buffer;
+      this.#body = body === LAZY ? undefined : (body as Buffer);
+      this.#bodyEnd = trusted.bodyEnd;
       this.ttl = trusted.ttl;
       this.flags = trusted.flags;
       this.#src = trusted.src;
@@ -71,7 +78,8 @@ export class Message {
     }
     if (options === FRESH) {
       // fresh: the body as it is, a new uuid (same shape as below)
-      this.body = body as Buffer;
+      this.#body = body as Buffer;
+      this.#bodyEnd = 0;
       this.ttl = trusted.ttl;
       this.flags = 0;
       this.#off = drawRandom16();
@@ -80,10 +88,11 @@ export class Message {
       this.#fresh = true;
       return;
     }
-    if (typeof body === 'string') this.body = Buffer.from(body, 'utf8');
+    if (typeof body === 'string') this.#body = Buffer.from(body, 'utf8');
     else if (body instanceof Uint8Array) {
-      this.body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+      this.#body = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     } else throw new InvalidArgumentError('message body must be a Buffer, Uint8Array or string');
+    this.#bodyEnd = 0;
     const { uuid, ttl = null, flags = 0 } = options;
     if (ttl !== null && (typeof ttl !== 'number' || !(ttl >= 0) || !Number.isFinite(ttl))) {
       throw new InvalidArgumentError(`message ttl must be a non-negative number of ms or null, got ${ttl}`);
@@ -107,6 +116,11 @@ export class Message {
   }
 
   /** 16-byte uuid. */
+  /** The body. */
+  get body(): Buffer {
+    return (this.#body ??= this.#src.subarray(this.#off + MESSAGE_HEADER_SIZE, this.#bodyEnd));
+  }
+
   get uuid(): Buffer {
     return (this.#uuid ??= this.#src.subarray(this.#off, this.#off + 16));
   }
@@ -121,21 +135,48 @@ export class Message {
     return this.#src.toString('hex', this.#off, this.#off + 16);
   }
 
-  /** @internal Build without validation (decoded from the wire or storage). */
+  /** @internal Build without validation (decoded from storage): `uuid` is 16 bytes of its own. */
   static fromTrusted(body: Buffer, uuid: Buffer, ttl: number | null, flags: number): Message {
-    return Message.fromWire(body, uuid, 0, ttl, flags);
+    return Message.trustedOf(body, uuid, 0, 0, ttl, flags);
   }
 
-  /** @internal Build without validation, the uuid being `src[off..off + 16)` (not copied). */
-  static fromWire(body: Buffer, src: Buffer, off: number, ttl: number | null, flags: number): Message {
+  /**
+   * @internal Build without validation from a received frame in `src`: uuid, TTL and flags at
+   * `off`, then the body up to `bodyEnd` (nothing is copied; the body view is made when read).
+   */
+  static fromWire(src: Buffer, off: number, bodyEnd: number, ttl: number | null, flags: number): Message {
+    return Message.trustedOf(LAZY, src, off, bodyEnd, ttl, flags);
+  }
+
+  private static trustedOf(body: Buffer, src: Buffer, off: number, bodyEnd: number, ttl: number | null, flags: number): Message {
     trusted.src = src;
     trusted.off = off;
+    trusted.bodyEnd = bodyEnd;
     trusted.ttl = ttl;
     trusted.flags = flags;
     const m = new Message(body, TRUSTED);
     trusted.src = EMPTY;
     return m;
   }
+
+  /**
+   * @internal The buffer holding the body, from {@link bodyStart} to {@link bodyEnd}, without
+   * making a view of it (not to be changed).
+   */
+  static bodySource(m: Message): Buffer {
+    return m.#body ?? m.#src;
+  }
+
+  /** @internal */
+  static bodyStart(m: Message): number {
+    return m.#body === undefined ? m.#off + MESSAGE_HEADER_SIZE : 0;
+  }
+
+  /** @internal */
+  static bodyEnd(m: Message): number {
+    return m.#body === undefined ? m.#bodyEnd : m.#body.length;
+  }
+
 
   /**
    * @internal `new Message(body, { ttl })` without validation: `body` is a Buffer and `ttl` a

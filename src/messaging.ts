@@ -1395,7 +1395,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       // keep the next copy 8-byte aligned
       this.rxOffset = Math.min(slab.length, off + ((stop - from + 7) & ~7));
     }
-    return Message.fromWire(slab.subarray(off + MESSAGE_HEADER_SIZE, off + n), slab, off, ttl, flags);
+    return Message.fromWire(slab, off, off + n, ttl, flags);
   }
 
   /** Record received uuids in storage, one call per connection and turn; ack once committed. */

@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events';
 import { InvalidArgumentError } from './errors.js';
 import type { ConnId } from './link.js';
 import { type Logger, defaultLogger } from './logger.js';
-import type { Message } from './message.js';
+import { Message } from './message.js';
 import type { DeliveryObserver, Messaging, MessagingEvents } from './messaging.js';
 
 /**
@@ -167,7 +167,10 @@ export class ReceiveHook extends EventEmitter<ReceiveHookEvents> {
   private readonly onMessage = (connId: ConnId, ident: string, message: Message): void => {
     const entries = this.entries;
     if (entries.length === 0) return;
-    const body = message.body;
+    // the body's bytes where they lie: a received message's body view is made only if read
+    const src = Message.bodySource(message);
+    const start = Message.bodyStart(message);
+    const end = Message.bodyEnd(message);
     let text: string | undefined;
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i];
@@ -175,15 +178,15 @@ export class ReceiveHook extends EventEmitter<ReceiveHookEvents> {
       if (e.prefix) {
         const p = e.prefix;
         const n = p.length;
-        if (n > body.length) hit = false;
+        if (n > end - start) hit = false;
         else if (n <= 16) {
           // short prefixes (RPC's are 6 bytes): a loop beats Buffer#compare's argument checks
           let k = 0;
-          while (k < n && body[k] === p[k]) k++;
+          while (k < n && src[start + k] === p[k]) k++;
           hit = k === n;
-        } else hit = body.compare(p, 0, n, 0, n) === 0;
+        } else hit = src.compare(p, 0, n, start, start + n) === 0;
       } else {
-        text ??= body.toString('latin1');
+        text ??= src.toString('latin1', start, end);
         e.re!.lastIndex = 0;
         hit = e.re!.test(text);
       }

@@ -178,15 +178,15 @@ function stringEnd(body: Buffer, pos: number, limit: number): number {
 }
 
 /**
- * The request in `body` when it is laid out as the codec's own encoder writes it (see above),
- * `undefined` otherwise or when a part does not decode (the general decode then decides).
- * `req_id` is a view of the body.
+ * The request in `body[start..end)` when it is laid out as the codec's own encoder writes it
+ * (see above), `undefined` otherwise or when a part does not decode (the general decode then
+ * decides). `req_id` is a view of the body. (Every part is checked to end by the tail, so no
+ * byte after `end` decides anything.)
  */
-function decodeOwnRequest(codec: MsgpackCodec, body: Buffer): WireRequest | undefined {
-  const n = body.length;
-  const tail = n - REQUEST_TAIL_LENGTH;
-  if (tail <= PREFIX_LENGTH || !bytesAt(body, tail, REQUEST_TAIL)) return undefined;
-  let pos = PREFIX_LENGTH;
+function decodeOwnRequest(codec: MsgpackCodec, body: Buffer, start: number, end: number): WireRequest | undefined {
+  const tail = end - REQUEST_TAIL_LENGTH;
+  if (tail <= start + PREFIX_LENGTH || !bytesAt(body, tail, REQUEST_TAIL)) return undefined;
+  let pos = start + PREFIX_LENGTH;
   let command: 'call' | 'signal';
   if (bytesAt(body, pos, REQUEST_CALL_HEAD)) {
     command = 'call';
@@ -214,7 +214,7 @@ function decodeOwnRequest(codec: MsgpackCodec, body: Buffer): WireRequest | unde
     throw err;
   }
   if (typeof object !== 'string' || typeof method !== 'string' || !Array.isArray(args)) return undefined;
-  return { command, object, method, args, req_id: body.subarray(n - REQ_ID_LENGTH) };
+  return { command, object, method, args, req_id: body.subarray(end - REQ_ID_LENGTH, end) };
 }
 
 /**
@@ -603,7 +603,10 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private readonly onRequest = (_connId: ConnId, ident: string, message: Message): void => {
     if (this.closed) return;
-    const own = this.fastCodec === undefined ? undefined : decodeOwnRequest(this.fastCodec, message.body);
+    const own =
+      this.fastCodec === undefined
+        ? undefined
+        : decodeOwnRequest(this.fastCodec, Message.bodySource(message), Message.bodyStart(message), Message.bodyEnd(message));
     if (own !== undefined) {
       this.accept(ident, own);
       return;
@@ -1455,20 +1458,29 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   };
 
   private readonly onReply = (_connId: ConnId, ident: string, message: Message): void => {
-    const body = message.body;
     const fast = this.fastCodec;
-    if (fast !== undefined && bytesAt(body, 0, REPLY_OK_HEAD) && bytesAt(body, REPLY_ID_AT + REQ_ID_LENGTH, REPLY_OK_TAIL)) {
+    // the body's bytes where they lie (a received body's view is made only if read)
+    const src = Message.bodySource(message);
+    const start = Message.bodyStart(message);
+    const end = Message.bodyEnd(message);
+    const valueAt = start + REPLY_OK_PREFIX.length;
+    if (
+      fast !== undefined &&
+      valueAt < end &&
+      bytesAt(src, start, REPLY_OK_HEAD) &&
+      bytesAt(src, start + REPLY_ID_AT + REQ_ID_LENGTH, REPLY_OK_TAIL)
+    ) {
       // a success reply laid out as the codec's own encoder writes it
       let value: unknown;
       let decoded = true;
       try {
-        value = fast.decodeRange(body, REPLY_OK_PREFIX.length, body.length, 1); // a value of the envelope map
+        value = fast.decodeRange(src, valueAt, end, 1); // a value of the envelope map
       } catch (err) {
         if (!(err instanceof RpcDecodeError)) throw err;
         decoded = false;
       }
       if (decoded) {
-        const p = this.pendingCall(ident, body, REPLY_ID_AT);
+        const p = this.pendingCall(ident, src, start + REPLY_ID_AT);
         if (p) this.settle(p, null, value);
         return;
       }

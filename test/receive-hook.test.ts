@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Message } from '../src/message.js';
+import { MESSAGE_HEADER_SIZE } from '../src/protocol.js';
 import { ReceiveHook } from '../src/receive-hook.js';
 import { FakeNetwork } from './helpers/fake-messaging.js';
 
@@ -14,6 +15,28 @@ function setup() {
 }
 
 describe('ReceiveHook', () => {
+  it('matches received messages on their body only, not on the bytes after it in their buffer', () => {
+    const { m, hook } = setup();
+    const got: string[] = [];
+    hook.register(Buffer.from('abcd'), (_c, _i, msg) => got.push(`short:${msg.body}`));
+    hook.register(Buffer.from('ab'.repeat(10)), (_c, _i, msg) => got.push(`long:${msg.body}`));
+    hook.register(/(ab)+$/, (_c, _i, msg) => got.push(`re:${msg.body}`));
+    const received: Message[] = [];
+    // as Messaging hands them over: bodies in a buffer that goes on with more bytes
+    const wire = (body: string, after: string): Message => {
+      const slab = Buffer.concat([Buffer.alloc(16, 7), Buffer.alloc(8), Buffer.from(body + after, 'latin1')]);
+      const msg = Message.fromWire(slab, 0, MESSAGE_HEADER_SIZE + body.length, null, 0);
+      received.push(msg);
+      return msg;
+    };
+    m.emit('message', 'c1', 'peer', wire('ab', 'cd' + 'ab'.repeat(10)));
+    m.emit('message', 'c1', 'peer', wire('ab'.repeat(9), 'ab'));
+    m.emit('message', 'c1', 'peer', wire('abcd', ''));
+    expect(got).toEqual(['re:ab', `re:${'ab'.repeat(9)}`, 'short:abcd']);
+    // a handler that reads the body gets it; the slab's bytes after it are not part of it
+    expect(received.map((r) => r.body.toString('latin1'))).toEqual(['ab', 'ab'.repeat(9), 'abcd']);
+  });
+
   it('calls a handler whose Buffer prefix starts the body, and not others', () => {
     const { hook, deliver } = setup();
     const got: string[] = [];

@@ -4,10 +4,12 @@
  * says which ones the cache must know), and envelopes laid out as our encoder writes them,
  * laid out otherwise, or broken.
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { Message } from '../src/message.js';
 import type { MessagingEvents } from '../src/messaging.js';
+import { MESSAGE_HEADER_SIZE } from '../src/protocol.js';
 import { ReceiveHook } from '../src/receive-hook.js';
 import { REPLY_PREFIX, REQUEST_PREFIX, RpcClient, RpcServer } from '../src/rpc.js';
 import { MsgpackCodec } from '../src/rpc-codec.js';
@@ -29,8 +31,21 @@ class StubMessaging extends EventEmitter<MessagingEvents> {
   isConnected(): boolean {
     return true;
   }
+  /**
+   * Emits a message as Messaging hands over received ones: its body a stretch of a larger
+   * buffer (whose view is made only if read), followed here by a copy of the body's start and
+   * a few random bytes, so that a decoder reading past the body's end meets likely bytes.
+   */
   receive(ident: string, body: Buffer): void {
-    this.emit('message', 'c1', ident, new Message(body));
+    const before = randomBytes(5);
+    const slab = Buffer.concat([before, randomBytes(16), Buffer.alloc(8), body, body.subarray(0, 40), randomBytes(7)]);
+    const at = before.length;
+    this.emit('message', 'c1', ident, Message.fromWire(slab, at, at + MESSAGE_HEADER_SIZE + body.length, null, 0));
+  }
+  /** Emits the first `cut` bytes of `full` as a message whose buffer goes on with the rest of `full`. */
+  receiveCut(ident: string, full: Buffer, cut: number): void {
+    const slab = Buffer.concat([randomBytes(16), Buffer.alloc(8), full]);
+    this.emit('message', 'c1', ident, Message.fromWire(slab, 0, MESSAGE_HEADER_SIZE + cut, null, 0));
   }
 }
 
@@ -348,6 +363,33 @@ describe('RPC envelopes', () => {
     expect(await Promise.all(calls)).toStrictEqual([[1, 2], 'two', new Date(7)]);
     expect(errors.length).toBe(1);
     expect(errors[0]).toBeInstanceOf(RpcDecodeError);
+    client.close();
+  });
+
+  it('a body cut short is never read on into the bytes after it in its buffer (requests and replies, every cut)', async () => {
+    // the buffer goes on with exactly the missing bytes: reading past the body's end would succeed
+    const { m, errors } = server();
+    const good = request(Buffer.alloc(16, 4), [20, 22]);
+    for (let cut = 0; cut < good.length; cut++) m.receiveCut('alice', good, cut);
+    expect(m.sent).toHaveLength(0);
+    expect(errors.length).toBe(good.length - REQUEST_PREFIX.length);
+    m.receiveCut('alice', good, good.length);
+    expect((codec.decode(m.sent[0].message.body.subarray(REPLY_PREFIX.length)) as { return: number }).return).toBe(42);
+
+    const cm = new StubMessaging('client');
+    const client = new RpcClient(new ReceiveHook(cm));
+    const clientErrors: Error[] = [];
+    client.on('error', (e) => clientErrors.push(e));
+    let settled = false;
+    const call = client.call('server', 'calc', 'add', [1]).finally(() => (settled = true));
+    const id = (codec.decode(cm.sent[0].message.body.subarray(REQUEST_PREFIX.length)) as { req_id: Buffer }).req_id;
+    const reply = Buffer.concat([REPLY_PREFIX, codec.encode({ req_id: id, ok: true, return: 'whole' })]);
+    for (let cut = 0; cut < reply.length; cut++) cm.receiveCut('server', reply, cut);
+    await new Promise((r) => setImmediate(r));
+    expect(settled).toBe(false);
+    expect(clientErrors.length).toBe(reply.length - REPLY_PREFIX.length);
+    cm.receiveCut('server', reply, reply.length);
+    expect(await call).toBe('whole');
     client.close();
   });
 });
