@@ -166,6 +166,45 @@ describe('RpcServer reply cache', () => {
     expect(rerun).toBeGreaterThan(500);
   });
 
+  it('a request still running stays known while answered ones are evicted around it, and joins the ring when done', async () => {
+    const m = new StubMessaging('server');
+    const srv = new RpcServer(new ReceiveHook(m), { replyCacheSize: 2 });
+    let slowRuns = 0;
+    let fastRuns = 0;
+    let finish!: (v: number) => void;
+    srv.registerObject({ slow: () => (slowRuns++, new Promise<number>((r) => (finish = r))), fast: (i: number) => (fastRuns++, i) }, 'calc');
+    const slowId = Buffer.alloc(16, 0xaa);
+    const id = (i: number) => Buffer.alloc(16, i);
+    m.receive('alice', request(slowId, [], 'calc', 'slow'));
+    for (let i = 1; i <= 10; i++) m.receive(i % 2 ? 'alice' : 'bob', request(id(i), [i], 'calc', 'fast'));
+    m.receive('alice', request(slowId, [], 'calc', 'slow'));
+    expect(slowRuns).toBe(1);
+    finish(7);
+    await new Promise((r) => setImmediate(r));
+    const slowReplies = () => m.sent.filter((x) => x.message.body.includes(slowId)).length;
+    expect(slowReplies()).toBe(1);
+    // the newest answered: from the cache
+    m.receive('alice', request(slowId, [], 'calc', 'slow'));
+    expect(slowRuns).toBe(1);
+    expect(slowReplies()).toBe(2);
+    // evicted by two newer answers: run again
+    m.receive('bob', request(id(11), [11], 'calc', 'fast'));
+    m.receive('bob', request(id(12), [12], 'calc', 'fast'));
+    m.receive('alice', request(slowId, [], 'calc', 'slow'));
+    expect(slowRuns).toBe(2);
+    expect(fastRuns).toBe(12);
+  });
+
+  it('with replyCacheBytes 0 every answer is forgotten at once, and the per-peer tables go with them', () => {
+    const { m, srv, runs } = server({ replyCacheBytes: 0 });
+    const id = Buffer.alloc(16, 1);
+    for (const peer of ['alice', 'bob', 'alice']) m.receive(peer, request(id, [peer], 'calc', 'tag'));
+    expect(runs.get('alice')).toBe(2);
+    expect(runs.get('bob')).toBe(1);
+    expect(m.sent).toHaveLength(3);
+    expect((srv as unknown as { cache: Map<string, unknown> }).cache.size).toBe(0);
+  });
+
   it('a duplicate of a request still running is not run again, and is answered once it is done', async () => {
     const m = new StubMessaging('server');
     const srv = new RpcServer(new ReceiveHook(m));
