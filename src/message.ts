@@ -115,12 +115,16 @@ export class Message {
     } else throw new InvalidArgumentError('message uuid must be 16 bytes');
   }
 
-  /** 16-byte uuid. */
-  /** The body. */
+  /**
+   * The body. Like {@link uuid} an accessor, made when first read for a received message: a
+   * spread (`{...message}`) or `structuredClone` does not copy it, and deep-equality checks do
+   * not compare it; compare `message.body` itself.
+   */
   get body(): Buffer {
     return (this.#body ??= this.#src.subarray(this.#off + MESSAGE_HEADER_SIZE, this.#bodyEnd));
   }
 
+  /** 16-byte uuid. */
   get uuid(): Buffer {
     return (this.#uuid ??= this.#src.subarray(this.#off, this.#off + 16));
   }
@@ -164,19 +168,21 @@ export class Message {
    * making a view of it (not to be changed).
    */
   static bodySource(m: Message): Buffer {
+    // (a message-like object of another copy of this class: its body as it says)
+    if (!(#body in m)) return (m as { body: Buffer }).body;
     return m.#body ?? m.#src;
   }
 
   /** @internal */
   static bodyStart(m: Message): number {
-    return m.#body === undefined ? m.#off + MESSAGE_HEADER_SIZE : 0;
+    return #body in m && m.#body === undefined ? m.#off + MESSAGE_HEADER_SIZE : 0;
   }
 
   /** @internal */
   static bodyEnd(m: Message): number {
+    if (!(#body in m)) return (m as { body: Buffer }).body.length;
     return m.#body === undefined ? m.#bodyEnd : m.#body.length;
   }
-
 
   /**
    * @internal `new Message(body, { ttl })` without validation: `body` is a Buffer and `ttl` a

@@ -37,6 +37,18 @@ describe('ReceiveHook', () => {
     expect(received.map((r) => r.body.toString('latin1'))).toEqual(['ab', 'ab'.repeat(9), 'abcd']);
   });
 
+  it('matches message-like objects of another copy of the library by their body', () => {
+    const { m, hook } = setup();
+    const got: string[] = [];
+    hook.register(Buffer.from('ab'), (_c, _i, msg) => got.push(`prefix:${msg.body}`));
+    hook.register(/x$/, (_c, _i, msg) => got.push(`re:${msg.body}`));
+    const foreign = (body: string) => ({ body: Buffer.from(body), ttl: null, flags: 0 }) as unknown as Message;
+    m.emit('message', 'c1', 'peer', foreign('abc'));
+    m.emit('message', 'c1', 'peer', foreign('x'));
+    m.emit('message', 'c1', 'peer', foreign('zz'));
+    expect(got).toEqual(['prefix:abc', 're:x']);
+  });
+
   it('calls a handler whose Buffer prefix starts the body, and not others', () => {
     const { hook, deliver } = setup();
     const got: string[] = [];
