@@ -1,4 +1,5 @@
-// Prints the final summary line of a vitest JSON report: `N passed, N failed[, N skipped]`.
+// Prints the skipped tests by name, then the final summary line of a vitest JSON report:
+// `N passed, N failed[, N skipped]`.
 // A test file that failed without any failed test (import error, failing hook) counts as one
 // failed test, so a broken file never reads as "0 failed".
 // Exit status: 0 if nothing failed, 1 if something failed, 2 if the report is missing or unreadable.
@@ -22,6 +23,12 @@ const failed = (report.numFailedTests ?? 0) + brokenFiles.length;
 const skipped = (report.numPendingTests ?? 0) + (report.numTodoTests ?? 0);
 
 for (const f of brokenFiles) console.error(`test file failed outside its tests: ${f.name}`);
+// skipped tests by name (a test that needs something absent says so in its name)
+for (const f of files) {
+  for (const t of f.assertionResults ?? []) {
+    if (t.status !== 'passed' && t.status !== 'failed') console.log(`${t.status}: ${f.name.split('/').pop()}: ${t.fullName}`);
+  }
+}
 if (report.success === false && failed === 0) console.error('vitest reported errors outside the tests (see above)');
 console.log(`${passed} passed, ${failed} failed${skipped > 0 ? `, ${skipped} skipped` : ''}`);
 process.exit(failed > 0 || report.success === false ? 1 : 0);
