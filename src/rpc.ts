@@ -180,7 +180,7 @@ function stringEnd(body: Buffer, pos: number, limit: number): number {
 /**
  * The request in `body[start..end)` when it is laid out as the codec's own encoder writes it
  * (see above), `undefined` otherwise or when a part does not decode (the general decode then
- * decides). `req_id` is a view of the body. (Every part is checked to end by the tail, so no
+ * decides). The id is left where it is in the body. (Every part is checked to end by the tail, so no
  * byte after `end` decides anything.)
  */
 function decodeOwnRequest(codec: MsgpackCodec, body: Buffer, start: number, end: number): WireRequest | undefined {
@@ -214,7 +214,7 @@ function decodeOwnRequest(codec: MsgpackCodec, body: Buffer, start: number, end:
     throw err;
   }
   if (typeof object !== 'string' || typeof method !== 'string' || !Array.isArray(args)) return undefined;
-  return { command, object, method, args, req_id: body.subarray(end - REQ_ID_LENGTH, end) };
+  return { command, object, method, args, idSrc: body, idAt: end - REQ_ID_LENGTH };
 }
 
 /**
@@ -268,7 +268,14 @@ interface WireRequest {
   object: string;
   method: string;
   args: unknown[];
-  req_id: Buffer;
+  /** The request id: `idSrc[idAt..idAt + 16)` (in the received body; a Buffer only when needed, see {@link reqIdOf}). */
+  idSrc: Buffer;
+  idAt: number;
+}
+
+/** A request's id as a Buffer: a view of the body, made only on the paths that need one. */
+function reqIdOf(req: WireRequest): Buffer {
+  return req.idAt === 0 && req.idSrc.length === REQ_ID_LENGTH ? req.idSrc : req.idSrc.subarray(req.idAt, req.idAt + REQ_ID_LENGTH);
 }
 
 interface WireError {
@@ -639,17 +646,18 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       else this.report(err, ident);
       return;
     }
-    this.accept(ident, { command, object, method, args, req_id: reqId });
+    this.accept(ident, { command, object, method, args, idSrc: reqId, idAt: 0 });
   };
 
   /** A well-formed request: answer a duplicate from the cache, run a new one. */
   private accept(ident: string, req: WireRequest): void {
-    const reqId = req.req_id;
+    const src = req.idSrc;
+    const at = req.idAt;
     const isCall = req.command === 'call';
-    const id0 = readI32(reqId, 0);
-    const id1 = readI32(reqId, 4);
-    const id2 = readI32(reqId, 8);
-    const id3 = readI32(reqId, 12);
+    const id0 = readI32(src, at);
+    const id1 = readI32(src, at + 4);
+    const id2 = readI32(src, at + 8);
+    const id3 = readI32(src, at + 12);
     let table = this.cache.get(ident);
     if (table === undefined) {
       table = new UuidMap<CacheEntry>();
@@ -675,7 +683,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
 
   private async persistedRun(ident: string, entry: CacheEntry, req: WireRequest): Promise<void> {
     const store = this.persisted!;
-    const idKey = store.idKey(req.req_id.toString('hex'), ident);
+    const idKey = store.idKey(req.idSrc.toString('hex', req.idAt, req.idAt + REQ_ID_LENGTH), ident);
     const rec = await this.track(store.lookup(idKey));
     if (rec?.done) {
       this.finish(entry, rec.reply);
@@ -683,7 +691,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       return;
     }
     if (rec) {
-      const reply = this.errorReply(req.req_id, new OutcomeUnknownError(), true);
+      const reply = this.errorReply(reqIdOf(req), new OutcomeUnknownError(), true);
       this.finish(entry, reply);
       await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
       this.sendReply(ident, reply);
@@ -783,14 +791,14 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
         body = undefined;
       }
       if (body !== undefined) {
-        copy16(req.req_id, 0, body, REPLY_ID_AT);
+        copy16(req.idSrc, req.idAt, body, REPLY_ID_AT);
         return body;
       }
     }
     try {
-      return encodeEnvelope(this.codec, this.fastCodec, REPLY_PREFIX, REPLY_OK_SHAPE, [req.req_id, true, result]);
+      return encodeEnvelope(this.codec, this.fastCodec, REPLY_PREFIX, REPLY_OK_SHAPE, [reqIdOf(req), true, result]);
     } catch (err) {
-      return this.errorReply(req.req_id, err, false);
+      return this.errorReply(reqIdOf(req), err, false);
     }
   }
 
@@ -800,11 +808,11 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       this.report(err, ident);
       return undefined;
     }
-    if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(req.req_id, err, true);
-    if (this.transferExceptions && !markedSignal) return this.errorReply(req.req_id, err, false);
+    if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(reqIdOf(req), err, true);
+    if (this.transferExceptions && !markedSignal) return this.errorReply(reqIdOf(req), err, false);
     this.report(err, ident);
     return this.errorReply(
-      req.req_id,
+      reqIdOf(req),
       { name: 'Error', message: 'the remote method failed (exception details are not transferred)', stack: '' },
       false,
     );
