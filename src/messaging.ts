@@ -63,7 +63,6 @@ export type DropReason = 'ttl' | 'queue-full' | 'too-large';
 /** What happens when a peer's queue is at its limit. */
 export type QueuePolicy = 'reject' | 'drop-oldest' | 'block';
 
-/** Defaults of {@link MessagingOptions}. */
 /**
  * Dedup windows loaded from storage are all kept this long (ms) after loading, whatever
  * `dedupIdlePeers` says: the peers connected before a restart resend their unacknowledged
@@ -71,6 +70,7 @@ export type QueuePolicy = 'reject' | 'drop-oldest' | 'block';
  */
 export const LOADED_WINDOWS_GRACE_MS = 60_000;
 
+/** Defaults of {@link MessagingOptions}. */
 export const MESSAGING_DEFAULTS = {
   keepaliveInterval: 10_000,
   keepaliveWait: 5_000,
@@ -299,7 +299,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Packets come through the packeter's sink (else through `packet` events). */
   private readonly sinkSet: boolean;
   private iterators = new Set<(r: Received | null) => void>();
-  /** Storage commits of received uuids whose acks wait for them. */
+  /** Storage writes of dedup windows (received uuids, whose acks wait for them; forgotten windows), awaited by close(). */
   private readonly seenCommits = new Set<Promise<void>>();
   /** See {@link observeDelivery} (copy-on-write). */
   private observers: DeliveryObserver[] = [];
@@ -1417,6 +1417,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       },
       (err) => this.reportError(err, c.id),
     );
+    return this.trackSeen(commit);
+  }
+
+  /** Keep `commit` (which never rejects) in `seenCommits` until it settles. */
+  private trackSeen(commit: Promise<void>): Promise<void> {
     this.seenCommits.add(commit);
     void commit.finally(() => this.seenCommits.delete(commit));
     return commit;
@@ -1453,8 +1458,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       () => undefined,
       (err) => this.reportError(err, undefined),
     );
-    this.seenCommits.add(commit);
-    void commit.finally(() => this.seenCommits.delete(commit));
+    this.trackSeen(commit);
   }
 
   private seenWindow(ident: string): SeenWindow {
