@@ -436,11 +436,7 @@ function encShaped(shape: MapShape, values: readonly unknown[], maxDepth: number
   const n = keys.length;
   encHeader(n, 0x80, 0xde);
   for (let i = 0; i < n; i++) {
-    const k = keys[i];
-    const len = k.length;
-    encRoom(len);
-    encBuf.set(k, encPos);
-    encPos += len;
+    encBytes(keys[i]);
     if (!encValue(values[i], 1, maxDepth)) return false;
   }
   return true;
@@ -605,12 +601,9 @@ function encString(s: string): void {
 }
 
 function encBin(v: Uint8Array): void {
-  const n = v.length;
-  encRoom(5 + n);
-  const b = encBuf;
-  encSized(n, 0xc4);
-  b.set(v, encPos);
-  encPos += n;
+  encRoom(5);
+  encSized(v.length, 0xc4);
+  encBytes(v);
 }
 
 // ------------------------------------------------------------------------------ own decoder
