@@ -20,7 +20,6 @@ let lastFrame: Buffer | undefined;
 function hand(frame: Buffer): void {
   lastFrame = frame;
 }
-export const lastHanded = (): Buffer | undefined => lastFrame;
 
 if (params.role === 'receiver') {
   const counter = new RunCounter();
