@@ -12,18 +12,11 @@ import { ManualClock } from '../src/clock.js';
 import { InvalidArgumentError } from '../src/errors.js';
 import { LOADED_WINDOWS_GRACE_MS, Messaging, type MessagingOptions } from '../src/messaging.js';
 import { Packeter } from '../src/packeter.js';
-import {
-  EXTENSION_VERSION,
-  FEATURE_ACKS,
-  FRAME_ACK,
-  encodeHello,
-  encodeIdentification,
-  encodeMessage,
-  encodeProtocolVersion,
-} from '../src/protocol.js';
+import { FEATURE_ACKS, FRAME_ACK, encodeMessage } from '../src/protocol.js';
 import type { QueuesStorage } from '../src/storage.js';
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { memoryPair, tick } from './helpers/memory-transport.js';
+import { introduce } from './helpers/raw-peer.js';
 import { cleanupTemp, sqlite, tempDir } from './helpers/temp.js';
 import { until } from './helpers/wait.js';
 
@@ -71,9 +64,7 @@ async function rig(options: MessagingOptions, storage?: QueuesStorage) {
     const c = `c${++n}` as ConnId;
     tr.connectTo(c, side);
     ts.connectTo(c);
-    raw.sendPacket(c, encodeProtocolVersion());
-    raw.sendPacket(c, encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
-    raw.sendPacket(c, encodeIdentification(ident));
+    introduce(raw, c, ident, FEATURE_ACKS);
     for (const [uuid, body] of msgs) raw.sendPacket(c, encodeMessage({ uuid, ttlMs: null, flags: 0, body: Buffer.from(body) }));
     return c;
   };

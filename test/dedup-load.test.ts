@@ -10,13 +10,11 @@ import { Packeter } from '../src/packeter.js';
 import {
   FEATURE_ACKS,
   FEATURE_FLOW,
-  encodeHello,
-  encodeIdentification,
   encodeMessage,
-  encodeProtocolVersion,
 } from '../src/protocol.js';
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { connectPair, memoryPair, tick } from './helpers/memory-transport.js';
+import { introduce } from './helpers/raw-peer.js';
 
 describe('dedup window loaded from storage after messages arrived', () => {
   it('recognises a resend that arrives after loading, though the lookup set was made before', async () => {
@@ -39,9 +37,7 @@ describe('dedup window loaded from storage after messages arrived', () => {
     receiver.on('message', (_c, _i, m) => got.push(m.uuid[0]));
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
-    sender.sendPacket(conn, encodeProtocolVersion());
-    sender.sendPacket(conn, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS | FEATURE_FLOW }));
-    sender.sendPacket(conn, encodeIdentification('snd'));
+    introduce(sender, conn, 'snd', FEATURE_ACKS | FEATURE_FLOW);
     sender.sendPacket(conn, encodeMessage({ uuid: U3, ttlMs: null, flags: 0, body: Buffer.from('new') }));
     for (let i = 0; i < 5; i++) await tick();
     expect(got).toEqual([3]);

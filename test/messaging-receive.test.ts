@@ -24,6 +24,7 @@ import {
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { MemoryTransport, connectPair, memoryPair, tick } from './helpers/memory-transport.js';
 import { prng } from './helpers/prng.js';
+import { introduce } from './helpers/raw-peer.js';
 import { closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
 import { until } from './helpers/wait.js';
 
@@ -104,8 +105,7 @@ describe('received messages', () => {
     receiver.on('message', (_c, _i, m) => kept.push(m));
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
-    sender.sendPacket(conn, encodeProtocolVersion());
-    sender.sendPacket(conn, encodeIdentification('snd'));
+    introduce(sender, conn, 'snd');
     await tick();
     await tick();
     const uuids: Buffer[] = [];
@@ -298,9 +298,7 @@ describe('acknowledgements', () => {
     await messaging.ready;
     const peer = new Packeter(ts);
     connectPair(tr, ts, 'c1' as ConnId);
-    peer.sendPacket('c1' as ConnId, encodeProtocolVersion());
-    peer.sendPacket('c1' as ConnId, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
-    peer.sendPacket('c1' as ConnId, encodeIdentification('snd'));
+    introduce(peer, 'c1' as ConnId, 'snd', FEATURE_ACKS);
     for (let i = 0; i < 5; i++) await tick();
     const queue = async (n: number): Promise<Buffer[]> => {
       const uuids: Buffer[] = [];
@@ -373,10 +371,8 @@ describe('sending', () => {
     const peer = new Packeter(ts);
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
-    peer.sendPacket(conn, encodeProtocolVersion());
     // without a hello: a plain snakeMQ peer
-    if (ext) peer.sendPacket(conn, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS }));
-    peer.sendPacket(conn, encodeIdentification('snd'));
+    introduce(peer, conn, 'snd', ext ? FEATURE_ACKS : undefined);
     for (let i = 0; i < 5; i++) await tick();
     const queue = async (n: number) => {
       const uuids: string[] = [];

@@ -11,13 +11,11 @@ import {
   FEATURE_ACKS,
   FEATURE_FLOW,
   FRAME_ACK,
-  encodeHello,
-  encodeIdentification,
   encodeMessage,
-  encodeProtocolVersion,
 } from '../src/protocol.js';
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { connectPair, memoryPair, tick } from './helpers/memory-transport.js';
+import { introduce } from './helpers/raw-peer.js';
 
 const CONN = 'c1' as ConnId;
 
@@ -34,9 +32,7 @@ async function rig(options: { ext?: boolean } = {}) {
     for (let off = 1; off < p.length; off += 16) acked.push(p.readUInt32BE(off));
   });
   connectPair(tr, ts, CONN);
-  sender.sendPacket(CONN, encodeProtocolVersion());
-  if (options.ext !== false) sender.sendPacket(CONN, encodeHello({ extVersion: 1, maxPacketSize: 1 << 26, features: FEATURE_ACKS | FEATURE_FLOW }));
-  sender.sendPacket(CONN, encodeIdentification('snd'));
+  introduce(sender, CONN, 'snd', options.ext !== false ? FEATURE_ACKS | FEATURE_FLOW : undefined);
   for (let i = 0; i < 5; i++) await tick();
   // turns of the event loop, counted by an immediate that re-arms itself
   let turn = 0;
