@@ -12,7 +12,7 @@
  * without pong), rpc-call-add, rpc-call-exception; also the connection reactions (`closed`) of
  * unknown-frame-type-ignored, short-message-closes and incompatible-version.
  */
-import { readFileSync } from 'node:fs';
+import { wireVectors } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 import { describe, expect, it } from 'vitest';
 import { BadFrameError, SnakeMQError } from '../src/errors.js';
@@ -46,11 +46,7 @@ interface Vector {
   [key: string]: unknown;
 }
 
-const vectors: Vector[] = (
-  JSON.parse(readFileSync(new URL('../../shared/vectors/snakemq-1.6-wire.json', import.meta.url), 'utf8')) as {
-    vectors: Vector[];
-  }
-).vectors;
+const vectors = wireVectors<Vector>();
 
 function vector(name: string): Vector {
   const v = vectors.find((x) => x.name === name);

@@ -1,13 +1,13 @@
 /**
  * RPC over real Messaging, Packeter and Link on 127.0.0.1 (port 0).
  */
-import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Message } from '../src/message.js';
 import type { Messaging } from '../src/messaging.js';
 import { ReceiveHook } from '../src/receive-hook.js';
 import { REQUEST_PREFIX, RpcClient, RpcServer, rpcSignal } from '../src/rpc.js';
 import { MsgpackCodec } from '../src/rpc-codec.js';
+import { wireVectors } from './helpers/fixtures.js';
 import { type Peer, closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
 import { until, waitFor } from './helpers/wait.js';
 
@@ -205,9 +205,7 @@ describe('RPC over loopback', () => {
 });
 
 describe('RPC server on hostile request bodies', () => {
-  const VECTORS = JSON.parse(readFileSync(new URL('../../shared/vectors/snakemq-1.6-wire.json', import.meta.url), 'utf8')) as {
-    vectors: Array<{ name: string; request_body?: string; reply_body?: string }>;
-  };
+  const vectors = wireVectors<{ name: string; request_body?: string; reply_body?: string }>();
 
   it('answers with a typed error or drops, never crashes, pollutes nothing, and still serves', async () => {
     const MAX = 80 * 1024 * 1024;
@@ -228,13 +226,13 @@ describe('RPC server on hostile request bodies', () => {
     });
 
     // 1. snakeMQ's pickled requests
-    const pickles = VECTORS.vectors.filter((v) => v.name.startsWith('rpc-') && v.request_body);
+    const pickles = vectors.filter((v) => v.name.startsWith('rpc-') && v.request_body);
     expect(pickles.length).toBe(2);
     for (const v of pickles) await send(mallory.messaging, Buffer.from(v.request_body!, 'hex'));
     // and snakeMQ's pickled replies thrown at the client
     const clientErrors: string[] = [];
     rpcClient.on('error', (e) => clientErrors.push((e as { code?: string }).code ?? e.message));
-    for (const v of VECTORS.vectors.filter((x) => x.name.startsWith('rpc-') && x.reply_body)) {
+    for (const v of vectors.filter((x) => x.name.startsWith('rpc-') && x.reply_body)) {
       await server.messaging.sendMessage('client', new Message(Buffer.from(v.reply_body!, 'hex')));
     }
     // 2. malformed bytes

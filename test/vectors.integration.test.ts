@@ -3,11 +3,11 @@
  * peer: it must react as snakeMQ did (except huge-length-prefix, which we refuse at once).
  * Encoding of every vector's frames is checked byte for byte in protocol.test.ts.
  */
-import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Message } from '../src/message.js';
 import { PacketDecoder } from '../src/packet-decoder.js';
+import { wireVectors } from './helpers/fixtures.js';
 import { closeAllPeers, listen, makePeer } from './helpers/peers.js';
 import { until, waitFor } from './helpers/wait.js';
 
@@ -20,9 +20,7 @@ interface Vector {
   first_closed?: boolean;
   second_closed?: boolean;
 }
-const vectors: Vector[] = JSON.parse(
-  readFileSync(new URL('../../shared/vectors/snakemq-1.6-wire.json', import.meta.url), 'utf8'),
-).vectors;
+const vectors = wireVectors<Vector>();
 const vector = (name: string): Vector => {
   const v = vectors.find((x) => x.name === name);
   if (!v) throw new Error(`no vector ${name}`);

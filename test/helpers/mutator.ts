@@ -4,7 +4,6 @@
  * get deep into the decoder (length prefixes set to edge values, type bytes swapped, ranges
  * cut, duplicated and spliced between inputs).
  */
-import { readFileSync } from 'node:fs';
 import {
   encodeAck,
   encodeHello,
@@ -15,6 +14,7 @@ import {
   encodePong,
   encodeProtocolVersion,
 } from '../../src/protocol.js';
+import { wireVectors } from './fixtures.js';
 import { prng, randInt } from './fault-proxy.js';
 
 /** One packet: uint32 BE length then the frame. */
@@ -24,17 +24,15 @@ export function packet(frame: Buffer): Buffer {
   return Buffer.concat([h, frame]);
 }
 
-interface VectorFile {
-  vectors: Array<{ frames?: string[]; sent?: string }>;
+interface RecordedVector {
+  frames?: string[];
+  sent?: string;
 }
 
 /** Every byte string recorded in the snakeMQ 1.6 vectors (whole packets, as on the wire). */
 export function vectorStreams(): Buffer[] {
-  const file: VectorFile = JSON.parse(
-    readFileSync(new URL('../../../shared/vectors/snakemq-1.6-wire.json', import.meta.url), 'utf8'),
-  );
   const out: Buffer[] = [];
-  for (const v of file.vectors) {
+  for (const v of wireVectors<RecordedVector>()) {
     if (v.sent) out.push(Buffer.from(v.sent, 'hex'));
     if (v.frames?.length) out.push(Buffer.from(v.frames.join(''), 'hex'));
   }
