@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // Launcher of the `snakemq` command-line tool.
 //
-// 1. The built CLI, dist/src/cli.js (`npm run build`), when it exists.
-// 2. Otherwise (a source checkout nobody built) src/cli.ts, compiled by esbuild (tsx's own
-//    compiler, installed with the devDependencies) into a cached bundle under
-//    node_modules/.cache/snakemq/. The bundle is rebuilt whenever one of its source files
-//    changed (size or mtime). Starts in ~0.1 s instead of ~0.3 s through tsx's loader.
+// 1. An installed package (no src/ beside dist/): the built CLI, dist/src/cli.js.
+// 2. A source checkout: src/cli.ts, compiled by esbuild (tsx's own compiler, installed with the
+//    devDependencies) into a cached bundle under node_modules/.cache/snakemq/. The bundle is
+//    rebuilt whenever one of its source files changed (size or mtime). Starts in ~0.1 s instead
+//    of ~0.3 s through tsx's loader. A checkout's dist/ (built by `prepare` on every install)
+//    is not used: it goes stale as soon as a source changes.
 // 3. If esbuild cannot be used: src/cli.ts through tsx's loader, registered in this process.
 //
-// SNAKEMQ_CLI_SOURCE=1 skips dist/ (the tests set it, so a stale build is never what they run);
-// SNAKEMQ_CLI_SOURCE=tsx also skips the bundle and uses tsx's loader.
+// SNAKEMQ_CLI_SOURCE=dist runs dist/ even in a checkout; SNAKEMQ_CLI_SOURCE=tsx skips the
+// bundle and uses tsx's loader.
 import { existsSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -17,7 +18,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const built = `${root}dist/src/cli.js`;
 const source = `${root}src/cli.ts`;
 const flag = process.env.SNAKEMQ_CLI_SOURCE;
-const wantSource = !!flag && flag !== '0';
+const wantSource = existsSync(source) && flag !== 'dist';
 
 function fail(message) {
   process.stderr.write(`snakemq: ${message}\n`);
@@ -83,7 +84,7 @@ async function bundle() {
 let cli;
 if (!wantSource && existsSync(built)) {
   cli = await import(pathToFileURL(built).href);
-} else if (existsSync(source)) {
+} else if (wantSource) {
   let url;
   try {
     if (flag !== 'tsx') url = await bundle();

@@ -169,7 +169,7 @@ describe('snakemq CLI: help and arguments', () => {
     expect(send.stdout).toContain('{"event":"delivered","to":PEER,"uuid":"<32 hex>"}');
   });
 
-  it('runs through the launcher without forcing the source (dist/ when built, else the bundle)', async () => {
+  it('runs through the launcher without forcing the source (in a checkout: the bundle)', async () => {
     const c = new Cli(['--version'], { SNAKEMQ_CLI_SOURCE: '' });
     expect(await c.exit()).toEqual({ code: 0, signal: null });
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
