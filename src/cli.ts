@@ -509,6 +509,8 @@ async function send(args: string[]): Promise<number> {
   const dropped: string[] = [];
   let lastConnectError: string | undefined;
   const connectedIdents = new Map<string, string>();
+  /** Connections identified as `to` so far (a flaky link makes many). */
+  let connectionsToPeer = 0;
   let settled = false;
   let finish!: (code: number) => void;
   const finished = new Promise<number>((r) => (finish = r));
@@ -534,11 +536,14 @@ async function send(args: string[]): Promise<number> {
   };
   const why = (): string => {
     const n = pending.size;
-    const what = `${n} of ${total} message${total === 1 ? '' : 's'} not delivered to ${JSON.stringify(to)}`;
+    const what = `${n} of ${total} message${total === 1 ? '' : 's'} not delivered to ${JSON.stringify(to)} (${delivered} delivered)`;
     const peers = [...new Set(connectedIdents.values())];
+    const times = `${connectionsToPeer} time${connectionsToPeer === 1 ? '' : 's'}`;
     let reason: string;
     if (peers.includes(to)) {
-      reason = `${JSON.stringify(to)} is connected but has not acknowledged them`;
+      reason = `${JSON.stringify(to)} is connected (connected ${times}) but has not acknowledged them`;
+    } else if (connectionsToPeer > 0) {
+      reason = `${JSON.stringify(to)} connected ${times} and is not connected now${lastConnectError ? ` (last attempt: ${lastConnectError})` : ''}`;
     } else if (peers.length > 0) {
       reason = `connected only to ${peers.map((s) => JSON.stringify(s)).join(', ')}, not to ${JSON.stringify(to)}`;
     } else {
@@ -581,6 +586,10 @@ async function send(args: string[]): Promise<number> {
   };
   p.messaging.on('connect', (connId, peer) => {
     connectedIdents.set(connId, peer);
+    if (peer === to) {
+      connectionsToPeer++;
+      lastConnectError = undefined; // an older failed attempt no longer says why
+    }
     if (peer !== to) {
       const info = p.packeter.connectionInfo(connId);
       warn('send', `connected to ${JSON.stringify(peer)}${info ? ` at ${info.remoteAddress}:${info.remotePort}` : ''}, but the messages are for ${JSON.stringify(to)}`);

@@ -8,7 +8,9 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Message } from '../src/message.js';
+import { EXTENSION_VERSION, FEATURE_ACKS, encodeHello, encodeIdentification, encodeProtocolVersion } from '../src/protocol.js';
 import { makeTestCerts } from './helpers/certs.js';
+import { packet } from './helpers/mutator.js';
 import { closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -338,9 +340,33 @@ describe('snakemq CLI: failures', () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(
-      new RegExp(`timed out after 400 ms: 1 of 1 message not delivered to "bob": cannot connect to 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`),
+      new RegExp(`timed out after 400 ms: 1 of 1 message not delivered to "bob" \\(0 delivered\\): cannot connect to 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`),
     );
     expect(r.stderr).toContain('discarded (not --persistent)');
+  });
+
+  it('send times out naming how often the peer connected, when it connected and left without acknowledging', async () => {
+    // "bob" speaks our extensions (so a message counts only once acknowledged), never
+    // acknowledges, hangs up at once; after two connections nobody listens any more
+    const hello = Buffer.concat([encodeProtocolVersion(), encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 1 << 20, features: FEATURE_ACKS }), encodeIdentification('bob')].map(packet));
+    let accepted = 0;
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.end(hello);
+      if (++accepted === 2) server.close();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    const r = await run(['send', '--ident', 'alice', '--connect', `127.0.0.1:${port}`, '--to', 'bob', '--timeout', '2000', 'a', 'b']);
+    server.close();
+    expect(r.code).toBe(1);
+    expect(accepted).toBe(2);
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `timed out after 2000 ms: 2 of 2 messages not delivered to "bob" \\(0 delivered\\): "bob" connected 2 times and is not connected now \\(last attempt: cannot connect to 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`,
+      ),
+    );
+    expect(r.stderr).not.toContain('did not connect');
   });
 
   it('send times out when the peer there has another identity', async () => {
