@@ -79,6 +79,8 @@ export const MESSAGING_DEFAULTS = {
   queuePolicy: 'reject' as QueuePolicy,
   maxInFlight: 8192,
   maxInFlightBytes: 16 * 1024 * 1024,
+  initialInFlight: 64,
+  initialInFlightBytes: 16 * 1024,
   dedupIdlePeers: 4096,
   extensions: true,
 } as const;
@@ -109,6 +111,16 @@ export interface MessagingOptions {
   maxInFlight?: number;
   /** Unacknowledged body bytes in flight per extension peer (default 16 MiB; one message always fits). */
   maxInFlightBytes?: number;
+  /**
+   * Slow start: on every new connection to an extension peer, at most this many messages are in
+   * flight at first (default 64); each acknowledged message then raises the allowance by one
+   * (so it doubles every round trip) up to {@link maxInFlight}. A link that drops every few KB
+   * still moves new messages each time, instead of spending every connection rewriting a
+   * whole window that the peer already has and never getting its acknowledgements back.
+   */
+  initialInFlight?: number;
+  /** Slow start in body bytes (default 16 KiB), raised by the acknowledged bytes up to {@link maxInFlightBytes}. */
+  initialInFlightBytes?: number;
   /**
    * Remembered received uuids per peer for deduplication: at least twice the in-flight window
    * of the peers that send to us (default max(2 × maxInFlight, 2 × 8192), so that peers with the
@@ -174,6 +186,12 @@ interface Conn {
   ext: boolean;
   /** Features in use with this peer. */
   acks: boolean;
+  /**
+   * The in-flight allowance of this connection (slow start): messages and body bytes, from
+   * `initialInFlight*` up by what is acknowledged, to `maxInFlight*`.
+   */
+  window: number;
+  windowBytes: number;
   flow: boolean;
   peerMaxPacket: number;
   lastRecv: number;
@@ -322,6 +340,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.clock = options.clock ?? systemClock;
     this.log = options.logger ?? defaultLogger();
     const maxInFlight = checkMs('maxInFlight', options.maxInFlight, MESSAGING_DEFAULTS.maxInFlight, 1);
+    const maxInFlightBytes = checkMs('maxInFlightBytes', options.maxInFlightBytes, MESSAGING_DEFAULTS.maxInFlightBytes, 1);
     this.opts = {
       keepaliveInterval: checkMs('keepaliveInterval', options.keepaliveInterval, MESSAGING_DEFAULTS.keepaliveInterval),
       keepaliveWait: checkMs('keepaliveWait', options.keepaliveWait, MESSAGING_DEFAULTS.keepaliveWait),
@@ -329,7 +348,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       queueLimitBytes: checkMs('queueLimitBytes', options.queueLimitBytes, MESSAGING_DEFAULTS.queueLimitBytes, 1),
       queuePolicy: options.queuePolicy ?? MESSAGING_DEFAULTS.queuePolicy,
       maxInFlight,
-      maxInFlightBytes: checkMs('maxInFlightBytes', options.maxInFlightBytes, MESSAGING_DEFAULTS.maxInFlightBytes, 1),
+      maxInFlightBytes,
+      // (an allowance above the maximum is the maximum)
+      initialInFlight: Math.min(maxInFlight, checkMs('initialInFlight', options.initialInFlight, MESSAGING_DEFAULTS.initialInFlight, 1)),
+      initialInFlightBytes: Math.min(
+        maxInFlightBytes,
+        checkMs('initialInFlightBytes', options.initialInFlightBytes, MESSAGING_DEFAULTS.initialInFlightBytes, 1),
+      ),
       dedupWindow: checkMs('dedupWindow', options.dedupWindow, Math.max(2 * maxInFlight, 2 * MESSAGING_DEFAULTS.maxInFlight), 1),
       dedupIdlePeers: checkCount('dedupIdlePeers', options.dedupIdlePeers, MESSAGING_DEFAULTS.dedupIdlePeers),
       extensions: options.extensions ?? MESSAGING_DEFAULTS.extensions,
@@ -765,6 +790,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       id: connId,
       ext: false,
       acks: false,
+      window: this.opts.initialInFlight,
+      windowBytes: this.opts.initialInFlightBytes,
       flow: false,
       peerMaxPacket: MAX_WIRE_PACKET_SIZE,
       lastRecv: now,
@@ -1007,8 +1034,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!c || !q || c.dead) return;
     const p = this.packeter;
     const windowed = c.acks;
-    const maxInFlight = this.opts.maxInFlight;
-    const maxInFlightBytes = this.opts.maxInFlightBytes;
+    // (the connection's slow-start allowance, see initialInFlight)
+    const window = c.window;
+    const windowBytes = c.windowBytes;
     // Bytes the connection takes before writable() turns false; asked again when used up.
     let room = 0;
     // The queue keeps each packet as it goes on the wire, one after the other in its chunks;
@@ -1020,7 +1048,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     let run = 0;
     let runSeq = 0;
     for (;;) {
-      if (windowed && (q.inflight >= maxInFlight || (q.inflight > 0 && q.inflightBytes >= maxInFlightBytes))) break;
+      if (windowed && (q.inflight >= window || (q.inflight > 0 && q.inflightBytes >= windowBytes))) break;
       if (room <= 0) {
         if (!p.writable(c.id)) break;
         room = p.writableBytes(c.id);
@@ -1156,6 +1184,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // ACK_COPY_BYTES at a time (the frame may be as long as a packet can be).
     let uuids: Buffer | undefined;
     let uuidsFrom = 0;
+    let acked = 0;
+    let ackedBytes = 0;
     for (let off = start + 1; off < end; off += 16) {
       // Acks come in sending order: the oldest item in flight is normally the one.
       let s = q.head;
@@ -1179,11 +1209,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
       const chunk = q.chunk(s);
       const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
+      ackedBytes += q.bodyLength(s);
+      acked++;
       q.remove(s);
       for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, uuidOff);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
     this.deleteStored(deletes);
+    // slow start: the allowance grows by what came back, so it doubles per round trip
+    c.window = Math.min(this.opts.maxInFlight, c.window + acked);
+    c.windowBytes = Math.min(this.opts.maxInFlightBytes, c.windowBytes + ackedBytes);
     this.afterRemoval(q, wasFull);
     this.schedulePump(q);
   }
