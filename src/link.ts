@@ -58,6 +58,7 @@ export interface ListenerInfo {
 /** Defaults of {@link ConnectorOptions}, in milliseconds. */
 export const DEFAULT_RECONNECT_INTERVAL = 1000;
 export const DEFAULT_RECONNECT_MAX_INTERVAL = 30_000;
+export const DEFAULT_RECONNECT_AFTER_LOSS_INTERVAL = 100;
 export const DEFAULT_CONNECT_TIMEOUT = 10_000;
 
 /** Where and how a connector connects. */
@@ -66,10 +67,18 @@ export interface ConnectorOptions {
   port: number;
   /** Connect with TLS. */
   tls?: TlsConfig;
-  /** First wait before reconnecting after a refusal or a lost connection, ms (default 1000). */
+  /** First wait before reconnecting after a failed attempt (refused, timed out), ms (default 1000). */
   reconnectInterval?: number;
-  /** The wait doubles after each failed attempt up to this, ms (default 30000). */
+  /** The wait doubles after each further failed attempt up to this, ms (default 30000). */
   reconnectMaxInterval?: number;
+  /**
+   * Wait before reconnecting after a connection that was up is lost, ms (default 100): a
+   * dropped link comes back at once. When connections keep being lost less than
+   * `reconnectInterval` after they were made (a peer that accepts and hangs up, a flaky
+   * link), each such loss doubles this wait, up to `reconnectInterval`; a connection that
+   * stayed up that long starts the count again.
+   */
+  reconnectAfterLossInterval?: number;
   /** Each wait is varied by up to ± this fraction at random (default 0.2). */
   reconnectJitter?: number;
   /** Give up one connection attempt after this long, ms (default 10000). */
@@ -263,10 +272,36 @@ interface Listener {
 interface Connector {
   id: string;
   opts: Required<Omit<ConnectorOptions, 'tls'>> & { tls?: TlsConfig };
+  /** Failed attempts since the last connection was made. */
   attempt: number;
+  /** Connections in a row lost less than `reconnectInterval` after they were made. */
+  shortLosses: number;
+  /** When the current connection was made (clock time). */
+  upSince: number;
   timer?: TimerHandle;
   socket?: net.Socket;
   connId?: ConnId;
+}
+
+/**
+ * @internal A connector's wait before its next attempt, ms, before jitter. After a failed
+ * attempt (`failedAttempts` of them in a row, counting that one from 0): `reconnectInterval`
+ * doubled per earlier failure, up to `reconnectMaxInterval`. After a connection that was up is
+ * lost (`failedAttempts` undefined): `reconnectAfterLossInterval`, doubled for each earlier
+ * short-lived connection in a row (`shortLosses` counts this loss too when it was short), up to
+ * `reconnectInterval`. So losing a link costs a short wait, a peer that keeps hanging up is
+ * retried no faster than once per `reconnectInterval`, and only failed attempts back off further.
+ */
+export function reconnectWait(
+  o: Pick<Required<ConnectorOptions>, 'reconnectInterval' | 'reconnectMaxInterval' | 'reconnectAfterLossInterval'>,
+  failedAttempts: number | undefined,
+  shortLosses: number,
+): number {
+  if (failedAttempts === undefined) {
+    const doublings = Math.min(Math.max(0, shortLosses - 1), 30);
+    return Math.min(o.reconnectInterval, o.reconnectAfterLossInterval * 2 ** doublings);
+  }
+  return Math.min(o.reconnectMaxInterval, o.reconnectInterval * 2 ** Math.min(failedAttempts, 30));
 }
 
 /** Error for a failed connection attempt (reported on `error`, then retried). */
@@ -398,6 +433,8 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     const c: Connector = {
       id,
       attempt: 0,
+      shortLosses: 0,
+      upSince: 0,
       opts: {
         host: options.host,
         port: options.port,
@@ -407,6 +444,11 @@ export class Link extends Emitter<TransportEvents> implements Transport {
           'reconnectMaxInterval',
           options.reconnectMaxInterval,
           DEFAULT_RECONNECT_MAX_INTERVAL,
+        ),
+        reconnectAfterLossInterval: positive(
+          'reconnectAfterLossInterval',
+          options.reconnectAfterLossInterval,
+          DEFAULT_RECONNECT_AFTER_LOSS_INTERVAL,
         ),
         reconnectJitter: Math.min(1, positive('reconnectJitter', options.reconnectJitter, 0.2)),
         connectTimeout: positive('connectTimeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT),
@@ -536,10 +578,12 @@ export class Link extends Emitter<TransportEvents> implements Transport {
         return;
       }
       c.connId = this.register(socket, 'connector', c.id, !!t, reader);
+      c.upSince = this.clock.now();
       socket.once('close', () => {
         c.socket = undefined;
         c.connId = undefined;
-        this.scheduleReconnect(c);
+        c.shortLosses = this.clock.now() - c.upSince < c.opts.reconnectInterval ? c.shortLosses + 1 : 0;
+        this.scheduleReconnect(c, true);
       });
     };
     const onFail = (err: Error): void => {
@@ -571,12 +615,12 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     const timeout = this.clock.setTimeout(() => onFail(new Error(`timed out after ${connectTimeout} ms`)), connectTimeout);
   }
 
-  private scheduleReconnect(c: Connector): void {
+  /** Wait for the next attempt: `lost` after a connection that was up, else after a failed attempt. */
+  private scheduleReconnect(c: Connector, lost = false): void {
     if (this.closed || !this.connectors.has(c.id) || c.timer) return;
-    const { reconnectInterval, reconnectMaxInterval, reconnectJitter } = c.opts;
-    const base = Math.min(reconnectMaxInterval, reconnectInterval * 2 ** Math.min(c.attempt, 30));
-    const delay = Math.max(0, base * (1 + reconnectJitter * (this.random() * 2 - 1)));
-    c.attempt++;
+    const base = reconnectWait(c.opts, lost ? undefined : c.attempt, c.shortLosses);
+    const delay = Math.max(0, base * (1 + c.opts.reconnectJitter * (this.random() * 2 - 1)));
+    if (!lost) c.attempt++;
     c.timer = this.clock.setTimeout(() => this.dial(c), delay);
   }
 
