@@ -212,6 +212,29 @@ export function errorFromPython(exc: unknown, format: unknown, objectName: strin
   return new RemoteError(exc.name, exceptionMessage(exc.args), stack, undefined, { args: exc.args, module: exc.module });
 }
 
+const REQ_ID_KEY = Buffer.from('req_id', 'latin1');
+
+/**
+ * The request id of a pickled request or reply that did not decode, found by its bytes: the
+ * key `req_id` (as Python writes it, maybe memoized) followed by 16 bytes (`SHORT_BINBYTES` or
+ * Python 2's `SHORT_BINSTRING`). `undefined` when there is none. Only a hint: the caller uses it
+ * to answer (or fail) that one request with the decode error instead of leaving it waiting,
+ * and an id that does not name a request of that peer changes nothing.
+ */
+export function findPickledReqId(src: Uint8Array, start: number, end: number): Buffer | undefined {
+  const hay = Buffer.from(src.buffer, src.byteOffset + start, end - start);
+  for (let at = hay.indexOf(REQ_ID_KEY); at >= 0; at = hay.indexOf(REQ_ID_KEY, at + 1)) {
+    let i = at + REQ_ID_KEY.length;
+    if (hay[i] === 0x94) i += 1; // MEMOIZE
+    else if (hay[i] === 0x71) i += 2; // BINPUT n
+    else if (hay[i] === 0x72) i += 5; // LONG_BINPUT n
+    if ((hay[i] === 0x43 || hay[i] === 0x55) && hay[i + 1] === REQ_ID_LENGTH && i + 2 + REQ_ID_LENGTH <= hay.length) {
+      return Buffer.from(hay.subarray(i + 2, i + 2 + REQ_ID_LENGTH));
+    }
+  }
+  return undefined;
+}
+
 /** A reply read from a pickle. */
 export type PickleReply =
   | { ok: true; reqId: Buffer; value: unknown }

@@ -47,6 +47,7 @@ import {
   decodePickleReply,
   decodePickleRequest,
   errorFromPython,
+  findPickledReqId,
   pickleErrorReply,
   pickleOkReply,
   pickleRequestBody,
@@ -745,11 +746,19 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   /** A request read as a pickle (a Python snakeMQ client's): answered as one. */
   private onPickleRequest(ident: string, message: Message): void {
     const src = Message.bodySource(message);
+    const start = Message.bodyStart(message) + PREFIX_LENGTH;
+    const end = Message.bodyEnd(message);
     let r: ReturnType<typeof decodePickleRequest>;
     try {
-      r = decodePickleRequest(this.pickle, src, Message.bodyStart(message) + PREFIX_LENGTH, Message.bodyEnd(message));
+      r = decodePickleRequest(this.pickle, src, start, end);
     } catch (err) {
       this.report(err, ident);
+      // a Python caller waits for ever by default: if the body names its request id, say why
+      const reqId = findPickledReqId(src, start, end);
+      if (reqId !== undefined && err instanceof RpcDecodeError) {
+        const e = new TypeError(`the request could not be read: ${err.message}`);
+        this.sendReply(ident, this.errorReply(reqId, e, false, true));
+      }
       return;
     }
     if (!r.ok) {
@@ -1784,14 +1793,20 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** A reply read as a pickle (from a Python snakeMQ server). */
   private onPickleReply(ident: string, src: Buffer, start: number, end: number): void {
     let rep: ReturnType<typeof decodePickleReply>;
+    let failure: Error;
     try {
       rep = decodePickleReply(this.pickle, src, start + PREFIX_LENGTH, end);
+      failure = new RpcBadRequestError('malformed pickled RPC reply (a Python object we do not read?); dropped');
     } catch (err) {
-      this.report(err as Error, ident);
-      return;
+      rep = undefined;
+      failure = err as Error;
     }
     if (rep === undefined) {
-      this.report(new RpcBadRequestError('malformed pickled RPC reply; dropped'), ident);
+      this.report(failure, ident);
+      // the call it answers, if its id can be found, fails now instead of waiting for ever
+      const reqId = findPickledReqId(src, start + PREFIX_LENGTH, end);
+      const p = reqId === undefined ? undefined : this.pendingCall(ident, reqId, 0);
+      if (p) this.settle(p, failure);
       return;
     }
     const p = this.pendingCall(ident, rep.reqId, 0);

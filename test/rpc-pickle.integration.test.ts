@@ -195,6 +195,21 @@ describe('pickled requests from a Python-style client', () => {
     expect(replies[2]).toEqual({ ok: true, return: 3, req_id: Buffer.alloc(16, 7) });
   });
 
+  it('a request that does not decode but names its req_id is answered with a TypeError (a Python caller would wait for ever)', async () => {
+    const { send, replies, errors } = await plainRig();
+    const s = (t: string): string => `X${String.fromCharCode(t.length)}\x00\x00\x00${t}`;
+    const withSet = Buffer.from(
+      `rpcreq\x80\x02}(${s('command')}${s('call')}${s('object')}${s('calc')}${s('method')}${s('add')}${s('args')}\x8f\x85${s('kwargs')}}${s('req_id')}C\x10${'\x05'.repeat(16)}u.`,
+      'latin1',
+    );
+    await send(withSet);
+    await until(() => replies.length === 1);
+    expect(replies[0].req_id).toEqual(Buffer.alloc(16, 5));
+    expect(replies[0].exception).toMatchObject({ module: 'builtins', name: 'TypeError' });
+    expect(replies[0].exception.args[0]).toMatch(/the request could not be read: invalid pickle at byte \d+: opcode EMPTY_SET is refused/);
+    expect(errors.map((e) => (e as { code?: string }).code)).toEqual(['ERR_RPC_DECODE']);
+  });
+
   it('hostile pickles: each a typed error, nothing runs, no exception escapes, and the next call works', async () => {
     const { send, replies, calc, errors, req, client } = await plainRig();
     const p = (s: string): Buffer => Buffer.concat([REQUEST_PREFIX, Buffer.from(s, 'latin1')]);
@@ -247,6 +262,25 @@ describe('pickled requests from a Python-style client', () => {
     await until(() => clientErrors.length === 3);
     expect(clientErrors.map((e) => (e as { code?: string }).code)).toEqual(['ERR_RPC_BAD_REQUEST', 'ERR_RPC_DECODE', 'ERR_RPC_DECODE']);
     expect(await client.getProxy<Calc>('srv', 'calc').add(2, 2)).toBe(4);
+  });
+
+  it('a reply that does not decode fails the call it names at once, with the typed error', async () => {
+    const { srv, client } = await rig({ plainClient: true });
+    srv.messaging.removeAllListeners('message'); // answer by hand, as a Python server returning a set would
+    const hook = new ReceiveHook(srv.messaging);
+    hook.register(REQUEST_PREFIX, (_c, ident, m) => {
+      const { req_id } = pickle.decode(m.body.subarray(6)) as { req_id: Buffer };
+      const reply = Buffer.concat([
+        REPLY_PREFIX,
+        Buffer.from('\x80\x04}(\x8c\x02ok\x88\x8c\x06return\x8f(K\x01\x90\x8c\x06req_id\x94C\x10', 'latin1'),
+        req_id,
+        Buffer.from('u.', 'latin1'),
+      ]);
+      void srv.messaging.sendMessage(ident, new Message(reply));
+    });
+    const started = Date.now();
+    await expect(client.getProxy<Calc>('srv', 'calc').add(1, 1)).rejects.toMatchObject({ code: 'ERR_RPC_DECODE', message: /EMPTY_SET is refused/ });
+    expect(Date.now() - started).toBeLessThan(5_000); // not the 10 s timeout
   });
 });
 

@@ -136,8 +136,11 @@ describe('RPC with a real Python snakeMQ 1.6 peer', () => {
       expect(got.get('bump-1-again')).toMatchObject({ repr: '1' });
       expect(got.get('bump-2')).toMatchObject({ repr: '2' });
       expect(bumps).toBe(2);
+      // a set is no type of ours: the Python caller gets a TypeError at once instead of waiting
+      expect(got.get('set-argument')).toMatchObject({ error: 'TypeError', module: 'builtins' });
+      expect(got.get('set-argument')!.args).toMatch(/the request could not be read: .*EMPTY_SET is refused/);
       expect(await py.exited).toBe(0);
-      expect(errors).toEqual([]);
+      expect(errors.map((e) => (e as { code?: string }).code)).toEqual(['ERR_RPC_DECODE']); // the set
     },
     60_000,
   );
@@ -197,6 +200,10 @@ describe('RPC with a real Python snakeMQ 1.6 peer', () => {
       expect(notes).toEqual([['hello ž', 3]]);
       expect(await calc.add(40, 2)).toBe(42);
       expect(errors).toEqual([]);
+      // a Python set in a reply: the call fails at once with the typed error, the next one works
+      await expect(client.getProxy<{ aset(): unknown }>('pyserver', 'calc').aset()).rejects.toMatchObject({ code: 'ERR_RPC_DECODE' });
+      expect(errors.map((e) => (e as { code?: string }).code)).toEqual(['ERR_RPC_DECODE']);
+      expect(await calc.add(1, 2)).toBe(3);
     },
     60_000,
   );

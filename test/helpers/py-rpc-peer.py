@@ -50,6 +50,9 @@ class Calc(object):
     def fail(self):
         raise ValueError("bad value", 42)
 
+    def aset(self):
+        return {1, 2}
+
     def custom(self):
         raise CustomError("custom failure")
 
@@ -126,6 +129,7 @@ def client(ident, port, server_ident):
             call("bump-1", lambda: cli.call_regular(server_ident, proxy.bump, dict(params)))
             call("bump-1-again", lambda: cli.call_regular(server_ident, proxy.bump, dict(params)))
             call("bump-2", lambda: proxy.bump())
+            call("set-argument", lambda: proxy.add({1, 2}, 3))
         except Exception:
             out({"crash": traceback.format_exc()})
         out({"done": True})
