@@ -84,12 +84,17 @@ describe('RPC with a real Python snakeMQ 1.6 peer', () => {
   });
 
   it.skipIf(!HAVE_PYTHON)(
-    `a Python RpcClient calls our RpcServer: calls, kwargs, a signal, exceptions, a big int, bytes, unicode, a repeated request${NEEDS}`,
+    `a Python RpcClient calls our RpcServer: calls, kwargs, a signal, exceptions, a big int, bytes, unicode, requests repeated (after a reconnect too)${NEEDS}`,
     async () => {
       const node = makePeer('node', { keepaliveInterval: 0 });
       const server = new RpcServer(new ReceiveHook(node.messaging));
       const notes: unknown[] = [];
       let bumps = 0;
+      let slowRuns = 0;
+      let slowRequests = 0;
+      node.messaging.on('message', (_c, _i, m) => {
+        if (m.body.includes('\x8c\x04slow', 0, 'latin1')) slowRequests++;
+      });
       server.registerObject(
         {
           add: (a: number, b: number) => a + b,
@@ -108,6 +113,13 @@ describe('RPC with a real Python snakeMQ 1.6 peer', () => {
           notify: rpcSignal((text: string, opts: { level?: number }) => void notes.push([text, opts.level])),
           get_notes: () => notes,
           bump: () => ++bumps,
+          slow: async () => {
+            slowRuns++;
+            const c = node.messaging.connectionOf('pyclient');
+            if (c !== undefined) node.link.closeConnection(c);
+            await new Promise((r) => setTimeout(r, 300));
+            return slowRuns;
+          },
         },
         'calc',
         { kwargs: ['greet', 'notify'] },
@@ -139,6 +151,10 @@ describe('RPC with a real Python snakeMQ 1.6 peer', () => {
       // a set is no type of ours: the Python caller gets a TypeError at once instead of waiting
       expect(got.get('set-argument')).toMatchObject({ error: 'TypeError', module: 'builtins' });
       expect(got.get('set-argument')!.args).toMatch(/the request could not be read: .*EMPTY_SET is refused/);
+      // re-sent after the reconnect with the same req_id, run once, answered
+      expect(got.get('slow-reconnect')).toMatchObject({ repr: '1' });
+      expect(slowRequests).toBe(2);
+      expect(slowRuns).toBe(1);
       expect(await py.exited).toBe(0);
       expect(errors.map((e) => (e as { code?: string }).code)).toEqual(['ERR_RPC_DECODE']); // the set
     },

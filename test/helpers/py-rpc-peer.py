@@ -130,6 +130,9 @@ def client(ident, port, server_ident):
             call("bump-1-again", lambda: cli.call_regular(server_ident, proxy.bump, dict(params)))
             call("bump-2", lambda: proxy.bump())
             call("set-argument", lambda: proxy.add({1, 2}, 3))
+            # the server cuts the connection while slow() runs: snakeMQ re-sends the same req_id
+            proxy.slow.set_timeout(10)
+            call("slow-reconnect", lambda: proxy.slow())
         except Exception:
             out({"crash": traceback.format_exc()})
         out({"done": True})
