@@ -188,6 +188,12 @@ class GlobalRef {
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
+/** A name from the input, cut short and made printable for an error message. */
+function clip(s: string): string {
+  const t = s.slice(0, 80).replace(/[^\x20-\x7e]/g, '?');
+  return s.length > 80 ? `${t}…` : t;
+}
+
 function fail(pos: number, what: string): never {
   throw new RpcDecodeError(`invalid pickle at byte ${pos}: ${what}`);
 }
@@ -421,8 +427,10 @@ function decodePickle(
     memoIndex(i);
     const kind = memoKinds[i];
     if (kind === undefined) fail(rel(), `memo index ${i} was never stored`);
-    if (kind === K_LIST || kind === K_DICT || kind === K_TUPLE) shared = true;
-    push(memo[i], kind, kind === K_SCALAR || kind === K_GLOBAL ? 0 : 1);
+    const v = memo[i];
+    // a container (or exception) met again: its depth here may be stale, the end result is walked
+    if (kind === K_LIST || kind === K_DICT || kind === K_TUPLE || v instanceof PickledException) shared = true;
+    push(v, kind, kind === K_SCALAR || kind === K_GLOBAL ? 0 : 1);
   };
   const pyInt = (s: string, what: string): number | bigint => {
     if (!INT_TEXT.test(s)) fail(rel(), `bad ${what}`);
@@ -475,7 +483,7 @@ function decodePickle(
         break;
       case DUP: {
         const t = top('DUP');
-        if (kinds[t] !== K_SCALAR) shared = true;
+        if (kinds[t] !== K_SCALAR || stack[t] instanceof PickledException) shared = true;
         push(stack[t], kinds[t], depths[t]);
         break;
       }
@@ -717,7 +725,7 @@ function decodePickle(
           push(asBytes, K_SCALAR, 0);
           break;
         }
-        if (!allowExceptions) fail(rel(), `GLOBAL ${g.module}.${g.name} is refused (only data is accepted)`);
+        if (!allowExceptions) fail(rel(), `GLOBAL ${clip(g.module)}.${clip(g.name)} is refused (only data is accepted)`);
         if (!DOTTED_NAME.test(module) || !DOTTED_NAME.test(g.name)) fail(rel(), 'GLOBAL with a name that is not a Python identifier');
         exceptions++;
         push(new PickledException(module, g.name, args), K_SCALAR, d);

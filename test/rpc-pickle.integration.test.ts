@@ -130,6 +130,11 @@ describe('RPC codec picked per peer', () => {
     expect(await forced.getProxy<Calc>('srv', 'calc', { encoding: 'msgpack' }).add(2, 3)).toBe(5);
     expect(isPickle(atServer[2])).toBe(true);
     expect(atServer[3][6]).toBe(0x85);
+    // keyword arguments between snakemq peers: a sixth key, only when given
+    expect(await client.call('srv', 'calc', 'power', [2], { kwargs: { exp: 3 } })).toBe(8);
+    expect(atServer[4][6]).toBe(0x86);
+    await expect(client.call('srv', 'calc', 'add', [1], { kwargs: { b: 2 } })).rejects.toMatchObject({ remoteName: 'TypeError' });
+    await expect(client.call('srv', 'calc', 'add', [1, 2], { kwargs: [] as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     forced.close();
     expect(() => client.getProxy('srv', 'calc', { encoding: 'json' as never })).toThrow(/encoding must be/);
   });

@@ -170,6 +170,12 @@ describe('pickle codec on hostile pickles: every one a typed RpcDecodeError', ()
     expectRefused(Buffer.concat([p('\x80\x04)'), Buffer.alloc(n, 0x85), p('.')]), /nested deeper than 512/);
     expectRefused(Buffer.concat([p('\x80\x04'), Buffer.alloc(n, 0x28), p(')t'.repeat(1)), Buffer.alloc(n - 1, 0x74), p('.')]), /nested deeper than 512|marks/);
     expectRefused(p('\x80\x02]q\x00h\x00a.'), /a cycle/);
+    // an exception met again through the memo, wrapped 600 deep: found by the walk
+    // (args 500 deep, fetched again, then 100 tuples around it: each step within the limit)
+    const deepArgs = Buffer.concat([p('\x80\x02cbuiltins\nValueError\n)'), Buffer.alloc(499, 0x85), p('Rq\x000h\x00')]);
+    expect(codec.decodeWithExceptions(Buffer.concat([deepArgs, Buffer.alloc(5, 0x85), p('.')])).exceptions).toBe(1);
+    expectRefused(Buffer.concat([deepArgs, Buffer.alloc(100, 0x85), p('.')]), /nested deeper than 512 \(a cycle\?\)/);
+    expectRefused(p(`${'\x80\x02c'}${'x'.repeat(5000)}\nsystem\n)R.`), /GLOBAL x{80}…\.system is refused/, false);
     expectRefused(p('\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s.'), /a cycle/);
     expectRefused(p('\x80\x02}q\x00(K\x01U\x01aC\x01kh\x00u.'), /a cycle/);
   });
