@@ -1102,8 +1102,8 @@ export interface RpcClientOptions {
   codec?: RpcCodec;
   /**
    * `'auto'` (default): requests to plain snakeMQ 1.6 peers (Python) are pickles, to snakemq
-   * peers MessagePack (`codec`); `'msgpack'` / `'pickle'`: always that one. Replies are read
-   * in whichever they come in (under `'auto'`).
+   * peers MessagePack (`codec`); `'msgpack'` / `'pickle'`: always that one (a proxy may force
+   * its own). Replies are read in whichever encoding they come in.
    */
   encoding?: RpcEncoding;
   /** The pickle codec (default: a shared {@link PickleCodec}). */
@@ -1764,7 +1764,8 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
         return;
       }
     }
-    if (readAsPickle(this.encoding, this.messaging, ident, src, start, end)) {
+    // read by what the reply is (a proxy may have forced either encoding on its requests)
+    if (readAsPickle('auto', this.messaging, ident, src, start, end)) {
       this.onPickleReply(ident, src, start, end);
       return;
     }

@@ -130,6 +130,10 @@ describe('RPC codec picked per peer', () => {
     expect(await forced.getProxy<Calc>('srv', 'calc', { encoding: 'msgpack' }).add(2, 3)).toBe(5);
     expect(isPickle(atServer[2])).toBe(true);
     expect(atServer[3][6]).toBe(0x85);
+    // error replies (not laid out as a success) in either encoding, whatever the client's own
+    await expect(forced.getProxy<Calc>('srv', 'calc', { encoding: 'msgpack' }).fail()).rejects.toMatchObject({ remoteName: 'KeyError' });
+    await expect(forced.getProxy<Calc>('srv', 'calc').fail()).rejects.toMatchObject({ remoteName: 'KeyError', remoteArgs: ['wrong key'] });
+    atServer.splice(4);
     // keyword arguments between snakemq peers: a sixth key, only when given
     expect(await client.call('srv', 'calc', 'power', [2], { kwargs: { exp: 3 } })).toBe(8);
     expect(atServer[4][6]).toBe(0x86);
