@@ -33,7 +33,7 @@
  *
  * @module
  */
-import { Buffer } from 'node:buffer';
+import { Buffer, isUtf8 } from 'node:buffer';
 import { InvalidArgumentError } from './errors.js';
 import type { RpcCodec } from './rpc-codec.js';
 import { RpcDecodeError, RpcEncodeError } from './rpc-errors.js';
@@ -186,7 +186,24 @@ class GlobalRef {
   ) {}
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+/** `b[start..end)` as a string when it is valid UTF-8 (short ASCII ones without a decoder call), else `undefined`. */
+function utf8Text(b: Uint8Array, start: number, end: number): string | undefined {
+  if (end - start <= 32) {
+    let s = '';
+    for (let i = start; i < end; i++) {
+      const c = b[i];
+      if (c >= 0x80) return slowUtf8(b, start, end);
+      s += String.fromCharCode(c);
+    }
+    return s;
+  }
+  return slowUtf8(b, start, end);
+}
+
+function slowUtf8(b: Uint8Array, start: number, end: number): string | undefined {
+  const view = Buffer.from(b.buffer, b.byteOffset + start, end - start);
+  return isUtf8(view) ? view.toString('utf8') : undefined;
+}
 
 /** A name from the input, cut short and made printable for an error message. */
 function clip(s: string): string {
@@ -314,9 +331,490 @@ function dictKey(k: unknown, kind: number, pos: number): string {
 }
 
 /**
- * Decode one pickle in `b[start..end)`. `allowExceptions`: read `GLOBAL`+`REDUCE` as
- * {@link PickledException}s (counted) instead of refusing them.
+ * The decoder of one pickle in `b[start..end)`: a stack machine over the opcodes, without
+ * recursion. `allowExceptions`: read `GLOBAL`+`REDUCE` as {@link PickledException}s (counted)
+ * instead of refusing them. Beside each stack and memo value it keeps its kind (to refuse
+ * APPEND to a tuple, a GLOBAL inside data, ...) and, on the stack, its nesting depth.
  */
+class Decoder {
+  private readonly stack: unknown[] = [];
+  private readonly kinds: number[] = [];
+  private readonly depths: number[] = [];
+  /** Values on the stack: `stack.length` may be larger (entries past `sp` are stale). */
+  private sp = 0;
+  private readonly marks: number[] = [];
+  private readonly memo: unknown[] = [];
+  private readonly memoKinds: number[] = [];
+  private memoCount = 0;
+  private exceptions = 0;
+  /** A memoized container or exception was fetched again: depths may be stale, walk the result. */
+  private shared = false;
+  private pos: number;
+
+  constructor(
+    private readonly b: Uint8Array,
+    private readonly start: number,
+    private readonly end: number,
+    private readonly maxDepth: number,
+    private readonly maxBigIntBytes: number,
+    private readonly maxItems: number,
+    private readonly allowExceptions: boolean,
+  ) {
+    this.pos = start;
+  }
+
+  private rel(): number {
+    return this.pos - this.start;
+  }
+
+  private fail(what: string): never {
+    fail(this.rel(), what);
+  }
+
+  private need(n: number): void {
+    if (n > this.end - this.pos) this.fail('truncated');
+  }
+
+  private push(v: unknown, kind: number, depth: number): void {
+    const sp = this.sp;
+    if (sp >= this.maxItems) this.fail(`more than ${this.maxItems} values on the stack`);
+    if (depth > this.maxDepth) this.fail(`nested deeper than ${this.maxDepth}`);
+    this.stack[sp] = v;
+    this.kinds[sp] = kind;
+    this.depths[sp] = depth;
+    this.sp = sp + 1;
+  }
+
+  /** Where the open MARK starts (0 without one): nothing below it may be touched. */
+  private floor(): number {
+    const m = this.marks.length;
+    return m === 0 ? 0 : this.marks[m - 1];
+  }
+
+  /** The index of the top value above the open MARK. */
+  private top(what: string): number {
+    const i = this.sp - 1;
+    if (i < this.floor()) this.fail(`${what} with nothing on the stack`);
+    return i;
+  }
+
+  private popMark(what: string): number {
+    if (this.marks.length === 0) this.fail(`${what} without a MARK`);
+    return this.marks.pop()!;
+  }
+
+  /** Drop the values from `n` up, releasing them. */
+  private truncate(n: number): void {
+    for (let i = n; i < this.sp; i++) this.stack[i] = undefined;
+    this.sp = n;
+  }
+
+  private noGlobal(from: number, what: string): void {
+    for (let i = from; i < this.sp; i++) if (this.kinds[i] === K_GLOBAL) this.fail(`a GLOBAL not followed by REDUCE (in ${what})`);
+  }
+
+  private maxDepthOf(from: number): number {
+    let d = 0;
+    for (let i = from; i < this.sp; i++) if (this.depths[i] > d) d = this.depths[i];
+    return d;
+  }
+
+  private items(from: number): unknown[] {
+    const out = new Array<unknown>(this.sp - from);
+    for (let i = from; i < this.sp; i++) out[i - from] = this.stack[i];
+    return out;
+  }
+
+  /** A line ending in `\n` from `pos` (the `\n` consumed), as latin-1. */
+  private line(what: string): string {
+    const b = this.b;
+    let i = this.pos;
+    while (i < this.end && b[i] !== 0x0a) i++;
+    if (i >= this.end) this.fail(`truncated ${what}`);
+    const s = Buffer.from(b.buffer, b.byteOffset + this.pos, i - this.pos).toString('latin1');
+    this.pos = i + 1;
+    return s;
+  }
+
+  /** A little-endian length of `n` bytes, checked against the bytes left. */
+  private readLen(n: 1 | 2 | 4 | 8): number {
+    this.need(n);
+    const b = this.b;
+    const p = this.pos;
+    let len: number;
+    if (n === 1) len = b[p];
+    else if (n === 2) len = b[p] | (b[p + 1] << 8);
+    else if (n === 4) len = readLenNoCheck(b, p);
+    else len = readLenNoCheck(b, p + 4) * 0x100000000 + readLenNoCheck(b, p); // an impossible one is refused below, precision aside
+    this.pos = p + n;
+    if (len > this.end - this.pos) this.fail(`length ${len} beyond the ${this.end - this.pos} bytes left`);
+    return len;
+  }
+
+  private text(len: number): string {
+    const s = utf8Text(this.b, this.pos, this.pos + len);
+    if (s === undefined) this.fail('invalid UTF-8 in a str');
+    this.pos += len;
+    return s;
+  }
+
+  private bytes(len: number): Buffer {
+    const out = Buffer.allocUnsafe(len);
+    out.set(this.b.subarray(this.pos, this.pos + len));
+    this.pos += len;
+    return out;
+  }
+
+  private memoIndex(i: number): number {
+    if (!Number.isInteger(i) || i < 0 || i >= this.maxItems) this.fail(`memo index ${i} out of range`);
+    return i;
+  }
+
+  private put(i: number): void {
+    const t = this.top('PUT');
+    this.memoIndex(i);
+    if (this.memoKinds[i] === undefined && ++this.memoCount > this.maxItems) this.fail(`more than ${this.maxItems} memo entries`);
+    this.memo[i] = this.stack[t];
+    this.memoKinds[i] = this.kinds[t];
+  }
+
+  private get(i: number): void {
+    this.memoIndex(i);
+    const kind = this.memoKinds[i];
+    if (kind === undefined) this.fail(`memo index ${i} was never stored`);
+    const v = this.memo[i];
+    if (kind === K_LIST || kind === K_DICT || kind === K_TUPLE || v instanceof PickledException) this.shared = true;
+    this.push(v, kind, kind === K_SCALAR || kind === K_GLOBAL ? 0 : 1);
+  }
+
+  private pyInt(s: string, what: string): number | bigint {
+    if (!INT_TEXT.test(s)) this.fail(`bad ${what}`);
+    if (s.length > this.maxBigIntBytes * 2.5 + 2) this.fail(`int longer than ${this.maxBigIntBytes} bytes`);
+    return intValue(BigInt(s));
+  }
+
+  private longValue(n: number): number | bigint {
+    if (n > this.maxBigIntBytes) this.fail(`int of ${n} bytes (limit ${this.maxBigIntBytes})`);
+    const v = n <= 6 ? Number(readLong(this.b, this.pos, n)) : intValue(readLong(this.b, this.pos, n));
+    this.pos += n;
+    return v;
+  }
+
+  private textIndex(what: string): number {
+    const s = this.line(what);
+    if (!/^\d{1,10}$/.test(s)) this.fail(`bad ${what} index`);
+    return Number(s);
+  }
+
+  /** The container at `at` (just below `from`) must be of `kind`, above the open MARK. */
+  private containerAt(at: number, kind: number, what: string): void {
+    if (at < 0 || this.kinds[at] !== kind || at < this.floor()) this.fail(what);
+  }
+
+  private setItems(obj: Record<string, unknown>, from: number): void {
+    for (let i = from; i < this.sp; i += 2) setKey(obj, dictKey(this.stack[i], this.kinds[i], this.rel()), this.stack[i + 1], this.rel());
+  }
+
+  /** Raise the recorded depth of the container at `at` for children from `from` up. */
+  private deepen(at: number, from: number): void {
+    const d = Math.max(this.depths[at], this.maxDepthOf(from) + 1);
+    if (d > this.maxDepth) this.fail(`nested deeper than ${this.maxDepth}`);
+    this.depths[at] = d;
+  }
+
+  /** Run to `STOP`. @throws RpcDecodeError */
+  run(): PickleDecoded {
+    const b = this.b;
+    for (;;) {
+      if (this.pos >= this.end) this.fail('truncated (no STOP)');
+      const op = b[this.pos++];
+      switch (op) {
+        case PROTO: {
+          this.need(1);
+          const p = b[this.pos++];
+          if (p > 5) this.fail(`unsupported pickle protocol ${p}`);
+          break;
+        }
+        case FRAME:
+          this.readLen(8); // the frame's bytes follow; they are read as they come
+          break;
+        case STOP: {
+          if (this.marks.length > 0 || this.sp !== 1) this.fail('STOP with a stack that is not one value');
+          if (this.pos !== this.end) this.fail(`${this.end - this.pos} bytes after STOP`);
+          this.noGlobal(0, 'the result');
+          const value = this.stack[0];
+          if (this.shared) checkShared(value, this.maxDepth, Math.max(1_000_000, 8 * (this.end - this.start)), this.rel());
+          return { value, exceptions: this.exceptions };
+        }
+        case MARK:
+          if (this.marks.length >= this.maxItems) this.fail(`more than ${this.maxItems} marks`);
+          this.marks.push(this.sp);
+          break;
+        case POP:
+          if (this.sp > this.floor()) this.truncate(this.sp - 1);
+          else this.truncate(this.popMark('POP'));
+          break;
+        case POP_MARK:
+          this.truncate(this.popMark('POP_MARK'));
+          break;
+        case DUP: {
+          const t = this.top('DUP');
+          if (this.kinds[t] !== K_SCALAR || this.stack[t] instanceof PickledException) this.shared = true;
+          this.push(this.stack[t], this.kinds[t], this.depths[t]);
+          break;
+        }
+        case NONE:
+          this.push(null, K_SCALAR, 0);
+          break;
+        case NEWTRUE:
+          this.push(true, K_SCALAR, 0);
+          break;
+        case NEWFALSE:
+          this.push(false, K_SCALAR, 0);
+          break;
+        case INT: {
+          const s = this.line('INT');
+          if (s === '01') this.push(true, K_SCALAR, 0);
+          else if (s === '00') this.push(false, K_SCALAR, 0);
+          else this.push(this.pyInt(s, 'INT'), K_SCALAR, 0);
+          break;
+        }
+        case LONG: {
+          const s = this.line('LONG');
+          this.push(this.pyInt(s.endsWith('L') ? s.slice(0, -1) : s, 'LONG'), K_SCALAR, 0);
+          break;
+        }
+        case BININT1:
+          this.need(1);
+          this.push(b[this.pos++], K_SCALAR, 0);
+          break;
+        case BININT2:
+          this.need(2);
+          this.push(b[this.pos] | (b[this.pos + 1] << 8), K_SCALAR, 0);
+          this.pos += 2;
+          break;
+        case BININT: {
+          this.need(4);
+          const p = this.pos;
+          this.push(b[p] | (b[p + 1] << 8) | (b[p + 2] << 16) | (b[p + 3] << 24), K_SCALAR, 0);
+          this.pos += 4;
+          break;
+        }
+        case LONG1:
+          this.push(this.longValue(this.readLen(1)), K_SCALAR, 0);
+          break;
+        case LONG4:
+          this.need(4);
+          if (b[this.pos + 3] & 0x80) this.fail('LONG4 with a negative length');
+          this.push(this.longValue(this.readLen(4)), K_SCALAR, 0);
+          break;
+        case FLOAT: {
+          const s = this.line('FLOAT');
+          if (!FLOAT_TEXT.test(s)) this.fail('bad FLOAT');
+          const low = s.toLowerCase().replace(/^[+-]/, '');
+          const neg = s.startsWith('-');
+          this.push(low === 'nan' ? NaN : low.startsWith('inf') ? (neg ? -Infinity : Infinity) : Number(s), K_SCALAR, 0);
+          break;
+        }
+        case BINFLOAT:
+          this.need(8);
+          this.push(Buffer.from(b.buffer, b.byteOffset + this.pos, 8).readDoubleBE(0), K_SCALAR, 0);
+          this.pos += 8;
+          break;
+        case BINUNICODE:
+          this.push(this.text(this.readLen(4)), K_SCALAR, 0);
+          break;
+        case SHORT_BINUNICODE:
+          this.push(this.text(this.readLen(1)), K_SCALAR, 0);
+          break;
+        case BINUNICODE8:
+          this.push(this.text(this.readLen(8)), K_SCALAR, 0);
+          break;
+        case UNICODE: {
+          const from = this.pos;
+          this.line('UNICODE');
+          this.push(rawUnicodeEscape(b, from, this.pos - 1, this.rel()), K_SCALAR, 0);
+          break;
+        }
+        case STRING: {
+          const s = this.line('STRING');
+          const q = s[0];
+          if (s.length < 2 || (q !== "'" && q !== '"') || s[s.length - 1] !== q) this.fail('STRING not quoted');
+          this.push(unescapeString(s.slice(1, -1), this.rel()), K_SCALAR, 0);
+          break;
+        }
+        case BINSTRING:
+          this.need(4);
+          if (b[this.pos + 3] & 0x80) this.fail('BINSTRING with a negative length');
+          this.push(this.bytes(this.readLen(4)), K_SCALAR, 0);
+          break;
+        case SHORT_BINSTRING:
+        case SHORT_BINBYTES:
+          this.push(this.bytes(this.readLen(1)), K_SCALAR, 0);
+          break;
+        case BINBYTES:
+          this.push(this.bytes(this.readLen(4)), K_SCALAR, 0);
+          break;
+        case BINBYTES8:
+        case BYTEARRAY8:
+          this.push(this.bytes(this.readLen(8)), K_SCALAR, 0);
+          break;
+        case EMPTY_LIST:
+          this.push([], K_LIST, 1);
+          break;
+        case EMPTY_TUPLE:
+          this.push([], K_TUPLE, 1);
+          break;
+        case EMPTY_DICT:
+          this.push({}, K_DICT, 1);
+          break;
+        case LIST:
+        case TUPLE: {
+          const m = this.popMark(op === LIST ? 'LIST' : 'TUPLE');
+          this.noGlobal(m, op === LIST ? 'a list' : 'a tuple');
+          const items = this.items(m);
+          const d = this.maxDepthOf(m) + 1;
+          this.truncate(m);
+          this.push(items, op === LIST ? K_LIST : K_TUPLE, d);
+          break;
+        }
+        case TUPLE1:
+        case TUPLE2:
+        case TUPLE3: {
+          const n = op - TUPLE1 + 1;
+          const from = this.sp - n;
+          if (from < this.floor()) this.fail(`TUPLE${n} with too few values`);
+          this.noGlobal(from, 'a tuple');
+          const items = this.items(from);
+          const d = this.maxDepthOf(from) + 1;
+          this.truncate(from);
+          this.push(items, K_TUPLE, d);
+          break;
+        }
+        case DICT: {
+          const m = this.popMark('DICT');
+          if ((this.sp - m) % 2 !== 0) this.fail('DICT with an odd number of values');
+          this.noGlobal(m, 'a dict');
+          const obj: Record<string, unknown> = {};
+          this.setItems(obj, m);
+          const d = this.maxDepthOf(m) + 1;
+          this.truncate(m);
+          this.push(obj, K_DICT, d);
+          break;
+        }
+        case APPEND:
+        case APPENDS: {
+          const from = op === APPEND ? this.top('APPEND') : this.popMark('APPENDS');
+          this.containerAt(from - 1, K_LIST, 'APPEND to something that is not a list');
+          this.noGlobal(from, 'a list');
+          const list = this.stack[from - 1] as unknown[];
+          if (list.length + this.sp - from > this.maxItems) this.fail(`list longer than ${this.maxItems}`);
+          for (let i = from; i < this.sp; i++) list.push(this.stack[i]);
+          this.deepen(from - 1, from);
+          this.truncate(from);
+          break;
+        }
+        case SETITEM:
+        case SETITEMS: {
+          let from: number;
+          if (op === SETITEM) {
+            from = this.sp - 2;
+            if (from < this.floor()) this.fail('SETITEM with too few values');
+          } else {
+            from = this.popMark('SETITEMS');
+            if ((this.sp - from) % 2 !== 0) this.fail('SETITEMS with an odd number of values');
+          }
+          this.containerAt(from - 1, K_DICT, 'SETITEM on something that is not a dict');
+          this.noGlobal(from, 'a dict');
+          this.setItems(this.stack[from - 1] as Record<string, unknown>, from);
+          this.deepen(from - 1, from);
+          this.truncate(from);
+          break;
+        }
+        case PUT:
+          this.put(this.textIndex('PUT'));
+          break;
+        case BINPUT:
+          this.need(1);
+          this.put(b[this.pos++]);
+          break;
+        case LONG_BINPUT: {
+          this.need(4);
+          if (b[this.pos + 3] & 0x80) this.fail('LONG_BINPUT with a negative index');
+          const i = readLenNoCheck(b, this.pos);
+          this.pos += 4;
+          this.put(i);
+          break;
+        }
+        case MEMOIZE:
+          this.put(this.memoCount);
+          break;
+        case GET:
+          this.get(this.textIndex('GET'));
+          break;
+        case BINGET:
+          this.need(1);
+          this.get(b[this.pos++]);
+          break;
+        case LONG_BINGET: {
+          this.need(4);
+          const i = readLenNoCheck(b, this.pos);
+          this.pos += 4;
+          this.get(i);
+          break;
+        }
+        case GLOBAL: {
+          const module = this.line('GLOBAL module');
+          const name = this.line('GLOBAL name');
+          this.push(new GlobalRef(module, name), K_GLOBAL, 0);
+          break;
+        }
+        case STACK_GLOBAL: {
+          const n = this.top('STACK_GLOBAL');
+          if (n - 1 < this.floor()) this.fail('STACK_GLOBAL with too few values');
+          const module = this.stack[n - 1];
+          const name = this.stack[n];
+          if (typeof module !== 'string' || typeof name !== 'string') this.fail('STACK_GLOBAL of values that are not strs');
+          this.truncate(n - 1);
+          this.push(new GlobalRef(module, name), K_GLOBAL, 0);
+          break;
+        }
+        case REDUCE:
+          this.reduce();
+          break;
+        default: {
+          const name = REFUSED[op];
+          this.pos--;
+          this.fail(name ? `opcode ${name} is refused (only data is accepted)` : `unknown opcode 0x${op.toString(16)}`);
+        }
+      }
+    }
+  }
+
+  /** `REDUCE`: bytes in disguise, an exception's description (where allowed), or refused. */
+  private reduce(): void {
+    const a = this.top('REDUCE');
+    if (a - 1 < this.floor()) this.fail('REDUCE with too few values');
+    if (this.kinds[a - 1] !== K_GLOBAL) this.fail('REDUCE of something that is not a GLOBAL');
+    if (this.kinds[a] !== K_TUPLE) this.fail('REDUCE with arguments that are not a tuple');
+    const g = this.stack[a - 1] as GlobalRef;
+    const args = this.stack[a] as unknown[];
+    const d = this.depths[a];
+    const module = g.module === '__builtin__' || g.module === 'exceptions' ? 'builtins' : g.module;
+    this.truncate(a - 1);
+    const asBytes = bytesCall(module, g.name, args);
+    if (asBytes !== undefined) {
+      this.push(asBytes, K_SCALAR, 0);
+      return;
+    }
+    if (!this.allowExceptions) this.fail(`GLOBAL ${clip(g.module)}.${clip(g.name)} is refused (only data is accepted)`);
+    if (!DOTTED_NAME.test(module) || !DOTTED_NAME.test(g.name)) this.fail('GLOBAL with a name that is not a Python identifier');
+    this.exceptions++;
+    this.push(new PickledException(module, g.name, args), K_SCALAR, d);
+  }
+}
+
+/** Decode one pickle in `b[start..end)` (see {@link Decoder}). */
 function decodePickle(
   b: Uint8Array,
   start: number,
@@ -326,418 +824,7 @@ function decodePickle(
   maxItems: number,
   allowExceptions: boolean,
 ): PickleDecoded {
-  const stack: unknown[] = [];
-  const kinds: number[] = [];
-  const depths: number[] = [];
-  const marks: number[] = [];
-  const memo: unknown[] = [];
-  const memoKinds: number[] = [];
-  let memoCount = 0;
-  let exceptions = 0;
-  /** A memoized list/dict/tuple was fetched: depths may be stale, check the result by a walk. */
-  let shared = false;
-  let pos = start;
-  const rel = (): number => pos - start;
-
-  const need = (n: number): void => {
-    if (n > end - pos) fail(rel(), 'truncated');
-  };
-  const push = (v: unknown, kind: number, depth: number): void => {
-    if (stack.length >= maxItems) fail(rel(), `more than ${maxItems} values on the stack`);
-    if (depth > maxDepth) fail(rel(), `nested deeper than ${maxDepth}`);
-    stack.push(v);
-    kinds.push(kind);
-    depths.push(depth);
-  };
-  const top = (what: string): number => {
-    const i = stack.length - 1;
-    if (i < 0 || (marks.length > 0 && i < marks[marks.length - 1])) fail(rel(), `${what} with nothing on the stack`);
-    return i;
-  };
-  const popMark = (what: string): number => {
-    if (marks.length === 0) fail(rel(), `${what} without a MARK`);
-    return marks.pop()!;
-  };
-  const noGlobal = (from: number, what: string): void => {
-    for (let i = from; i < kinds.length; i++) if (kinds[i] === K_GLOBAL) fail(rel(), `a GLOBAL not followed by REDUCE (in ${what})`);
-  };
-  const truncate = (n: number): void => {
-    stack.length = n;
-    kinds.length = n;
-    depths.length = n;
-  };
-  const maxDepthOf = (from: number): number => {
-    let d = 0;
-    for (let i = from; i < depths.length; i++) if (depths[i] > d) d = depths[i];
-    return d;
-  };
-  /** A line ending in `\n` from `pos` (the `\n` consumed), as latin-1. */
-  const line = (what: string): string => {
-    let i = pos;
-    while (i < end && b[i] !== 0x0a) i++;
-    if (i >= end) fail(rel(), `truncated ${what}`);
-    const s = Buffer.from(b.buffer, b.byteOffset + pos, i - pos).toString('latin1');
-    pos = i + 1;
-    return s;
-  };
-  const readLen = (n: 1 | 2 | 4 | 8): number => {
-    need(n);
-    let len: number;
-    if (n === 1) len = b[pos];
-    else if (n === 2) len = b[pos] | (b[pos + 1] << 8);
-    else if (n === 4) len = (b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16)) + b[pos + 3] * 0x1000000;
-    else {
-      const lo = (b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16)) + b[pos + 3] * 0x1000000;
-      const hi = (b[pos + 4] | (b[pos + 5] << 8) | (b[pos + 6] << 16)) + b[pos + 7] * 0x1000000;
-      len = hi * 0x100000000 + lo; // an impossible one is refused below, precision aside
-    }
-    pos += n;
-    if (len > end - pos) fail(rel(), `length ${len} beyond the ${end - pos} bytes left`);
-    return len;
-  };
-  const text = (len: number): string => {
-    let s: string;
-    try {
-      s = utf8.decode(b.subarray(pos, pos + len));
-    } catch {
-      fail(rel(), 'invalid UTF-8 in a str');
-    }
-    pos += len;
-    return s;
-  };
-  const bytes = (len: number): Buffer => {
-    const out = Buffer.allocUnsafe(len);
-    out.set(b.subarray(pos, pos + len));
-    pos += len;
-    return out;
-  };
-  const memoIndex = (i: number): number => {
-    if (!Number.isInteger(i) || i < 0 || i >= maxItems) fail(rel(), `memo index ${i} out of range`);
-    return i;
-  };
-  const put = (i: number): void => {
-    const t = top('PUT');
-    memoIndex(i);
-    if (memo[i] === undefined && memoKinds[i] === undefined) memoCount++;
-    if (memoCount > maxItems) fail(rel(), `more than ${maxItems} memo entries`);
-    memo[i] = stack[t];
-    memoKinds[i] = kinds[t];
-  };
-  const get = (i: number): void => {
-    memoIndex(i);
-    const kind = memoKinds[i];
-    if (kind === undefined) fail(rel(), `memo index ${i} was never stored`);
-    const v = memo[i];
-    // a container (or exception) met again: its depth here may be stale, the end result is walked
-    if (kind === K_LIST || kind === K_DICT || kind === K_TUPLE || v instanceof PickledException) shared = true;
-    push(v, kind, kind === K_SCALAR || kind === K_GLOBAL ? 0 : 1);
-  };
-  const pyInt = (s: string, what: string): number | bigint => {
-    if (!INT_TEXT.test(s)) fail(rel(), `bad ${what}`);
-    if (s.length > maxBigIntBytes * 2.5 + 2) fail(rel(), `int longer than ${maxBigIntBytes} bytes`);
-    return intValue(BigInt(s));
-  };
-  const longValue = (n: number): number | bigint => {
-    if (n > maxBigIntBytes) fail(rel(), `int of ${n} bytes (limit ${maxBigIntBytes})`);
-    const v = n <= 6 ? Number(readLong(b, pos, n)) : intValue(readLong(b, pos, n));
-    pos += n;
-    return v;
-  };
-  const textIndex = (what: string): number => {
-    const s = line(what);
-    if (!/^\d{1,10}$/.test(s)) fail(rel(), `bad ${what} index`);
-    return Number(s);
-  };
-
-  for (;;) {
-    if (pos >= end) fail(rel(), 'truncated (no STOP)');
-    const op = b[pos++];
-    switch (op) {
-      case PROTO: {
-        need(1);
-        const p = b[pos++];
-        if (p > 5) fail(rel(), `unsupported pickle protocol ${p}`);
-        break;
-      }
-      case FRAME:
-        readLen(8); // the frame's bytes follow; we read them as they come
-        break;
-      case STOP: {
-        if (marks.length > 0 || stack.length !== 1) fail(rel(), 'STOP with a stack that is not one value');
-        if (pos !== end) fail(rel(), `${end - pos} bytes after STOP`);
-        noGlobal(0, 'the result');
-        const value = stack[0];
-        if (shared) checkShared(value, maxDepth, Math.max(1_000_000, 8 * (end - start)), rel());
-        return { value, exceptions };
-      }
-      case MARK:
-        if (marks.length >= maxItems) fail(rel(), `more than ${maxItems} marks`);
-        marks.push(stack.length);
-        break;
-      case POP:
-        if (stack.length > 0 && (marks.length === 0 || stack.length > marks[marks.length - 1])) truncate(stack.length - 1);
-        else truncate(popMark('POP'));
-        break;
-      case POP_MARK:
-        truncate(popMark('POP_MARK'));
-        break;
-      case DUP: {
-        const t = top('DUP');
-        if (kinds[t] !== K_SCALAR || stack[t] instanceof PickledException) shared = true;
-        push(stack[t], kinds[t], depths[t]);
-        break;
-      }
-      case NONE:
-        push(null, K_SCALAR, 0);
-        break;
-      case NEWTRUE:
-        push(true, K_SCALAR, 0);
-        break;
-      case NEWFALSE:
-        push(false, K_SCALAR, 0);
-        break;
-      case INT: {
-        const s = line('INT');
-        if (s === '01') push(true, K_SCALAR, 0);
-        else if (s === '00') push(false, K_SCALAR, 0);
-        else push(pyInt(s, 'INT'), K_SCALAR, 0);
-        break;
-      }
-      case LONG: {
-        const s = line('LONG');
-        push(pyInt(s.endsWith('L') ? s.slice(0, -1) : s, 'LONG'), K_SCALAR, 0);
-        break;
-      }
-      case BININT1:
-        need(1);
-        push(b[pos++], K_SCALAR, 0);
-        break;
-      case BININT2:
-        need(2);
-        push(b[pos] | (b[pos + 1] << 8), K_SCALAR, 0);
-        pos += 2;
-        break;
-      case BININT:
-        need(4);
-        push(b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16) | (b[pos + 3] << 24), K_SCALAR, 0);
-        pos += 4;
-        break;
-      case LONG1:
-        push(longValue(readLen(1)), K_SCALAR, 0);
-        break;
-      case LONG4: {
-        need(4);
-        if (b[pos + 3] & 0x80) fail(rel(), 'LONG4 with a negative length');
-        push(longValue(readLen(4)), K_SCALAR, 0);
-        break;
-      }
-      case FLOAT: {
-        const s = line('FLOAT');
-        if (!FLOAT_TEXT.test(s)) fail(rel(), 'bad FLOAT');
-        const low = s.toLowerCase().replace(/^[+-]/, '');
-        const neg = s.startsWith('-');
-        push(low === 'nan' ? NaN : low.startsWith('inf') ? (neg ? -Infinity : Infinity) : Number(s), K_SCALAR, 0);
-        break;
-      }
-      case BINFLOAT:
-        need(8);
-        push(Buffer.from(b.buffer, b.byteOffset + pos, 8).readDoubleBE(0), K_SCALAR, 0);
-        pos += 8;
-        break;
-      case BINUNICODE:
-        push(text(readLen(4)), K_SCALAR, 0);
-        break;
-      case SHORT_BINUNICODE:
-        push(text(readLen(1)), K_SCALAR, 0);
-        break;
-      case BINUNICODE8:
-        push(text(readLen(8)), K_SCALAR, 0);
-        break;
-      case UNICODE: {
-        const from = pos;
-        line('UNICODE');
-        push(rawUnicodeEscape(b, from, pos - 1, rel()), K_SCALAR, 0);
-        break;
-      }
-      case STRING: {
-        const s = line('STRING');
-        const q = s[0];
-        if (s.length < 2 || (q !== "'" && q !== '"') || s[s.length - 1] !== q) fail(rel(), 'STRING not quoted');
-        push(unescapeString(s.slice(1, -1), rel()), K_SCALAR, 0);
-        break;
-      }
-      case BINSTRING: {
-        need(4);
-        if (b[pos + 3] & 0x80) fail(rel(), 'BINSTRING with a negative length');
-        push(bytes(readLen(4)), K_SCALAR, 0);
-        break;
-      }
-      case SHORT_BINSTRING:
-      case SHORT_BINBYTES:
-        push(bytes(readLen(1)), K_SCALAR, 0);
-        break;
-      case BINBYTES:
-        push(bytes(readLen(4)), K_SCALAR, 0);
-        break;
-      case BINBYTES8:
-      case BYTEARRAY8:
-        push(bytes(readLen(8)), K_SCALAR, 0);
-        break;
-      case EMPTY_LIST:
-        push([], K_LIST, 1);
-        break;
-      case EMPTY_TUPLE:
-        push([], K_TUPLE, 1);
-        break;
-      case EMPTY_DICT:
-        push({}, K_DICT, 1);
-        break;
-      case LIST:
-      case TUPLE: {
-        const m = popMark(op === LIST ? 'LIST' : 'TUPLE');
-        noGlobal(m, op === LIST ? 'a list' : 'a tuple');
-        const items = stack.slice(m);
-        const d = maxDepthOf(m) + 1;
-        truncate(m);
-        push(items, op === LIST ? K_LIST : K_TUPLE, d);
-        break;
-      }
-      case TUPLE1:
-      case TUPLE2:
-      case TUPLE3: {
-        const n = op - TUPLE1 + 1;
-        const from = stack.length - n;
-        if (from < 0 || (marks.length > 0 && from < marks[marks.length - 1])) fail(rel(), `TUPLE${n} with too few values`);
-        noGlobal(from, 'a tuple');
-        const items = stack.slice(from);
-        const d = maxDepthOf(from) + 1;
-        truncate(from);
-        push(items, K_TUPLE, d);
-        break;
-      }
-      case DICT: {
-        const m = popMark('DICT');
-        if ((stack.length - m) % 2 !== 0) fail(rel(), 'DICT with an odd number of values');
-        noGlobal(m, 'a dict');
-        const obj: Record<string, unknown> = {};
-        for (let i = m; i < stack.length; i += 2) setKey(obj, dictKey(stack[i], kinds[i], rel()), stack[i + 1], rel());
-        const d = maxDepthOf(m) + 1;
-        truncate(m);
-        push(obj, K_DICT, d);
-        break;
-      }
-      case APPEND:
-      case APPENDS: {
-        const from = op === APPEND ? top('APPEND') : popMark('APPENDS');
-        const at = from - 1;
-        if (at < 0 || kinds[at] !== K_LIST || (marks.length > 0 && at < marks[marks.length - 1])) fail(rel(), 'APPEND to something that is not a list');
-        noGlobal(from, 'a list');
-        const list = stack[at] as unknown[];
-        if (list.length + stack.length - from > maxItems) fail(rel(), `list longer than ${maxItems}`);
-        for (let i = from; i < stack.length; i++) list.push(stack[i]);
-        const d = Math.max(depths[at], maxDepthOf(from) + 1);
-        if (d > maxDepth) fail(rel(), `nested deeper than ${maxDepth}`);
-        depths[at] = d;
-        truncate(from);
-        break;
-      }
-      case SETITEM:
-      case SETITEMS: {
-        let from: number;
-        if (op === SETITEM) {
-          from = stack.length - 2;
-          if (from < 0 || (marks.length > 0 && from < marks[marks.length - 1])) fail(rel(), 'SETITEM with too few values');
-        } else {
-          from = popMark('SETITEMS');
-          if ((stack.length - from) % 2 !== 0) fail(rel(), 'SETITEMS with an odd number of values');
-        }
-        const at = from - 1;
-        if (at < 0 || kinds[at] !== K_DICT || (marks.length > 0 && at < marks[marks.length - 1])) fail(rel(), 'SETITEM on something that is not a dict');
-        noGlobal(from, 'a dict');
-        const obj = stack[at] as Record<string, unknown>;
-        for (let i = from; i < stack.length; i += 2) setKey(obj, dictKey(stack[i], kinds[i], rel()), stack[i + 1], rel());
-        const d = Math.max(depths[at], maxDepthOf(from) + 1);
-        if (d > maxDepth) fail(rel(), `nested deeper than ${maxDepth}`);
-        depths[at] = d;
-        truncate(from);
-        break;
-      }
-      case PUT:
-        put(textIndex('PUT'));
-        break;
-      case BINPUT:
-        need(1);
-        put(b[pos++]);
-        break;
-      case LONG_BINPUT: {
-        need(4);
-        if (b[pos + 3] & 0x80) fail(rel(), 'LONG_BINPUT with a negative index');
-        const i = readLenNoCheck(b, pos);
-        pos += 4;
-        put(i);
-        break;
-      }
-      case MEMOIZE:
-        put(memoCount);
-        break;
-      case GET:
-        get(textIndex('GET'));
-        break;
-      case BINGET:
-        need(1);
-        get(b[pos++]);
-        break;
-      case LONG_BINGET: {
-        need(4);
-        const i = readLenNoCheck(b, pos);
-        pos += 4;
-        get(i);
-        break;
-      }
-      case GLOBAL: {
-        const module = line('GLOBAL module');
-        const name = line('GLOBAL name');
-        push(new GlobalRef(module, name), K_GLOBAL, 0);
-        break;
-      }
-      case STACK_GLOBAL: {
-        const n = top('STACK_GLOBAL');
-        if (n < 1 || (marks.length > 0 && n - 1 < marks[marks.length - 1])) fail(rel(), 'STACK_GLOBAL with too few values');
-        const module = stack[n - 1];
-        const name = stack[n];
-        if (typeof module !== 'string' || typeof name !== 'string') fail(rel(), 'STACK_GLOBAL of values that are not strs');
-        truncate(n - 1);
-        push(new GlobalRef(module, name), K_GLOBAL, 0);
-        break;
-      }
-      case REDUCE: {
-        const a = top('REDUCE');
-        if (a < 1 || (marks.length > 0 && a - 1 < marks[marks.length - 1])) fail(rel(), 'REDUCE with too few values');
-        if (kinds[a - 1] !== K_GLOBAL) fail(rel(), 'REDUCE of something that is not a GLOBAL');
-        if (kinds[a] !== K_TUPLE) fail(rel(), 'REDUCE with arguments that are not a tuple');
-        const g = stack[a - 1] as GlobalRef;
-        const args = stack[a] as unknown[];
-        const d = depths[a];
-        const module = g.module === '__builtin__' || g.module === 'exceptions' ? 'builtins' : g.module;
-        truncate(a - 1);
-        const asBytes = bytesCall(module, g.name, args);
-        if (asBytes !== undefined) {
-          push(asBytes, K_SCALAR, 0);
-          break;
-        }
-        if (!allowExceptions) fail(rel(), `GLOBAL ${clip(g.module)}.${clip(g.name)} is refused (only data is accepted)`);
-        if (!DOTTED_NAME.test(module) || !DOTTED_NAME.test(g.name)) fail(rel(), 'GLOBAL with a name that is not a Python identifier');
-        exceptions++;
-        push(new PickledException(module, g.name, args), K_SCALAR, d);
-        break;
-      }
-      default: {
-        const name = REFUSED[op];
-        pos--;
-        fail(rel(), name ? `opcode ${name} is refused (only data is accepted)` : `unknown opcode 0x${op.toString(16)}`);
-      }
-    }
-  }
+  return new Decoder(b, start, end, maxDepth, maxBigIntBytes, maxItems, allowExceptions).run();
 }
 
 /** The uint32 little-endian at `pos` (the caller checked there are 4 bytes). */
@@ -798,12 +885,53 @@ class Writer {
     this.pos += b.length;
   }
   str(s: string): void {
+    const len = s.length;
+    if (len <= 64) {
+      // short ASCII strings byte by byte (most names and keys), without the UTF-8 writer
+      this.ensure(5 + len);
+      const buf = this.buf;
+      const at = this.pos + 5;
+      let i = 0;
+      for (; i < len; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[at + i] = c;
+      }
+      if (i === len) {
+        buf[this.pos] = BINUNICODE;
+        buf[this.pos + 1] = len;
+        buf[this.pos + 2] = 0;
+        buf[this.pos + 3] = 0;
+        buf[this.pos + 4] = 0;
+        this.pos = at + len;
+        return;
+      }
+    }
     const n = Buffer.byteLength(s, 'utf8');
     this.ensure(5 + n);
     this.buf[this.pos++] = BINUNICODE;
     this.buf.writeUInt32LE(n, this.pos);
     this.pos += 4;
     this.pos += this.buf.write(s, this.pos, n, 'utf8');
+  }
+  /** A `str` of the latin-1 characters of `b` (each byte a code point), as UTF-8. */
+  latin1Str(b: Uint8Array): void {
+    let n = b.length;
+    for (let i = 0; i < b.length; i++) if (b[i] >= 0x80) n++;
+    this.ensure(5 + n);
+    const buf = this.buf;
+    buf[this.pos] = BINUNICODE;
+    buf.writeUInt32LE(n, this.pos + 1);
+    let at = this.pos + 5;
+    for (let i = 0; i < b.length; i++) {
+      const c = b[i];
+      if (c < 0x80) buf[at++] = c;
+      else {
+        buf[at++] = 0xc0 | (c >> 6);
+        buf[at++] = 0x80 | (c & 0x3f);
+      }
+    }
+    this.pos = at;
   }
   result(): Buffer {
     return Buffer.from(this.buf.subarray(0, this.pos));
@@ -907,7 +1035,7 @@ function encodeValue(w: Writer, v: unknown, depth: number, c: PickleCodec, path:
     }
     // Python 3's own protocol-2 form of bytes, which Python 2 reads as str
     w.raw(CODECS_ENCODE);
-    w.str(Buffer.from(v.buffer, v.byteOffset, v.length).toString('latin1'));
+    w.latin1Str(v);
     w.str('latin1');
     w.byte(TUPLE2);
     w.byte(REDUCE);
