@@ -256,6 +256,17 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    key: 'rpc.pickle_sequential',
+    title: `snakemq RPC in pickles (as with Python snakeMQ peers): sequential calls (${fmtNum(N.rpcSeq)})`,
+    needs: ['src/rpc.ts', 'src/rpc-pickle.ts'],
+    async run() {
+      const r = await pair('scenarios/rpc.ts', { mode: 'sequential', encoding: 'pickle' }, N.rpcSeq, 'rpc pickle sequential');
+      figures.rpc_pickle_sequential_median_us = figure('µs', nums(r.send, 'median_us'));
+      figures.rpc_pickle_sequential_p99_us = figure('µs', nums(r.send, 'p99_us'));
+      figures.rpc_pickle_sequential_calls_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
     key: 'rpc.pipelined',
     title: `snakemq RPC: pipelined calls (${fmtNum(N.rpcPipe)}, 1000 outstanding)`,
     needs: ['src/rpc.ts'],

@@ -1,6 +1,8 @@
 // RPC, connecting side (port of snakeMQ's rpc1_connector.py): "soldier" calls boss's "abc"
 // and exposes its own object "b" (a peer can be server and client at once).
 // Run: npx tsx examples/rpc-connector.ts [port]   (after examples/rpc-listener.ts); exits when done.
+// It calls a Python snakeMQ 1.6 server the same way (in pickles, picked by itself):
+// PYTHONPATH=$SNAKEMQ_PY python3 examples/python-rpc-server.py [port]
 import { Link, Messaging, Packeter } from '../src/index.js';
 import { ReceiveHook } from '../src/receive-hook.js';
 import { RpcClient, RpcServer } from '../src/rpc.js';
@@ -11,6 +13,7 @@ interface A {
   getFo(): string;
   mysignal(): void;
   slowAdd(a: number, b: number): number;
+  greet(name: string): string;
   fail(): never;
 }
 
@@ -38,6 +41,9 @@ try {
   // Calls are promises: many can be in flight at once.
   console.log('sums:', await Promise.all([proxy.slowAdd(1, 2), proxy.slowAdd(3, 4), proxy.slowAdd(5, 6)]));
 
+  // Keyword arguments (Python's greet(name, greeting='hi')), sent only when given.
+  console.log(await proxy.greet.withOptions({ kwargs: { greeting: 'hi' } })('soldier'));
+
   // A signal: fire-and-forget, dropped if boss is not connected within its TTL (10 s).
   await proxy.mysignal.asSignal(10_000)();
   console.log('mysignal sent');
@@ -45,8 +51,10 @@ try {
   // A remote exception arrives with the remote stack trace.
   await proxy.fail();
 } catch (err) {
-  if (err instanceof RemoteError) console.log('remote traceback', err.remoteStack);
-  else console.log('call failed:', err);
+  if (err instanceof RemoteError) {
+    console.log('remote exception', err.remoteName, err.remoteArgs ?? '');
+    console.log('remote traceback', err.remoteStack);
+  } else console.log('call failed:', err);
 } finally {
   client.close();
   await messaging.close();

@@ -17,5 +17,7 @@ export type * from './storage.js';
 export * from './receive-hook.js';
 export * from './rpc.js';
 export * from './rpc-codec.js';
+export * from './rpc-pickle.js';
+export { type RpcEncoding, PYTHON_SAFE_EXCEPTIONS } from './rpc-python.js';
 export * from './rpc-errors.js';
 export * as protocol from './protocol.js';

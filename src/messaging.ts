@@ -521,6 +521,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return this.identConn.has(ident);
   }
 
+  /**
+   * Whether the connected peer `ident` speaks our extensions: `true` when it sent a hello
+   * before identifying (a snakemq peer), `false` for a plain snakeMQ 1.6 peer (or any peer
+   * while our own `extensions` option is off, since then neither side uses them), `undefined`
+   * when no peer of that identity is connected. The RPC layer picks its codec by this.
+   */
+  peerSpeaksExtensions(ident: string): boolean | undefined {
+    return this.identConn.get(ident)?.ext;
+  }
+
   /** Identities of the connected peers. */
   connectedPeers(): string[] {
     return [...this.identConn.keys()];

@@ -34,6 +34,12 @@ export interface HookMessaging {
   on<K extends keyof MessagingEvents>(event: K, listener: (...args: MessagingEvents[K]) => void): unknown;
   /** Remove an event listener. */
   off<K extends keyof MessagingEvents>(event: K, listener: (...args: MessagingEvents[K]) => void): unknown;
+  /**
+   * Whether the connected peer speaks our extensions (`false`: a plain snakeMQ 1.6 peer;
+   * `undefined`: not connected), see {@link Messaging.peerSpeaksExtensions} (optional; without
+   * it the RPC layer treats every peer as a snakemq peer).
+   */
+  peerSpeaksExtensions?(ident: string): boolean | undefined;
   /** Remove a queued message not yet being written; whether it did (optional). */
   cancelMessage?(ident: string, uuid: Buffer): boolean;
   /**

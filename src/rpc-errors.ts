@@ -35,13 +35,28 @@ export class RemoteError extends SnakeMQError {
   readonly remoteStack: string;
   /** The remote error's `code` property when it was a string, else `undefined`. */
   readonly remoteCode: string | undefined;
+  /**
+   * A Python exception's `args` (from a Python snakeMQ peer, e.g. `['bad value', 42]` for
+   * `ValueError('bad value', 42)`); `undefined` from snakemq peers.
+   */
+  readonly remoteArgs: readonly unknown[] | undefined;
+  /** A Python exception's module, e.g. `'builtins'` or `'myservice'`; `undefined` from snakemq peers. */
+  readonly remoteModule: string | undefined;
 
-  constructor(remoteName: string, remoteMessage: string, remoteStack: string, remoteCode?: string) {
+  constructor(
+    remoteName: string,
+    remoteMessage: string,
+    remoteStack: string,
+    remoteCode?: string,
+    python?: { args: readonly unknown[]; module: string },
+  ) {
     super('ERR_RPC_REMOTE', `${remoteName}: ${remoteMessage}`, { fault: 'remote' });
     this.remoteName = remoteName;
     this.remoteMessage = remoteMessage;
     this.remoteStack = remoteStack;
     this.remoteCode = remoteCode;
+    this.remoteArgs = python?.args;
+    this.remoteModule = python?.module;
   }
 }
 

@@ -9,7 +9,16 @@
  * - a reply `{ req_id, ok: true, return }` or `{ req_id, ok: false, error: { name, message,
  *   stack, code?, rpc? } }` (`rpc: true` marks errors of the RPC layer itself: unknown object or
  *   method, outcome unknown, bad request).
- * (snakeMQ pickles these; RPC with Python peers is out of scope.)
+ *
+ * With a plain Python snakeMQ 1.6 peer the bodies are pickles instead, laid out as snakeMQ's
+ * `rpc.py` writes them (see {@link PickleCodec} and `rpc-python.ts`): by default
+ * (`encoding: 'auto'`) a client pickles its requests to a peer that
+ * {@link Messaging.peerSpeaksExtensions} reports as plain (a call queued while the peer is
+ * away is encoded again when it connects, if it guessed wrong), and a server replies in the
+ * encoding the request came in. `encoding: 'msgpack' | 'pickle'` forces one per client, proxy
+ * or server. Python's keyword arguments reach a method only when it is registered to take them
+ * (`registerObject(obj, name, { kwargs: ['method'] })`, as a trailing plain object), and are
+ * sent only when given (`CallOptions.kwargs`).
  *
  * Delivery: a call's request message stays queued in Messaging until it is delivered, so a
  * call made before the server is up waits, then runs. A request that was delivered but not
@@ -31,6 +40,18 @@ import { Message, newUuid } from './message.js';
 import type { DropReason } from './messaging.js';
 import type { HookMessaging, ReceiveHook } from './receive-hook.js';
 import { MapShape, MsgpackCodec, type RpcCodec } from './rpc-codec.js';
+import { PickleCodec, looksLikePickle } from './rpc-pickle.js';
+import {
+  type RpcEncoding,
+  checkEncoding,
+  decodePickleReply,
+  decodePickleRequest,
+  errorFromPython,
+  findPickledReqId,
+  pickleErrorReply,
+  pickleOkReply,
+  pickleRequestBody,
+} from './rpc-python.js';
 import {
   NotConnectedError,
   OutcomeUnknownError,
@@ -64,6 +85,29 @@ function defaultCodec(): RpcCodec {
   sharedCodec ??= new MsgpackCodec();
   return sharedCodec;
 }
+let sharedPickle: PickleCodec | undefined;
+function defaultPickle(): PickleCodec {
+  sharedPickle ??= new PickleCodec();
+  return sharedPickle;
+}
+
+/** Whether `t`, the first byte after a body's prefix, starts a MessagePack map (every envelope is one). */
+function isMsgpackMapHead(t: number): boolean {
+  return (t >= 0x80 && t <= 0x8f) || t === 0xde || t === 0xdf;
+}
+
+/**
+ * Whether the body in `src[start..end)` from `ident` is read as a pickle under `encoding`: a
+ * pickle header (protocol 2 and up) says so; a MessagePack map says not; anything else is a
+ * pickle only from a plain snakeMQ 1.6 peer (Python 2 writes protocol 0 by default).
+ */
+function readAsPickle(encoding: RpcEncoding, m: HookMessaging, ident: string, src: Buffer, start: number, end: number): boolean {
+  if (encoding !== 'auto') return encoding === 'pickle';
+  const at = start + PREFIX_LENGTH;
+  if (looksLikePickle(src, at, end)) return true;
+  if (at < end && isMsgpackMapHead(src[at])) return false;
+  return m.peerSpeaksExtensions?.(ident) === false;
+}
 
 /**
  * The codec when it is a {@link MsgpackCodec} with the stock `encode` and `decode` (so it can
@@ -89,6 +133,9 @@ const REQ_OBJECT = 1;
 const REQ_METHOD = 2;
 const REQ_ARGS = 3;
 const REQ_ID = 4;
+/** A request as read: {@link REQUEST_SHAPE} and the keyword arguments, sent only when given. */
+const REQUEST_READ_SHAPE = new MapShape(['command', 'object', 'method', 'args', 'req_id', 'kwargs']);
+const REQ_KWARGS = 5;
 /** A successful reply as encoded; decoded replies are read with {@link REPLY_SHAPE}. */
 const REPLY_OK_SHAPE = new MapShape(['req_id', 'ok', 'return']);
 const REPLY_SHAPE = new MapShape(['req_id', 'ok', 'return', 'error']);
@@ -214,7 +261,7 @@ function decodeOwnRequest(codec: MsgpackCodec, body: Buffer, start: number, end:
     throw err;
   }
   if (typeof object !== 'string' || typeof method !== 'string' || !Array.isArray(args)) return undefined;
-  return { command, object, method, args, idSrc: body, idAt: end - REQ_ID_LENGTH };
+  return { command, object, method, args, idSrc: body, idAt: end - REQ_ID_LENGTH, kwargs: undefined, pickle: false };
 }
 
 /**
@@ -271,6 +318,26 @@ interface WireRequest {
   /** The request id: `idSrc[idAt..idAt + 16)` (in the received body; a Buffer only when needed, see {@link reqIdOf}). */
   idSrc: Buffer;
   idAt: number;
+  /** Keyword arguments (non-empty), when the request had any. */
+  kwargs: Record<string, unknown> | undefined;
+  /** The request came as a pickle (from a Python snakeMQ peer): the reply goes as one. */
+  pickle: boolean;
+}
+
+/**
+ * The arguments a method is called with: `req.args`, and the keyword arguments as a trailing
+ * object when the method was registered to take them.
+ * @throws TypeError for keyword arguments to a method that does not take them (as Python does)
+ */
+function callArgs(req: WireRequest, takesKwargs: boolean): unknown[] {
+  if (takesKwargs) return [...req.args, req.kwargs ?? {}];
+  if (req.kwargs !== undefined) {
+    throw new TypeError(
+      `${req.method}() got unexpected keyword arguments (${Object.keys(req.kwargs).join(', ')}); ` +
+        'register the method with { kwargs: [...] } to receive them',
+    );
+  }
+  return req.args;
 }
 
 /** A request's id as a Buffer: a view of the body, made only on the paths that need one. */
@@ -369,8 +436,15 @@ export const RPC_SERVER_DEFAULTS = {
 
 /** Options of {@link RpcServer}. */
 export interface RpcServerOptions {
-  /** The codec (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
+  /** The codec of snakemq peers (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
   codec?: RpcCodec;
+  /**
+   * `'auto'` (default): read each request as MessagePack (`codec`) or pickle (from a Python
+   * snakeMQ peer) and reply in the same; `'msgpack'` / `'pickle'`: accept only that one.
+   */
+  encoding?: RpcEncoding;
+  /** The pickle codec (default: a shared {@link PickleCodec}). */
+  pickleCodec?: PickleCodec;
   /**
    * Send a method's exception back to the caller as a {@link RemoteError} with name, message
    * and stack (default true). When false the caller gets a RemoteError without details
@@ -400,6 +474,12 @@ export interface RpcServerOptions {
 export interface RegisterOptions {
   /** Method names to treat as signals, as if marked with {@link rpcSignal}. */
   signals?: Iterable<string>;
+  /**
+   * Method names that take keyword arguments (Python's `f(1, x=2)`): they are called with the
+   * positional arguments and then one plain object of the keyword arguments (`{}` when there
+   * are none). Other methods called with keyword arguments fail with a `TypeError`.
+   */
+  kwargs?: Iterable<string>;
 }
 
 /** Events of {@link RpcServer}. */
@@ -428,6 +508,8 @@ interface CacheEntry {
 interface Registered {
   obj: object;
   signals: Set<string>;
+  /** Methods taking keyword arguments; `undefined` when none. */
+  kwargs: Set<string> | undefined;
 }
 
 const REC_STARTED = 1;
@@ -506,6 +588,8 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private readonly messaging: HookMessaging;
   private readonly codec: RpcCodec;
   private readonly fastCodec: MsgpackCodec | undefined;
+  private readonly encoding: RpcEncoding;
+  private readonly pickle: PickleCodec;
   private readonly objects = new Map<string, Registered>();
   /** Requests seen, by requesting peer, then request id. */
   private readonly cache = new Map<string, UuidMap<CacheEntry>>();
@@ -540,6 +624,8 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     this.messaging = receiveHook.messaging;
     this.codec = options.codec ?? defaultCodec();
     this.fastCodec = prefixingCodec(this.codec);
+    this.encoding = checkEncoding(options.encoding);
+    this.pickle = options.pickleCodec ?? defaultPickle();
     this.transferExceptions = options.transferExceptions ?? RPC_SERVER_DEFAULTS.transferExceptions;
     this.cacheSize = options.replyCacheSize ?? RPC_SERVER_DEFAULTS.replyCacheSize;
     this.cacheBytes = options.replyCacheBytes ?? RPC_SERVER_DEFAULTS.replyCacheBytes;
@@ -570,7 +656,8 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     if ((typeof obj !== 'object' && typeof obj !== 'function') || obj === null) {
       throw new InvalidArgumentError('registerObject() takes an object');
     }
-    this.objects.set(name, { obj, signals: new Set(options.signals ?? []) });
+    const kwargs = new Set(options.kwargs ?? []);
+    this.objects.set(name, { obj, signals: new Set(options.signals ?? []), kwargs: kwargs.size > 0 ? kwargs : undefined });
   }
 
   /** Stop exposing the object registered under `name`. Returns whether there was one. */
@@ -611,16 +698,20 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   private readonly onRequest = (_connId: ConnId, ident: string, message: Message): void => {
     if (this.closed) return;
     const own =
-      this.fastCodec === undefined
+      this.fastCodec === undefined || this.encoding === 'pickle'
         ? undefined
         : decodeOwnRequest(this.fastCodec, Message.bodySource(message), Message.bodyStart(message), Message.bodyEnd(message));
     if (own !== undefined) {
       this.accept(ident, own);
       return;
     }
+    if (readAsPickle(this.encoding, this.messaging, ident, Message.bodySource(message), Message.bodyStart(message), Message.bodyEnd(message))) {
+      this.onPickleRequest(ident, message);
+      return;
+    }
     let fields: unknown[] | undefined;
     try {
-      fields = decodeEnvelope(this.codec, this.fastCodec, message.body, REQUEST_SHAPE);
+      fields = decodeEnvelope(this.codec, this.fastCodec, message.body, REQUEST_READ_SHAPE);
     } catch (err) {
       this.report(err, ident);
       return;
@@ -634,20 +725,53 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     const object = fields[REQ_OBJECT];
     const method = fields[REQ_METHOD];
     const args = fields[REQ_ARGS];
+    const kwargs = fields[REQ_KWARGS];
     const isCall = command === 'call';
     if (
       (command !== 'call' && command !== 'signal') ||
       typeof object !== 'string' ||
       typeof method !== 'string' ||
-      !Array.isArray(args)
+      !Array.isArray(args) ||
+      (kwargs !== undefined && kwargs !== null && !isPlainObject(kwargs))
     ) {
-      const err = new RpcBadRequestError('malformed request (command, object, method or args)');
+      const err = new RpcBadRequestError('malformed request (command, object, method, args or kwargs)');
       if (isCall) this.sendReply(ident, this.errorReply(reqId, err, true));
       else this.report(err, ident);
       return;
     }
-    this.accept(ident, { command, object, method, args, idSrc: reqId, idAt: 0 });
+    const kw = isPlainObject(kwargs) && Object.keys(kwargs).length > 0 ? kwargs : undefined;
+    this.accept(ident, { command, object, method, args, idSrc: reqId, idAt: 0, kwargs: kw, pickle: false });
   };
+
+  /** A request read as a pickle (a Python snakeMQ client's): answered as one. */
+  private onPickleRequest(ident: string, message: Message): void {
+    const src = Message.bodySource(message);
+    const start = Message.bodyStart(message) + PREFIX_LENGTH;
+    const end = Message.bodyEnd(message);
+    let r: ReturnType<typeof decodePickleRequest>;
+    try {
+      r = decodePickleRequest(this.pickle, src, start, end);
+    } catch (err) {
+      this.report(err, ident);
+      // a Python caller waits for ever by default: if the body names its request id, say why
+      const reqId = findPickledReqId(src, start, end);
+      if (reqId !== undefined && err instanceof RpcDecodeError) {
+        const e = new TypeError(`the request could not be read: ${err.message}`);
+        this.sendReply(ident, this.errorReply(reqId, e, false, true));
+      }
+      return;
+    }
+    if (!r.ok) {
+      if (r.reqId !== undefined) this.sendReply(ident, this.errorReply(r.reqId, r.error, true, true));
+      else this.report(r.error, ident);
+      return;
+    }
+    const q = r.request;
+    // a signal has no request id in snakeMQ: its message's uuid tells repeats apart
+    const idSrc = q.reqId ?? Message.uuidSource(message);
+    const idAt = q.reqId === undefined ? Message.uuidOffset(message) : 0;
+    this.accept(ident, { command: q.command, object: q.object, method: q.method, args: q.args, idSrc, idAt, kwargs: q.kwargs, pickle: true });
+  }
 
   /** A well-formed request: answer a duplicate from the cache, run a new one. */
   private accept(ident: string, req: WireRequest): void {
@@ -691,7 +815,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       return;
     }
     if (rec) {
-      const reply = this.errorReply(reqIdOf(req), new OutcomeUnknownError(), true);
+      const reply = this.errorReply(reqIdOf(req), new OutcomeUnknownError(), true, req.pickle);
       this.finish(entry, reply);
       await this.track(store.done(idKey, reply)).catch((err) => this.report(err, ident));
       this.sendReply(ident, reply);
@@ -710,12 +834,12 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
    * The registered object and method a request names, and whether the method is a signal.
    * @throws UnknownObjectError, UnknownMethodError
    */
-  private lookup(req: WireRequest): { obj: object; fn: AnyFunction; signal: boolean } {
+  private lookup(req: WireRequest): { obj: object; fn: AnyFunction; signal: boolean; kw: boolean } {
     const reg = this.objects.get(req.object);
     if (!reg) throw new UnknownObjectError(req.object);
     const fn = findMethod(reg.obj, req.method);
     if (!fn) throw new UnknownMethodError(req.object, req.method);
-    return { obj: reg.obj, fn, signal: isRpcSignal(fn) || reg.signals.has(req.method) };
+    return { obj: reg.obj, fn, signal: isRpcSignal(fn) || reg.signals.has(req.method), kw: reg.kwargs !== undefined && reg.kwargs.has(req.method) };
   }
 
   /**
@@ -726,9 +850,9 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     let markedSignal = false;
     let result: unknown;
     try {
-      const { obj, fn, signal } = this.lookup(req);
+      const { obj, fn, signal, kw } = this.lookup(req);
       markedSignal = signal;
-      result = fn.apply(obj, req.args);
+      result = fn.apply(obj, kw || req.kwargs !== undefined ? callArgs(req, kw) : req.args);
       if (result instanceof Promise) {
         this.runAsync(ident, entry, req, result, markedSignal);
         return;
@@ -769,9 +893,9 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     let markedSignal = false;
     let result: unknown;
     try {
-      const { obj, fn, signal } = this.lookup(req);
+      const { obj, fn, signal, kw } = this.lookup(req);
       markedSignal = signal;
-      result = await fn.apply(obj, req.args);
+      result = await fn.apply(obj, kw || req.kwargs !== undefined ? callArgs(req, kw) : req.args);
     } catch (err) {
       return this.failureReply(ident, req, err, markedSignal);
     }
@@ -781,6 +905,13 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
   /** The reply to a call that returned `result`; `undefined` for a signal. Never throws. */
   private successReply(req: WireRequest, result: unknown): Buffer | undefined {
     if (req.command !== 'call') return undefined;
+    if (req.pickle) {
+      try {
+        return pickleOkReply(this.pickle, REPLY_PREFIX, reqIdOf(req), result);
+      } catch (err) {
+        return this.errorReply(reqIdOf(req), err, false, true);
+      }
+    }
     if (this.fastCodec) {
       // the envelope's fixed bytes as a prefix, then the request id written in (the body is a
       // buffer of our own); if the value does not encode, the general path gives the error
@@ -808,13 +939,14 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       this.report(err, ident);
       return undefined;
     }
-    if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(reqIdOf(req), err, true);
-    if (this.transferExceptions && !markedSignal) return this.errorReply(reqIdOf(req), err, false);
+    if (err instanceof UnknownObjectError || err instanceof UnknownMethodError) return this.errorReply(reqIdOf(req), err, true, req.pickle);
+    if (this.transferExceptions && !markedSignal) return this.errorReply(reqIdOf(req), err, false, req.pickle);
     this.report(err, ident);
     return this.errorReply(
       reqIdOf(req),
       { name: 'Error', message: 'the remote method failed (exception details are not transferred)', stack: '' },
       false,
+      req.pickle,
     );
   }
 
@@ -822,7 +954,8 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
     return encodeBody(this.codec, this.fastCodec, REPLY_PREFIX, value);
   }
 
-  private errorReply(reqId: Buffer, err: unknown, rpc: boolean): Buffer {
+  /** The encoded reply of a call that failed with `err`; a pickle (for a Python caller) when `pickle`. */
+  private errorReply(reqId: Buffer, err: unknown, rpc: boolean, pickle = false): Buffer {
     const isObj = (typeof err === 'object' && err !== null) || typeof err === 'function';
     // a thrown value may have throwing getters: read each field defensively
     const get = (k: string): unknown => {
@@ -844,6 +977,7 @@ export class RpcServer extends EventEmitter<RpcServerEvents> {
       message: str(get('message'), fallback),
       stack: str(get('stack')),
     };
+    if (pickle) return pickleErrorReply(this.pickle, REPLY_PREFIX, reqId, error, err);
     if (typeof code === 'string') error.code = code;
     if (rpc) error.rpc = true;
     if (err instanceof UnknownObjectError) error.object = err.objectName;
@@ -949,12 +1083,31 @@ export interface CallOptions {
   timeout?: number | null;
   /** Give up when aborted, with the same two errors (`reason: 'aborted'`, `cause`: the signal's reason). */
   signal?: AbortSignal;
+  /**
+   * Keyword arguments (a plain object) for a Python method (`f(*args, **kwargs)`); a snakemq
+   * server hands them to methods registered to take them. Sent only when given.
+   */
+  kwargs?: Record<string, unknown>;
+}
+
+/** Options of {@link RpcClient.getProxy}. */
+export interface ProxyOptions {
+  /** The encoding of this proxy's requests (default: the client's `encoding`). */
+  encoding?: RpcEncoding;
 }
 
 /** Options of {@link RpcClient}. */
 export interface RpcClientOptions {
-  /** The codec (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
+  /** The codec of snakemq peers (default: a shared {@link MsgpackCodec}). Both peers must use the same one. */
   codec?: RpcCodec;
+  /**
+   * `'auto'` (default): requests to plain snakeMQ 1.6 peers (Python) are pickles, to snakemq
+   * peers MessagePack (`codec`); `'msgpack'` / `'pickle'`: always that one (a proxy may force
+   * its own). Replies are read in whichever encoding they come in.
+   */
+  encoding?: RpcEncoding;
+  /** The pickle codec (default: a shared {@link PickleCodec}). */
+  pickleCodec?: PickleCodec;
   /** Default timeout of regular calls in ms (default `null`: wait forever, like snakeMQ). */
   timeout?: number | null;
   /** See {@link RpcClient.exceptionHandler}. */
@@ -968,8 +1121,24 @@ export interface RpcClientEvents {
   error: [err: Error, ident: string];
 }
 
+/** What a call needs to be encoded again (made only for a call to a peer that was not connected). */
+interface CallParts {
+  method: string;
+  args: unknown[];
+  kwargs: Record<string, unknown> | undefined;
+}
+
 interface PendingCall {
   ident: string;
+  /** The remote object's name. */
+  object: string;
+  /** The request is a pickle. */
+  pickle: boolean;
+  /**
+   * Set when the encoding was guessed (`'auto'`, the peer not connected): the parts to encode
+   * the request again with when the peer connects and turns out to want the other encoding.
+   */
+  redo: CallParts | undefined;
   /**
    * The request id, also the uuid of the first attempt's message: `reqSrc[reqOff..reqOff + 16)`
    * (memory that is never changed), and its four little-endian int32 words.
@@ -1041,6 +1210,13 @@ export type RpcProxy<T> = {
 
 const RESERVED = new Set(['then', 'toJSON', 'toString', 'valueOf', 'constructor', '__proto__']);
 
+/** @throws InvalidArgumentError unless `v` is undefined or a plain object */
+function checkKwargs(v: unknown): Record<string, unknown> | undefined {
+  if (v === undefined) return undefined;
+  if (!isPlainObject(v)) throw new InvalidArgumentError('kwargs must be a plain object');
+  return v;
+}
+
 function checkMs(what: string, v: number | null | undefined, allowNull = true): void {
   if (v === undefined || (v === null && allowNull)) return;
   if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) {
@@ -1071,6 +1247,10 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   private readonly messaging: HookMessaging;
   private readonly codec: RpcCodec;
   private readonly fastCodec: MsgpackCodec | undefined;
+  private readonly encoding: RpcEncoding;
+  private readonly pickle: PickleCodec;
+  /** Peers last seen as plain snakeMQ 1.6 peers (true) or snakemq peers (false); the 1024 last. */
+  private readonly lastPlain = new Map<string, boolean>();
   /**
    * Waiting calls by {@link idKey} of their request id (unique among them). The first
    * attempt's message has the request id as its uuid, so this also finds calls by message
@@ -1096,6 +1276,8 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     this.messaging = receiveHook.messaging;
     this.codec = options.codec ?? defaultCodec();
     this.fastCodec = prefixingCodec(this.codec);
+    this.encoding = checkEncoding(options.encoding);
+    this.pickle = options.pickleCodec ?? defaultPickle();
     this.timeout = options.timeout ?? null;
     this.exceptionHandler = options.exceptionHandler ?? null;
     this.log = options.logger ?? defaultLogger();
@@ -1118,11 +1300,13 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /**
    * A proxy of the object registered as `name` on peer `remoteIdent`. Methods are created on
    * first access and kept, so `asSignal()`/`setTimeout()` stick to the proxy.
+   * @throws InvalidArgumentError for names that are not strings or a bad option
    */
-  getProxy<T = Record<string, AnyFunction>>(remoteIdent: string, name: string): RpcProxy<T> {
+  getProxy<T = Record<string, AnyFunction>>(remoteIdent: string, name: string, options: ProxyOptions = {}): RpcProxy<T> {
     if (typeof remoteIdent !== 'string' || typeof name !== 'string') {
       throw new InvalidArgumentError('getProxy(remoteIdent, name) takes two strings');
     }
+    const encoding = options.encoding === undefined ? this.encoding : checkEncoding(options.encoding);
     const methods = new Map<string, RemoteMethod<unknown[], unknown>>();
     const label = `[RpcProxy ${remoteIdent}/${name}]`;
     const target = Object.create(null) as object;
@@ -1132,7 +1316,7 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
         if (RESERVED.has(prop)) return prop === 'toString' ? () => label : undefined;
         let m = methods.get(prop);
         if (!m) {
-          m = this.remoteMethod(remoteIdent, name, prop);
+          m = this.remoteMethod(remoteIdent, name, prop, encoding);
           methods.set(prop, m);
         }
         return m;
@@ -1143,22 +1327,22 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     }) as RpcProxy<T>;
   }
 
-  private remoteMethod(ident: string, object: string, method: string): RemoteMethod<unknown[], unknown> {
+  private remoteMethod(ident: string, object: string, method: string, encoding: RpcEncoding): RemoteMethod<unknown[], unknown> {
     let signalTtl: number | null = null;
     let timeout: number | null = null;
-    // the start of this method's request bodies (made on the first call)
-    const fast = this.fastCodec;
+    // the start of this method's MessagePack request bodies (made on the first call)
+    const fast = encoding === 'pickle' ? undefined : this.fastCodec;
     let head: Buffer | undefined;
     const invoke = (args: unknown[], options: CallOptions): Promise<unknown> => {
-      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl));
+      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl, { encoding, kwargs: options.kwargs }));
       const o = { timeout: timeout ?? undefined, ...options };
       if (fast) head ??= requestHead(fast, object, method);
-      return this.doCall(ident, object, method, args, o.timeout, o.signal, head);
+      return this.doCall(ident, object, method, args, o.timeout, o.signal, head, encoding, o.kwargs);
     };
     const fn = ((...args: unknown[]) => {
-      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl));
+      if (signalTtl !== null) return this.withHandler(this.signal(ident, object, method, args, signalTtl, { encoding }));
       if (fast) head ??= requestHead(fast, object, method);
-      return this.doCall(ident, object, method, args, timeout ?? undefined, undefined, head);
+      return this.doCall(ident, object, method, args, timeout ?? undefined, undefined, head, encoding);
     }) as RemoteMethod<unknown[], unknown>;
     Object.defineProperties(fn, {
       name: { value: method },
@@ -1193,21 +1377,41 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
    * @throws ClosedError the client was closed
    */
   call(ident: string, object: string, method: string, args: unknown[] = [], options: CallOptions = {}): Promise<unknown> {
-    return this.doCall(ident, object, method, args, options.timeout, options.signal);
+    return this.doCall(ident, object, method, args, options.timeout, options.signal, undefined, this.encoding, options.kwargs);
   }
 
   /**
    * Send a signal: a request that gets no reply, with its own TTL in ms (`null` = until
-   * delivered). Resolves once the message is queued; exceptions stay on the server.
+   * delivered). Resolves once the message is queued; exceptions stay on the server. Its
+   * encoding follows the peer when connected, else how the peer was last seen (MessagePack for
+   * a peer never seen), unless `options.encoding` forces one.
    *
    * @throws RpcEncodeError an argument the codec cannot carry
    * @throws ClosedError the client was closed
    */
-  async signal(ident: string, object: string, method: string, args: unknown[] = [], ttl: number | null = 0): Promise<void> {
+  async signal(
+    ident: string,
+    object: string,
+    method: string,
+    args: unknown[] = [],
+    ttl: number | null = 0,
+    options: { encoding?: RpcEncoding; kwargs?: Record<string, unknown> } = {},
+  ): Promise<void> {
     if (this.closed) throw new ClosedError('rpc client');
     checkMs('signal ttl', ttl);
-    const body = this.encodeRequest('signal', object, method, args, newUuid());
+    const pickle = this.pickleFor(ident, options.encoding === undefined ? this.encoding : checkEncoding(options.encoding));
+    const body = this.encodeRequest('signal', object, method, args, newUuid(), pickle, checkKwargs(options.kwargs));
     await this.messaging.sendMessage(ident, new Message(body, { ttl }));
+  }
+
+  /**
+   * Whether a request to `ident` is a pickle under `encoding`: `'auto'` asks Messaging whether
+   * the peer is a plain snakeMQ 1.6 peer, or (when it is not connected) how it was last seen.
+   */
+  private pickleFor(ident: string, encoding: RpcEncoding): boolean {
+    if (encoding !== 'auto') return encoding === 'pickle';
+    const ext = this.messaging.peerSpeaksExtensions?.(ident);
+    return ext === undefined ? this.lastPlain.get(ident) === true : !ext;
   }
 
   /**
@@ -1243,9 +1447,21 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     }
   }
 
-  private encodeRequest(command: 'call' | 'signal', object: string, method: string, args: unknown[], reqId: Buffer): Buffer {
+  private encodeRequest(
+    command: 'call' | 'signal',
+    object: string,
+    method: string,
+    args: unknown[],
+    reqId: Buffer,
+    pickle = false,
+    kwargs?: Record<string, unknown>,
+  ): Buffer {
     if (typeof object !== 'string' || typeof method !== 'string') throw new InvalidArgumentError('object and method must be strings');
     if (!Array.isArray(args)) throw new InvalidArgumentError('args must be an array');
+    if (pickle) return pickleRequestBody(this.pickle, REQUEST_PREFIX, command, object, method, args, kwargs, command === 'call' ? reqId : undefined);
+    if (kwargs !== undefined) {
+      return encodeEnvelope(this.codec, this.fastCodec, REQUEST_PREFIX, REQUEST_READ_SHAPE, [command, object, method, args, reqId, kwargs]);
+    }
     return encodeEnvelope(this.codec, this.fastCodec, REQUEST_PREFIX, REQUEST_SHAPE, [command, object, method, args, reqId]);
   }
 
@@ -1256,21 +1472,33 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     args: unknown[],
     timeoutOption: number | null | undefined,
     signal: AbortSignal | undefined,
-    head?: Buffer,
+    head: Buffer | undefined,
+    encoding: RpcEncoding,
+    kwargsOption?: Record<string, unknown>,
   ): Promise<unknown> {
     if (this.closed) return this.failedCall(new ClosedError('rpc client'));
     const timeout = timeoutOption === undefined ? this.timeout : timeoutOption;
-    if (timeout !== null) {
-      try {
-        checkMs('timeout', timeout);
-      } catch (err) {
-        return this.failedCall(err);
-      }
+    let kwargs: Record<string, unknown> | undefined;
+    try {
+      if (timeout !== null) checkMs('timeout', timeout);
+      if (kwargsOption !== undefined) kwargs = checkKwargs(kwargsOption);
+    } catch (err) {
+      return this.failedCall(err);
     }
     if (signal?.aborted) return this.failedCall(new NotConnectedError('aborted', ident, signal.reason));
+    // the codec pick: forced, or by what Messaging knows of the peer (guessed while it is away)
+    let pickle = encoding === 'pickle';
+    let guessed = false;
+    if (encoding === 'auto') {
+      const ext = this.messaging.peerSpeaksExtensions?.(ident);
+      if (ext === undefined) {
+        guessed = true;
+        pickle = this.lastPlain.get(ident) === true;
+      } else pickle = !ext;
+    }
     let message: Message;
     try {
-      message = this.requestMessage(object, method, args, timeout === null ? null : Math.max(1, timeout), head);
+      message = this.requestMessage(object, method, args, timeout === null ? null : Math.max(1, timeout), pickle ? undefined : head, pickle, kwargs);
     } catch (err) {
       return this.failedCall(err);
     }
@@ -1279,6 +1507,9 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     const promise = new Promise(captureExecutor);
     const p: PendingCall = {
       ident,
+      object,
+      pickle,
+      redo: guessed ? { method, args, kwargs } : undefined,
       reqSrc: src,
       reqOff: off,
       r0: readI32(src, off),
@@ -1320,8 +1551,16 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
    * the request id (REQUEST_SHAPE ends with it; a 16-byte Buffer is always a bin 8). The body
    * is a buffer of our own that nobody has seen yet.
    */
-  private requestMessage(object: string, method: string, args: unknown[], ttl: number | null, head?: Buffer): Message {
-    if (this.fastCodec) {
+  private requestMessage(
+    object: string,
+    method: string,
+    args: unknown[],
+    ttl: number | null,
+    head: Buffer | undefined,
+    pickle: boolean,
+    kwargs: Record<string, unknown> | undefined,
+  ): Message {
+    if (this.fastCodec && !pickle && kwargs === undefined) {
       // with the method's head (see requestHead), only the arguments are encoded
       let body = head === undefined || !Array.isArray(args) ? undefined : this.fastCodec.encodeFramed(head, args, REQUEST_TAIL_PLACEHOLDER, 1);
       body ??= this.encodeRequest('call', object, method, args, REQ_ID_PLACEHOLDER);
@@ -1340,8 +1579,29 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     for (;;) {
       const reqId = newUuid();
       if (this.calls.has(idKey(reqId))) continue;
-      return Message.fromTrusted(this.encodeRequest('call', object, method, args, reqId), reqId, ttl, 0);
+      return Message.fromTrusted(this.encodeRequest('call', object, method, args, reqId, pickle, kwargs), reqId, ttl, 0);
     }
+  }
+
+  /**
+   * A call whose encoding was guessed while its peer was away, now that the peer connected
+   * and wants the other one: take its request back from the queue (it has not been written)
+   * and queue it again encoded right, with the same request id.
+   */
+  private reencode(p: PendingCall, parts: CallParts, pickle: boolean): void {
+    const reqId = Buffer.from(p.reqSrc.subarray(p.reqOff, p.reqOff + REQ_ID_LENGTH));
+    if (p.msgUuid !== undefined || this.messaging.cancelMessage?.(p.ident, reqId) !== true) return;
+    let body: Buffer;
+    try {
+      body = this.encodeRequest('call', p.object, parts.method, parts.args, reqId, pickle, parts.kwargs);
+    } catch (err) {
+      this.settle(p, err);
+      return;
+    }
+    p.pickle = pickle;
+    p.body = body;
+    const ttl = p.deadline === null ? null : Math.max(1, p.deadline - Date.now());
+    this.send(p, Message.fromTrusted(body, reqId, ttl, 0));
   }
 
   /** Queue the request message of a call again, as a new message. */
@@ -1428,10 +1688,21 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   }
 
   private readonly onConnect = (_connId: ConnId, ident: string): void => {
+    const ext = this.messaging.peerSpeaksExtensions?.(ident);
+    if (ext !== undefined) {
+      this.lastPlain.delete(ident);
+      this.lastPlain.set(ident, !ext);
+      if (this.lastPlain.size > 1024) this.lastPlain.delete(this.lastPlain.keys().next().value!);
+    }
     // Requests delivered but unanswered may have been lost with a server that stopped:
     // send them again (the server answers duplicates from its cache).
     for (const p of this.calls.values()) {
       if (p.ident !== ident) continue;
+      if (p.redo !== undefined && ext !== undefined) {
+        const parts = p.redo;
+        p.redo = undefined;
+        if (!p.sent && p.pickle === ext) this.reencode(p, parts, !ext);
+      }
       if (p.delivered) this.attempt(p);
       else if (p.written) p.resendWhenDelivered = true;
     }
@@ -1493,6 +1764,11 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
         return;
       }
     }
+    // read by what the reply is (a proxy may have forced either encoding on its requests)
+    if (readAsPickle('auto', this.messaging, ident, src, start, end)) {
+      this.onPickleReply(ident, src, start, end);
+      return;
+    }
     let rep: unknown[] | undefined;
     try {
       rep = decodeEnvelope(this.codec, this.fastCodec, message.body, REPLY_SHAPE);
@@ -1514,6 +1790,31 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
     }
     this.settle(p, this.remoteError(rep[REP_ERROR]));
   };
+
+  /** A reply read as a pickle (from a Python snakeMQ server). */
+  private onPickleReply(ident: string, src: Buffer, start: number, end: number): void {
+    let rep: ReturnType<typeof decodePickleReply>;
+    let failure: Error;
+    try {
+      rep = decodePickleReply(this.pickle, src, start + PREFIX_LENGTH, end);
+      failure = new RpcBadRequestError('malformed pickled RPC reply (a Python object we do not read?); dropped');
+    } catch (err) {
+      rep = undefined;
+      failure = err as Error;
+    }
+    if (rep === undefined) {
+      this.report(failure, ident);
+      // the call it answers, if its id can be found, fails now instead of waiting for ever
+      const reqId = findPickledReqId(src, start + PREFIX_LENGTH, end);
+      const p = reqId === undefined ? undefined : this.pendingCall(ident, reqId, 0);
+      if (p) this.settle(p, failure);
+      return;
+    }
+    const p = this.pendingCall(ident, rep.reqId, 0);
+    if (!p) return; // late, duplicate, or not ours
+    if (rep.ok) this.settle(p, null, rep.value);
+    else this.settle(p, errorFromPython(rep.exception, rep.format, p.object));
+  }
 
   /** The waiting call to `ident` whose request id is at `off` of `src`, or `undefined`. */
   private pendingCall(ident: string, src: Buffer, off: number): PendingCall | undefined {

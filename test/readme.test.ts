@@ -60,6 +60,9 @@ const CONTEXT: Array<[name: string, prelude: string]> = [
   ['cert', 'declare const cert: string;'],
   ['ca', 'declare const ca: string;'],
   ['connId', 'declare const connId: __snakemq.ConnId;'],
+  ['server', 'declare const server: __snakemq.RpcServer;'],
+  ['client', 'declare const client: __snakemq.RpcClient;'],
+  ['calc', 'declare const calc: __snakemq.RpcProxy<{ power(base: number): Promise<number> }>;'],
 ];
 
 function declares(code: string, name: string): boolean {

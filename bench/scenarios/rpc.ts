@@ -1,9 +1,10 @@
 /**
  * snakemq RPC: RpcClient (sender role, ident "client") calls `bench.echo(i)` on an RpcServer
- * (receiver role, ident "server"), transient messages, default MessagePack codec.
+ * (receiver role, ident "server"), transient messages, default MessagePack codec (or, with
+ * `encoding: 'pickle'`, pickles as with a Python snakeMQ peer; the server answers in kind).
  *  - mode "sequential": one call at a time; the client reports round-trip latencies.
  *  - mode "pipelined": `window` calls outstanding at all times; the client reports calls/s.
- * params: { role, mode, window?, port? }; run command: { n } calls.
+ * params: { role, mode, window?, encoding?, port? }; run command: { n } calls.
  */
 import { once } from 'node:events';
 import { Link, Messaging, Packeter } from '../../src/index.js';
@@ -38,7 +39,7 @@ if (params.role === 'receiver') {
 } else {
   const messaging = new Messaging('client', '', packeter);
   const hook = new ReceiveHook(messaging);
-  const client = new RpcClient(hook);
+  const client = new RpcClient(hook, params.encoding === 'pickle' ? { encoding: 'pickle' } : {});
   const proxy = client.getProxy<{ echo(x: number): Promise<number> }>('server', 'bench');
   const connected = once(messaging, 'connect');
   link.addConnector({ host: '127.0.0.1', port: params.port as number });
