@@ -231,7 +231,10 @@ function readLong(b: Uint8Array, pos: number, n: number): bigint {
 }
 
 /** Python's `float()` of a repr, in the forms a pickler writes. */
-const FLOAT_TEXT = /^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|nan|infinity)$/i;
+/** (each digit has one place to go: a run of digits cannot be split in many ways, so a failing match is linear) */
+const FLOAT_TEXT = /^[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|inf|nan|infinity)$/i;
+/** Longest FLOAT line accepted: repr() of any double is far shorter. */
+const MAX_FLOAT_TEXT = 1024;
 const INT_TEXT = /^[+-]?\d+$/;
 
 /** The escapes of Python's `repr()` of a byte string, as protocol 0 `STRING` writes them. */
@@ -610,7 +613,7 @@ class Decoder {
           break;
         case FLOAT: {
           const s = this.line('FLOAT');
-          if (!FLOAT_TEXT.test(s)) this.fail('bad FLOAT');
+          if (s.length > MAX_FLOAT_TEXT || !FLOAT_TEXT.test(s)) this.fail('bad FLOAT');
           const low = s.toLowerCase().replace(/^[+-]/, '');
           const neg = s.startsWith('-');
           this.push(low === 'nan' ? NaN : low.startsWith('inf') ? (neg ? -Infinity : Infinity) : Number(s), K_SCALAR, 0);

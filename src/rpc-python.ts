@@ -182,22 +182,54 @@ export function pickleErrorReply(
   ]);
 }
 
-/** A Python-ish text of an exception argument, for the message. */
-function argText(v: unknown): string {
-  if (typeof v === 'string') return `'${v}'`;
-  if (typeof v === 'bigint' || typeof v === 'number') return String(v);
-  if (v === null) return 'None';
-  if (v === true) return 'True';
-  if (v === false) return 'False';
-  if (Buffer.isBuffer(v)) return `b'${v.toString('latin1')}'`;
-  return Array.isArray(v) ? `[${v.map(argText).join(', ')}]` : typeof v;
+/**
+ * Longest message made of a Python exception's arguments, in characters. The arguments come
+ * from the peer, and through the pickle memo one large string can stand in many places at
+ * almost no cost: the text is cut here, never built whole (`remoteArgs` keeps the values).
+ */
+export const MAX_REMOTE_MESSAGE = 4096;
+
+/** Append a Python-ish text of an exception argument to `out`, while `out.left` characters are left. */
+function appendArg(v: unknown, out: { parts: string[]; left: number }): void {
+  if (out.left <= 0) return;
+  let s: string;
+  if (typeof v === 'string') s = `'${v.length > out.left ? v.slice(0, out.left) : v}'`;
+  else if (typeof v === 'bigint' || typeof v === 'number') s = String(v);
+  else if (v === null) s = 'None';
+  else if (v === true) s = 'True';
+  else if (v === false) s = 'False';
+  else if (Buffer.isBuffer(v)) s = `b'${v.subarray(0, out.left).toString('latin1')}'`;
+  else if (Array.isArray(v)) {
+    appendList(v, '[', ']', out);
+    return;
+  } else s = typeof v;
+  out.parts.push(s);
+  out.left -= s.length;
 }
 
-/** `str(exc)` in Python: the one argument, nothing, or the tuple of them. */
-function exceptionMessage(args: readonly unknown[]): string {
+function appendList(items: readonly unknown[], open: string, close: string, out: { parts: string[]; left: number }): void {
+  out.parts.push(open);
+  out.left -= open.length;
+  for (let i = 0; i < items.length && out.left > 0; i++) {
+    if (i > 0) {
+      out.parts.push(', ');
+      out.left -= 2;
+    }
+    appendArg(items[i], out);
+  }
+  out.parts.push(close);
+  out.left -= close.length;
+}
+
+/** `str(exc)` in Python: the one argument, nothing, or the tuple of them; cut at {@link MAX_REMOTE_MESSAGE}. */
+export function exceptionMessage(args: readonly unknown[]): string {
   if (args.length === 0) return '';
-  if (args.length === 1) return typeof args[0] === 'string' ? args[0] : argText(args[0]);
-  return `(${args.map(argText).join(', ')})`;
+  const out = { parts: [] as string[], left: MAX_REMOTE_MESSAGE };
+  if (args.length === 1 && typeof args[0] === 'string') out.parts.push(args[0].slice(0, MAX_REMOTE_MESSAGE + 1));
+  else if (args.length === 1) appendArg(args[0], out);
+  else appendList(args, '(', ')', out);
+  const text = out.parts.join('');
+  return text.length > MAX_REMOTE_MESSAGE ? `${text.slice(0, MAX_REMOTE_MESSAGE)}…` : text;
 }
 
 /** The error a call gets for a Python exception reply. */

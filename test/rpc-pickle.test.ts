@@ -4,7 +4,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { PickleCodec, PickledException, PickleTuple, looksLikePickle } from '../src/rpc-pickle.js';
-import { RpcDecodeError, RpcEncodeError } from '../src/rpc-errors.js';
+import { RemoteError, RpcDecodeError, RpcEncodeError } from '../src/rpc-errors.js';
+import { MAX_REMOTE_MESSAGE, errorFromPython, exceptionMessage } from '../src/rpc-python.js';
 import { EXPECTED, FILE, body } from './helpers/pickle-vectors.js';
 import { prng } from './helpers/prng.js';
 
@@ -197,6 +198,15 @@ describe('pickle codec on hostile pickles: every one a typed RpcDecodeError', ()
     expectRefused(Buffer.from([0x80, 0x02, 0xff, 0x2e]), /unknown opcode 0xff/);
   });
 
+  it('refuses a FLOAT line of a million digits at once (the pattern does not backtrack over them)', () => {
+    // \x80\x02 F 111...1x \n . : with a backtracking pattern this took minutes (64 kB: 5 s)
+    const digits = Buffer.alloc(1 << 20, 0x31);
+    expectRefused(Buffer.concat([Buffer.from([0x80, 0x02, 0x46]), digits, Buffer.from('x\n.', 'latin1')]), /FLOAT/);
+    // and a plain long float line is refused by its length, before any pattern
+    expectRefused(Buffer.concat([Buffer.from('F', 'latin1'), Buffer.alloc(2000, 0x31), Buffer.from('.5\n.', 'latin1')]), /FLOAT/);
+    expect(attempt(Buffer.from('F-12.5e3\n.', 'latin1'))).toBe(-12500);
+  });
+
   it('refuses every truncation of every recorded body', () => {
     let cases = 0;
     for (const v of FILE.vectors) {
@@ -243,5 +253,41 @@ describe('pickle codec on hostile pickles: every one a typed RpcDecodeError', ()
     expect(refused).toBeGreaterThan(50_000);
     // and the codec still decodes afterwards
     expect(codec.decodeWithExceptions(body('rpc-py-call-add'), 6).value).toEqual(EXPECTED['rpc-py-call-add'].value);
+  });
+});
+
+describe('a Python exception reply turned into a RemoteError', () => {
+  it("builds str(exc)'s text as Python does for small arguments", () => {
+    expect(exceptionMessage(['bad value', 42n])).toBe("('bad value', 42)");
+    expect(exceptionMessage(['just this'])).toBe('just this');
+    expect(exceptionMessage([[1, null, true, Buffer.from('ab')]])).toBe("[1, None, True, b'ab']");
+    expect(exceptionMessage([])).toBe('');
+  });
+
+  it('cuts the message of huge arguments (one string a thousand times through the memo) without building it whole', () => {
+    // a crafted reply: ValueError(['A' * 2**20] * 1000, 0) costs ~1 MB on the wire, a GB as text
+    const big = 'A'.repeat(1 << 20);
+    const exc = codec.decodeWithExceptions(
+      Buffer.concat([
+        Buffer.from([0x80, 0x02]),
+        Buffer.from('cbuiltins\nValueError\n', 'latin1'),
+        // ( [ X'big' (memoised) and 999 fetches of it ] 0 )
+        Buffer.from([0x28, 0x5d, 0x58]),
+        Buffer.from([0, 0, 0x10, 0]), // BINUNICODE length 2^20
+        Buffer.from(big, 'latin1'),
+        Buffer.from([0x71, 0x00, 0x61]), // BINPUT 0, APPEND
+        Buffer.concat(Array.from({ length: 999 }, () => Buffer.from([0x68, 0x00, 0x61]))), // BINGET 0, APPEND
+        Buffer.from([0x4b, 0x00, 0x74, 0x52, 0x2e]), // BININT1 0, TUPLE, REDUCE, STOP
+      ]),
+    ).value;
+    expect(exc).toBeInstanceOf(PickledException);
+    const err = errorFromPython(exc, 'Traceback ...', 'calc') as RemoteError;
+    expect(err).toBeInstanceOf(RemoteError);
+    expect(err.remoteName).toBe('ValueError');
+    expect(err.remoteMessage.length).toBeLessThanOrEqual(MAX_REMOTE_MESSAGE + 1);
+    expect(err.remoteMessage.startsWith("(['AAAA")).toBe(true);
+    expect(err.remoteMessage.endsWith('…')).toBe(true);
+    // the values themselves are kept, not copied
+    expect((err.remoteArgs![0] as string[]).length).toBe(1000);
   });
 });
