@@ -1794,15 +1794,15 @@ export class RpcClient extends EventEmitter<RpcClientEvents> {
   /** A reply read as a pickle (from a Python snakeMQ server). */
   private onPickleReply(ident: string, src: Buffer, start: number, end: number): void {
     let rep: ReturnType<typeof decodePickleReply>;
-    let failure: Error;
+    let failure: Error | undefined;
     try {
       rep = decodePickleReply(this.pickle, src, start + PREFIX_LENGTH, end);
-      failure = new RpcBadRequestError('malformed pickled RPC reply (a Python object we do not read?); dropped');
     } catch (err) {
       rep = undefined;
       failure = err as Error;
     }
     if (rep === undefined) {
+      failure ??= new RpcBadRequestError('malformed pickled RPC reply (a Python object we do not read?); dropped');
       this.report(failure, ident);
       // the call it answers, if its id can be found, fails now instead of waiting for ever
       const reqId = findPickledReqId(src, start + PREFIX_LENGTH, end);
