@@ -282,16 +282,26 @@ function rawUnicodeEscape(b: Uint8Array, start: number, end: number, pos: number
   let s = '';
   for (let i = start; i < end; i++) {
     const c = b[i];
-    if (c === 0x5c && i + 1 < end && (b[i + 1] === 0x75 || b[i + 1] === 0x55)) {
-      const n = b[i + 1] === 0x75 ? 4 : 8;
-      if (i + 2 + n > end) fail(pos, 'truncated \\u escape in UNICODE');
-      const hex = Buffer.from(b.subarray(i + 2, i + 2 + n)).toString('latin1');
-      if (!/^[0-9a-fA-F]+$/.test(hex)) fail(pos, 'bad \\u escape in UNICODE');
-      const cp = parseInt(hex, 16);
-      if (cp > 0x10ffff) fail(pos, 'code point out of range in UNICODE');
-      s += String.fromCodePoint(cp);
-      i += 1 + n;
-    } else s += String.fromCharCode(c);
+    if (c !== 0x5c) {
+      s += String.fromCharCode(c);
+      continue;
+    }
+    // as Python's raw-unicode-escape: a run of backslashes is literal, except that an odd-length
+    // run followed by u or U ends in an escape
+    let run = 1;
+    while (i + run < end && b[i + run] === 0x5c) run++;
+    const escapes = run % 2 === 1 && i + run < end && (b[i + run] === 0x75 || b[i + run] === 0x55);
+    s += '\\'.repeat(escapes ? run - 1 : run);
+    i += run - 1; // the run's last backslash
+    if (!escapes) continue;
+    const n = b[i + 1] === 0x75 ? 4 : 8;
+    if (i + 2 + n > end) fail(pos, 'truncated \\u escape in UNICODE');
+    const hex = Buffer.from(b.subarray(i + 2, i + 2 + n)).toString('latin1');
+    if (!/^[0-9a-fA-F]+$/.test(hex)) fail(pos, 'bad \\u escape in UNICODE');
+    const cp = parseInt(hex, 16);
+    if (cp > 0x10ffff) fail(pos, 'code point out of range in UNICODE');
+    s += String.fromCodePoint(cp);
+    i += 1 + n;
   }
   return s;
 }
@@ -579,6 +589,8 @@ class Decoder {
           const s = this.line('INT');
           if (s === '01') this.push(true, K_SCALAR, 0);
           else if (s === '00') this.push(false, K_SCALAR, 0);
+          // (Python reads INT with strtol base 0: a leading zero means octal, 0x hex; refused)
+          else if (/^[+-]?0./.test(s)) this.fail('INT with a leading zero');
           else this.push(this.pyInt(s, 'INT'), K_SCALAR, 0);
           break;
         }

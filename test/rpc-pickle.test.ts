@@ -198,6 +198,23 @@ describe('pickle codec on hostile pickles: every one a typed RpcDecodeError', ()
     expectRefused(Buffer.from([0x80, 0x02, 0xff, 0x2e]), /unknown opcode 0xff/);
   });
 
+  it("reads protocol 0 UNICODE backslashes as Python's raw-unicode-escape does, and refuses an INT with a leading zero", () => {
+    // each expected value is what Python 3.11's pickle.loads gave for the same bytes
+    const cases: Array<[string, string]> = [
+      ['V\\\\u0041\n.', '\\\\u0041'], // an even run: all literal
+      ['V\\u0041\n.', 'A'],
+      ['V\\\\\\u0041\n.', '\\\\A'], // an odd run: the last one escapes
+      ['V\\\\\\\n.', '\\\\\\'],
+      ['Va\\b\n.', 'a\\b'],
+    ];
+    for (const [pickle, value] of cases) expect(attempt(Buffer.from(pickle, 'latin1'))).toBe(value);
+    // Python reads I010 as octal 8; we refuse rather than guess
+    expectRefused(Buffer.from('I010\n.', 'latin1'), /leading zero/);
+    expect(attempt(Buffer.from('I01\n.', 'latin1'))).toBe(true);
+    expect(attempt(Buffer.from('I0\n.', 'latin1'))).toBe(0);
+    expect(attempt(Buffer.from('I-7\n.', 'latin1'))).toBe(-7);
+  });
+
   it('refuses a FLOAT line of a million digits at once (the pattern does not backtrack over them)', () => {
     // \x80\x02 F 111...1x \n . : with a backtracking pattern this took minutes (64 kB: 5 s)
     const digits = Buffer.alloc(1 << 20, 0x31);
