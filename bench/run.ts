@@ -52,6 +52,9 @@ const N = {
   persistent: QUICK ? 20_000 : 200_000,
   rpcSeq: QUICK ? 2000 : 20_000,
   rpcPipe: QUICK ? 20_000 : 200_000,
+  pingpong: QUICK ? 2000 : 20_000,
+  grpcUnary: QUICK ? 2000 : 20_000,
+  grpcPipe: QUICK ? 20_000 : 100_000,
   memory: QUICK ? 200_000 : 1_000_000,
 };
 
@@ -179,6 +182,16 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    key: 'ceiling.pingpong',
+    title: `ceiling: raw net, one 100 B frame each way, sequential round trips (${fmtNum(N.pingpong)})`,
+    async run() {
+      const r = await pair('scenarios/raw.ts', { mode: 'pingpong', size: 100 }, N.pingpong, 'ceiling pingpong');
+      figures.ceiling_pingpong_median_us = figure('µs', nums(r.send, 'median_us'));
+      figures.ceiling_pingpong_p99_us = figure('µs', nums(r.send, 'p99_us'));
+      figures.ceiling_pingpong_round_trips_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
     key: 'zeromq.pushpull_small',
     title: `zeromq: PUSH/PULL 100 B (${fmtNum(N.zmqSmall)})`,
     async run() {
@@ -265,6 +278,24 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    key: 'grpc.unary',
+    title: `gRPC (@grpc/grpc-js): sequential unary Echo calls (${fmtNum(N.grpcUnary)})`,
+    async run() {
+      const r = await pair('scenarios/grpc.ts', { mode: 'unary' }, N.grpcUnary, 'grpc unary');
+      figures.grpc_unary_median_us = figure('µs', nums(r.send, 'median_us'));
+      figures.grpc_unary_p99_us = figure('µs', nums(r.send, 'p99_us'));
+      figures.grpc_unary_calls_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
+    key: 'grpc.pipelined',
+    title: `gRPC (@grpc/grpc-js): pipelined unary Echo calls (${fmtNum(N.grpcPipe)}, 1000 outstanding)`,
+    async run() {
+      const r = await pair('scenarios/grpc.ts', { mode: 'pipelined', window: 1000 }, N.grpcPipe, 'grpc pipelined');
+      figures.grpc_pipelined_calls_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
     key: 'memory.queued',
     title: `memory: ${fmtNum(N.memory)} × 100 B queued for an offline peer`,
     async run() {
@@ -332,6 +363,14 @@ const ratios = {
   rpc_pipelined_calls_per_s: finite(med('rpc_pipelined_calls_per_s')),
   /** RSS bytes held per queued 100-byte message beyond its body (target < 300). */
   queued_overhead_bytes_per_msg: finite(med('memory_queued_overhead_bytes_per_msg')),
+  /** snakemq transient msg/s ÷ the framed ceiling whose receiver makes a view per frame (target ≥ 0.33). */
+  transient_vs_views_ceiling: finite(med('messaging_transient_100b_msgs_per_s') / med('ceiling_framed_views_100b_msgs_per_s')),
+  /** RPC sequential median latency ÷ raw `net` ping-pong median latency (target ≤ 1.5). */
+  rpc_median_vs_pingpong: finite(med('rpc_sequential_median_us') / med('ceiling_pingpong_median_us')),
+  /** RPC sequential median latency ÷ gRPC unary median latency (target ≤ 0.5). */
+  rpc_median_vs_grpc: finite(med('rpc_sequential_median_us') / med('grpc_unary_median_us')),
+  /** Pipelined RPC calls/s ÷ pipelined gRPC calls/s (target ≥ 3). */
+  rpc_pipelined_vs_grpc: finite(med('rpc_pipelined_calls_per_s') / med('grpc_pipelined_calls_per_s')),
 };
 
 const result = {
@@ -371,6 +410,10 @@ if (JSON_OUT) {
     persistent_msgs_per_s: '≥ 100,000',
     rpc_pipelined_calls_per_s: '≥ 150,000',
     queued_overhead_bytes_per_msg: '< 300',
+    transient_vs_views_ceiling: '≥ 0.33',
+    rpc_median_vs_pingpong: '≤ 1.5',
+    rpc_median_vs_grpc: '≤ 0.5',
+    rpc_pipelined_vs_grpc: '≥ 3',
   };
   const table = (rs: string[][]): string => {
     const w = rs[0].map((_, i) => Math.max(...rs.map((r) => r[i].length)));
