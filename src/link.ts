@@ -154,21 +154,80 @@ interface Conn {
   reader?: DirectReader;
 }
 
-/** Largest read buffer of the Link's own for a plain TCP connection: 64 KiB, like Node's. */
+/** Largest read buffer of the Link's own for plain TCP connections: 64 KiB, like Node's. */
 export const READ_CHUNK_SIZE = 64 * 1024;
-/** Smallest one, what an idle connection holds: 4 KiB. */
+/** Smallest one: 4 KiB. */
 export const MIN_READ_CHUNK_SIZE = 4 * 1024;
+
+/** {@link SharedReadBuffer} shrinks after this many reads in a row that a smaller one would hold. */
+const SHRINK_AFTER_READS = 64;
+
+/**
+ * The read buffer that all plain TCP connections of one Link read into, one read at a time,
+ * so that an idle connection holds no read buffer of its own. Node asks for a connection's
+ * next read buffer as soon as a read is done, so every idle connection points at this one:
+ * bytes read into it are copied out before the next read can start, except that a read that
+ * fills it is handed over as it is when no other connection points at it (a Link with one
+ * busy connection copies nothing, as Node's own reads do not). Made at the first read; it
+ * follows the traffic, twice the largest recent read rounded up to a power of two, between 4
+ * and 64 KiB.
+ */
+class SharedReadBuffer {
+  private buf: Buffer | null = null;
+  private size = MIN_READ_CHUNK_SIZE;
+  /** Reads in a row that would have fitted a smaller buffer. */
+  private smallReads = 0;
+  /** Number of the buffer now in `buf` (a new one gets the next), and how many readers point at it. */
+  gen = 0;
+  holders = 0;
+
+  /** The buffer for a reader's next read; the reader now points at buffer number {@link gen}. */
+  get(): Buffer {
+    let buf = this.buf;
+    if (buf === null || buf.length !== this.size) {
+      buf = this.buf = Buffer.allocUnsafeSlow(this.size);
+      this.gen++;
+      this.holders = 0;
+    }
+    this.holders++;
+    return buf;
+  }
+
+  /**
+   * `n` bytes were read into `buf` by a reader that pointed at buffer number `gen`; returns
+   * them as memory of their own.
+   */
+  take(buf: Buffer, n: number, gen: number): Buffer {
+    if (gen === this.gen) this.holders--;
+    let data: Buffer;
+    if (n === buf.length && buf === this.buf && this.holders === 0) {
+      data = buf;
+      this.buf = null;
+    } else {
+      data = Buffer.allocUnsafeSlow(n);
+      buf.copy(data, 0, 0, n);
+    }
+    let size = MIN_READ_CHUNK_SIZE;
+    if (n === buf.length) size = READ_CHUNK_SIZE;
+    else while (size < 2 * n && size < READ_CHUNK_SIZE) size *= 2;
+    // grow at once, shrink only after many small reads in a row (it serves many connections)
+    if (size >= this.size) {
+      this.size = size;
+      this.smallReads = 0;
+    } else if (++this.smallReads >= SHRINK_AFTER_READS) {
+      this.size = size;
+      this.smallReads = 0;
+    }
+    return data;
+  }
+}
 
 /**
  * Reads one plain TCP socket through Node's `onread`: into the buffer the consumer's
  * {@link ReadTargetProvider} offers (so the kernel writes a large payload straight into the
- * memory it is delivered in), else into a buffer of its own.
+ * memory it is delivered in), else into the Link's {@link SharedReadBuffer}.
  *
- * As with Node's own reads, delivered bytes never share memory with anything else: a read that
- * fills our buffer hands that buffer over (a new one is made for the next read), a shorter one is
- * copied out into memory of exactly its size and the buffer is reused. The buffer follows the
- * traffic, twice the last read rounded up to a power of two, between 4 and 64 KiB, so an idle
- * connection holds 4 KiB.
+ * As with Node's own reads, delivered bytes never share memory with anything else.
  */
 class DirectReader {
   provider: ReadTargetProvider | null = null;
@@ -176,8 +235,13 @@ class DirectReader {
   sink: ((data: Buffer) => void) | null = null;
   /** Called when `sink` or `provider` throws, before the error goes on. */
   onThrow: ((err: unknown) => void) | null = null;
-  private own: Buffer | null = null;
-  private ownSize = MIN_READ_CHUNK_SIZE;
+  private readonly shared: SharedReadBuffer;
+  /** Number of the shared buffer last handed to Node; -1 when it was the provider's. */
+  private gen = -1;
+
+  constructor(shared: SharedReadBuffer) {
+    this.shared = shared;
+  }
 
   /** Node's `onread.buffer`: the memory for the next read. */
   readonly buffer = (): Buffer => {
@@ -190,32 +254,20 @@ class DirectReader {
         throw err;
       }
     }
-    if (target !== null && target.length > 0) return target;
-    let own = this.own;
-    if (own === null || own.length !== this.ownSize) own = this.own = Buffer.allocUnsafeSlow(this.ownSize);
-    return own;
+    if (target !== null && target.length > 0) {
+      this.gen = -1;
+      return target;
+    }
+    const buf = this.shared.get();
+    this.gen = this.shared.gen;
+    return buf;
   };
 
   /** Node's `onread.callback`: `n` bytes were read to the start of `buf`; `true` reads on. */
   readonly callback = (n: number, read: Uint8Array): boolean => {
-    // Only Buffers are handed to Node here: the provider's, or our own.
+    // Only Buffers are handed to Node here: the provider's, or the shared one.
     const buf = read as Buffer;
-    let data: Buffer;
-    if (buf !== this.own) {
-      data = n === buf.length ? buf : buf.subarray(0, n);
-    } else {
-      if (n === buf.length) {
-        data = buf;
-        this.own = null;
-        this.ownSize = READ_CHUNK_SIZE;
-      } else {
-        data = Buffer.allocUnsafeSlow(n);
-        buf.copy(data, 0, 0, n);
-        let size = MIN_READ_CHUNK_SIZE;
-        while (size < 2 * n && size < READ_CHUNK_SIZE) size *= 2;
-        this.ownSize = size;
-      }
-    }
+    const data = this.gen < 0 ? (n === buf.length ? buf : buf.subarray(0, n)) : this.shared.take(buf, n, this.gen);
     if (this.sink !== null) {
       try {
         this.sink(data);
@@ -227,6 +279,12 @@ class DirectReader {
       }
     }
     return true;
+  };
+
+  /** The socket is gone: it points at no shared buffer any more. */
+  readonly release = (): void => {
+    if (this.gen >= 0 && this.gen === this.shared.gen) this.shared.holders--;
+    this.gen = -1;
   };
 
   /** Options for `net.connect()` / `new net.Socket()`. */
@@ -302,6 +360,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
   private readonly conns = new Map<ConnId, Conn>();
   private readonly listeners_ = new Map<string, Listener>();
   private readonly connectors = new Map<string, Connector>();
+  private readonly readBuffer = new SharedReadBuffer();
   private nextId = 1;
   private closed = false;
 
@@ -346,8 +405,9 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
     } else {
       server = net.createServer({ pauseOnConnect: true }, (accepted) => {
-        const reader = new DirectReader();
+        const reader = new DirectReader(this.readBuffer);
         const s = adoptAccepted(accepted, reader);
+        if (s !== accepted) s.once('close', reader.release);
         this.accept(id, s, sockets, false, s === accepted ? undefined : reader);
       });
     }
@@ -562,8 +622,9 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
       socket.once('secureConnect', onConnected);
     } else {
-      reader = new DirectReader();
+      reader = new DirectReader(this.readBuffer);
       socket = net.connect({ host, port, onread: reader.onread });
+      socket.once('close', reader.release);
       socket.once('connect', onConnected);
     }
     c.socket = socket;
