@@ -10,6 +10,7 @@ import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
+import { type Deadline, Deadlines } from './deadlines.js';
 import {
   BadFrameError,
   ClosedError,
@@ -178,7 +179,8 @@ interface Conn {
   peerMaxPacket: number;
   lastRecv: number;
   pingAt: number;
-  keepalive?: TimerHandle;
+  /** When keepalive looks at this connection next (in {@link Messaging}'s one keepalive heap). */
+  keepalive?: Deadline<Conn>;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
   /**
@@ -292,6 +294,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private trimTimer: TimerHandle | undefined;
   private trimQueued = false;
   private readonly ttlTimers = new Map<string, { at: number; handle: TimerHandle }>();
+  /** The keepalive checks of all connections, on one timer. */
+  private readonly keepalives: Deadlines<Conn>;
   private readonly ownIdentFrame: Buffer;
   private readonly helloFrame: Buffer | undefined;
   private loaded = false;
@@ -337,6 +341,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
       throw new InvalidArgumentError(`queuePolicy must be 'reject', 'drop-oldest' or 'block'`);
     }
+    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
     this.ownIdentFrame = encodeIdentification(identifier);
     this.helloFrame = this.opts.extensions
       ? encodeHello({
@@ -591,7 +596,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     else this.packeter.off('packet', this.onPacketEvent);
     this.packeter.off('packets-sent', this.onPacketsSent);
     this.packeter.off('drain', this.onDrain);
-    for (const c of this.conns.values()) if (c.keepalive) this.clock.clearTimeout(c.keepalive);
+    this.keepalives.clear();
     for (const t of this.ttlTimers.values()) this.clock.clearTimeout(t.handle);
     this.ttlTimers.clear();
     if (this.trimTimer) this.clock.clearTimeout(this.trimTimer);
@@ -796,7 +801,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const c = this.conns.get(connId);
     if (!c) return;
     this.conns.delete(connId);
-    if (c.keepalive) this.clock.clearTimeout(c.keepalive);
+    if (c.keepalive) this.keepalives.delete(c.keepalive);
     this.detach(c);
   };
 
@@ -848,33 +853,41 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     else this.log.warn(`messaging ${this.identifier}: ${err.message}`);
   }
 
+  /**
+   * Start keepalive on a new connection. Received packets only note the time (`lastRecv`);
+   * the connection's deadline is looked at when due and moved on from there, so traffic costs
+   * keepalive nothing.
+   */
   private armKeepalive(c: Conn): void {
     const interval = this.opts.keepaliveInterval;
     if (interval <= 0 || this.closed) return;
-    const fire = (): void => {
-      c.keepalive = undefined;
-      if (c.dead || !this.conns.has(c.id) || this.closed) return;
-      const now = this.clock.now();
-      if (c.pingAt && c.lastRecv < c.pingAt) {
-        if (now - c.pingAt >= this.opts.keepaliveWait) {
-          this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
-          return;
-        }
-        c.keepalive = this.clock.setTimeout(fire, c.pingAt + this.opts.keepaliveWait - now);
+    c.keepalive = this.keepalives.entry(c);
+    this.keepalives.set(c.keepalive, this.clock.now() + interval);
+  }
+
+  /** A connection's keepalive deadline is due: ping it, close it, or look again later. */
+  private readonly onKeepalive = (c: Conn, now: number): void => {
+    if (c.dead || !this.conns.has(c.id) || this.closed || !c.keepalive) return;
+    const interval = this.opts.keepaliveInterval;
+    const wait = this.opts.keepaliveWait;
+    if (c.pingAt && c.lastRecv < c.pingAt) {
+      if (now - c.pingAt >= wait) {
+        this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
         return;
       }
-      c.pingAt = 0;
-      const idle = now - c.lastRecv;
-      if (idle >= interval) {
-        this.packeter.sendPacket(c.id, encodePing());
-        c.pingAt = now;
-        c.keepalive = this.clock.setTimeout(fire, this.opts.keepaliveWait);
-      } else {
-        c.keepalive = this.clock.setTimeout(fire, interval - idle);
-      }
-    };
-    c.keepalive = this.clock.setTimeout(fire, interval);
-  }
+      this.keepalives.set(c.keepalive, c.pingAt + wait);
+      return;
+    }
+    c.pingAt = 0;
+    const idle = now - c.lastRecv;
+    if (idle >= interval) {
+      this.packeter.sendPacket(c.id, encodePing());
+      c.pingAt = now;
+      this.keepalives.set(c.keepalive, now + wait);
+    } else {
+      this.keepalives.set(c.keepalive, c.lastRecv + interval);
+    }
+  };
 
   private readonly onPacketEvent = (connId: ConnId, payload: Buffer): void => {
     this.onPacket(connId, payload, 0, payload.length);
