@@ -6,11 +6,13 @@
  * @module
  */
 import { Buffer } from 'node:buffer';
+import { closeSync, openSync } from 'node:fs';
 import * as net from 'node:net';
+import { devNull } from 'node:os';
 import * as tls from 'node:tls';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
 import { Emitter } from './emitter.js';
-import { ClosedError, InvalidArgumentError, SnakeMQError } from './errors.js';
+import { ClosedError, InvalidArgumentError, SnakeMQError, TooManyOpenFilesError, isOutOfFiles } from './errors.js';
 import { type Logger, defaultLogger } from './logger.js';
 
 /** Connection id: unique within one Link for its lifetime. */
@@ -361,6 +363,8 @@ export class Link extends Emitter<TransportEvents> implements Transport {
   private readonly listeners_ = new Map<string, Listener>();
   private readonly connectors = new Map<string, Connector>();
   private readonly readBuffer = new SharedReadBuffer();
+  /** The process was found out of file descriptors after an accept (reset when a connection closes). */
+  private outOfFiles = false;
   private nextId = 1;
   private closed = false;
 
@@ -373,7 +377,8 @@ export class Link extends Emitter<TransportEvents> implements Transport {
 
   /**
    * Start listening. Resolves with the bound address once listening.
-   * @throws InvalidArgumentError for a bad port; rejects with the bind error (e.g. EADDRINUSE).
+   * @throws InvalidArgumentError for a bad port; rejects with the bind error (e.g. EADDRINUSE), or
+   *   TooManyOpenFilesError when the process is out of file descriptors.
    */
   async addListener(options: ListenerOptions): Promise<ListenerInfo> {
     if (this.closed) throw new ClosedError('link');
@@ -400,11 +405,13 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
       // Track raw sockets too, so close() can destroy those still in the handshake.
       server.on('connection', (s: net.Socket) => {
+        this.checkFiles();
         sockets.add(s);
         s.once('close', () => sockets.delete(s));
       });
     } else {
       server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+        this.checkFiles();
         const reader = new DirectReader(this.readBuffer);
         const s = adoptAccepted(accepted, reader);
         if (s !== accepted) s.once('close', reader.release);
@@ -412,13 +419,16 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
     }
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      const fail = (err: Error): void => reject(isOutOfFiles(err) ? new TooManyOpenFilesError('listen', err) : err);
+      server.once('error', fail);
       server.listen(options.port, host, () => {
-        server.off('error', reject);
+        server.off('error', fail);
         resolve();
       });
     });
-    server.on('error', (err) => this.emitError(err, undefined));
+    // Errors of a listening server are accept errors; it goes on listening. Out of file
+    // descriptors, the connection it could not take is dropped (by libuv) and reported typed.
+    server.on('error', (err) => this.emitError(isOutOfFiles(err) ? new TooManyOpenFilesError('accept', err) : err, undefined));
     const addr = server.address() as net.AddressInfo;
     this.listeners_.set(id, { id, server, sockets });
     if (this.closed) {
@@ -560,6 +570,27 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     await Promise.all(waits);
   }
 
+  /**
+   * After a connection was accepted: whether the process has a file descriptor left. libuv
+   * drops (accepts and closes at once) the connections it has no descriptor for and tells
+   * Node nothing, so the accept that takes the last one is where a listener learns it is full:
+   * reported as {@link TooManyOpenFilesError} (`'accept'`), once until a connection closes.
+   * The probe opens and closes the null device (two system calls).
+   */
+  private checkFiles(): void {
+    if (this.outOfFiles) return;
+    let fd: number;
+    try {
+      fd = openSync(devNull, 'r');
+    } catch (err) {
+      if (!isOutOfFiles(err)) return;
+      this.outOfFiles = true;
+      this.emitError(new TooManyOpenFilesError('accept', err), undefined);
+      return;
+    }
+    closeSync(fd);
+  }
+
   private emitError(err: Error, connId: ConnId | undefined): void {
     if (this.listenerCount('error') > 0) this.emit('error', err, connId);
     else this.log.debug(`link error (no listener): ${err.message}`);
@@ -607,7 +638,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       socket.destroy();
       c.socket = undefined;
       this.log.debug(`connector ${c.id} ${host}:${port}: ${err.message}`);
-      this.emitError(new ConnectError(host, port, err), undefined);
+      this.emitError(isOutOfFiles(err) ? new TooManyOpenFilesError('connect', err) : new ConnectError(host, port, err), undefined);
       this.scheduleReconnect(c);
     };
     if (t) {
@@ -680,6 +711,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     });
     socket.once('close', () => {
       this.conns.delete(connId);
+      this.outOfFiles = false;
       this.log.debug(`disconnect ${connId}${conn.reason ? `: ${conn.reason.message}` : ''}`);
       this.emit('disconnect', connId, conn.reason);
     });
