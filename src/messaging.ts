@@ -293,7 +293,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private trimFrom = 0;
   private trimTimer: TimerHandle | undefined;
   private trimQueued = false;
-  private readonly ttlTimers = new Map<string, { at: number; handle: TimerHandle }>();
+  /** The next TTL expiry of each queue whose TTLs run down, on one timer. */
+  private readonly ttls: Deadlines<PeerQueue>;
+  private readonly ttlTimers = new Map<string, Deadline<PeerQueue>>();
   /** The keepalive checks of all connections, on one timer. */
   private readonly keepalives: Deadlines<Conn>;
   private readonly ownIdentFrame: Buffer;
@@ -342,6 +344,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       throw new InvalidArgumentError(`queuePolicy must be 'reject', 'drop-oldest' or 'block'`);
     }
     this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
+    this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
     this.helloFrame = this.opts.extensions
       ? encodeHello({
@@ -597,7 +600,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.packeter.off('packets-sent', this.onPacketsSent);
     this.packeter.off('drain', this.onDrain);
     this.keepalives.clear();
-    for (const t of this.ttlTimers.values()) this.clock.clearTimeout(t.handle);
+    this.ttls.clear();
     this.ttlTimers.clear();
     if (this.trimTimer) this.clock.clearTimeout(this.trimTimer);
     for (const q of this.queues.values()) {
@@ -726,21 +729,28 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (drained) this.emit('drain', q.ident);
   }
 
+  /** Have the queue's next TTL expiry (if any) scheduled. */
   private armTtl(q: PeerQueue): void {
     if (this.closed) return;
     const at = q.nextExpiry();
-    const cur = this.ttlTimers.get(q.ident);
-    if (cur && (at === null || cur.at !== at)) {
-      this.clock.clearTimeout(cur.handle);
+    let cur = this.ttlTimers.get(q.ident);
+    if (cur && (cur.value !== q || at === null)) {
+      this.ttls.delete(cur);
       this.ttlTimers.delete(q.ident);
-    } else if (cur) return;
+      cur = undefined;
+    }
     if (at === null) return;
-    const handle = this.clock.setTimeout(() => {
-      this.ttlTimers.delete(q.ident);
-      this.expire(q);
-    }, Math.max(0, at - this.clock.now()));
-    this.ttlTimers.set(q.ident, { at, handle });
+    if (!cur) {
+      cur = this.ttls.entry(q);
+      this.ttlTimers.set(q.ident, cur);
+    }
+    if (cur.at !== at) this.ttls.set(cur, at);
   }
+
+  private readonly onTtl = (q: PeerQueue): void => {
+    if (this.ttlTimers.get(q.ident)?.value === q) this.ttlTimers.delete(q.ident);
+    this.expire(q);
+  };
 
   private expire(q: PeerQueue): void {
     const wasFull = this.full(q, 0);
@@ -992,7 +1002,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const expired = q.connect(this.clock.now());
     const tt = this.ttlTimers.get(ident);
     if (tt) {
-      this.clock.clearTimeout(tt.handle);
+      this.ttls.delete(tt);
       this.ttlTimers.delete(ident);
     }
     this.dropExpired(q, expired, wasFull);

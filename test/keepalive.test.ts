@@ -1,7 +1,8 @@
 /**
  * Keepalive on one timer: the Deadlines heap, and Messaging's keepalive over it on a manual
  * clock (ping after the interval with nothing received, close after the wait, traffic moves the
- * next ping), with many connections sharing one pending timer.
+ * next ping), with many connections sharing one pending timer; and TTL expiry of the queues of
+ * many offline peers, on one timer too.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
@@ -185,5 +186,31 @@ describe('Messaging keepalive on one timer', () => {
     expect(m.connectedPeers()).toHaveLength(0);
     expect(errors).toHaveLength(1000);
     expect(clock.pending).toBe(0); // no connection left: no timer
+  });
+});
+
+describe('Messaging TTL expiry on one timer', () => {
+  it('messages waiting for many offline peers are dropped at their own times, from one pending timer', async () => {
+    const clock = new ManualClock();
+    const tr = new MemoryTransport();
+    tr.peer = new MemoryTransport();
+    const m = new Messaging('hub', '', new Packeter(tr), { clock });
+    await m.ready;
+    const drops: Array<[string, number]> = [];
+    m.on('message-drop', (ident, _uuid, reason) => {
+      expect(reason).toBe('ttl');
+      drops.push([ident, clock.now()]);
+    });
+    const { Message } = await import('../src/message.js');
+    for (let i = 0; i < 200; i++) await m.sendMessage(`p${i}`, new Message('x', { ttl: 1000 + ((i * 37) % 200) * 10 }));
+    expect(clock.pending).toBe(1);
+    clock.advance(999);
+    expect(drops).toEqual([]);
+    clock.advance(2001);
+    expect(drops).toHaveLength(200);
+    for (const [ident, at] of drops) expect(at).toBe(1000 + ((Number(ident.slice(1)) * 37) % 200) * 10);
+    expect(drops.map(([, at]) => at)).toEqual([...drops.map(([, at]) => at)].sort((a, b) => a - b));
+    expect(clock.pending).toBe(0);
+    await m.close();
   });
 });
