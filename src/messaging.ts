@@ -88,7 +88,10 @@ export const MESSAGING_DEFAULTS = {
 export interface MessagingOptions {
   /** Where persistent messages (and the dedup window) are kept. Without it nothing persists. */
   storage?: QueuesStorage;
-  /** Ping a connection after this long with nothing received; 0 turns keepalive off (default 10000). */
+  /**
+   * Ping a connection after this long with nothing received; 0 turns keepalive off (default
+   * 10000). On connections accepted by a listener of ours, after this × {@link LISTENER_KEEPALIVE_FACTOR}.
+   */
   keepaliveInterval?: number;
   /** Close a pinged connection when nothing arrives within this (default 5000). */
   keepaliveWait?: number;
@@ -181,6 +184,8 @@ interface Conn {
   pingAt: number;
   /** When keepalive looks at this connection next (in {@link Messaging}'s one keepalive heap). */
   keepalive?: Deadline<Conn>;
+  /** Ping after this long with nothing received (see {@link LISTENER_KEEPALIVE_FACTOR}). */
+  keepaliveAfter: number;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
   /**
@@ -219,6 +224,15 @@ interface Conn {
   turnDelivered: number;
   turn: number;
 }
+
+/**
+ * The side of a connection that accepted it pings after `keepaliveInterval` × this with
+ * nothing received, the connecting side after `keepaliveInterval`. So between two peers with
+ * the same interval only the connecting side ever pings and the listening one only answers:
+ * one packet each way per interval, where equal deadlines on both sides made both ping at once
+ * (a hub with thousands of connections pays for every packet).
+ */
+export const LISTENER_KEEPALIVE_FACTOR = 1.1;
 
 /** Uuids per ack frame at most (an ack frame is sent at the latest on the next turn). */
 const ACKS_PER_FRAME = 1024;
@@ -784,6 +798,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       peerMaxPacket: MAX_WIRE_PACKET_SIZE,
       lastRecv: now,
       pingAt: 0,
+      keepaliveAfter: 0,
       dead: false,
       writing: [],
       writingHead: 0,
@@ -871,14 +886,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private armKeepalive(c: Conn): void {
     const interval = this.opts.keepaliveInterval;
     if (interval <= 0 || this.closed) return;
+    const listening = this.packeter.connectionInfo(c.id)?.side === 'listener';
+    c.keepaliveAfter = listening ? interval * LISTENER_KEEPALIVE_FACTOR : interval;
     c.keepalive = this.keepalives.entry(c);
-    this.keepalives.set(c.keepalive, this.clock.now() + interval);
+    this.keepalives.set(c.keepalive, this.clock.now() + c.keepaliveAfter);
   }
 
   /** A connection's keepalive deadline is due: ping it, close it, or look again later. */
   private readonly onKeepalive = (c: Conn, now: number): void => {
     if (c.dead || !this.conns.has(c.id) || this.closed || !c.keepalive) return;
-    const interval = this.opts.keepaliveInterval;
+    const interval = c.keepaliveAfter;
     const wait = this.opts.keepaliveWait;
     if (c.pingAt && c.lastRecv < c.pingAt) {
       if (now - c.pingAt >= wait) {

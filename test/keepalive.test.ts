@@ -214,3 +214,36 @@ describe('Messaging TTL expiry on one timer', () => {
     await m.close();
   });
 });
+
+describe('keepalive on the listening side', () => {
+  it('pings after the interval × LISTENER_KEEPALIVE_FACTOR, so a connector with the same interval pings first', async () => {
+    const { LISTENER_KEEPALIVE_FACTOR } = await import('../src/messaging.js');
+    const clock = new ManualClock();
+    const tr = new MemoryTransport();
+    tr.peer = new MemoryTransport();
+    const m = new Messaging('hub', '', new Packeter(tr), { clock, keepaliveInterval: 10_000, keepaliveWait: 5000 });
+    const conn = 'c1' as ConnId;
+    tr.connectTo(conn, 'listener');
+    tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification('dev'))]));
+    const ping = framed(encodePing()).toString('hex');
+    const pings = (): number => (tr.written.get(conn) ?? []).filter((b) => b.toString('hex').includes(ping)).length;
+    const after = 10_000 * LISTENER_KEEPALIVE_FACTOR;
+    clock.advance(after - 1);
+    await tick();
+    expect(pings()).toBe(0);
+    // the connector's ping at 10000 each time: answered, and the hub never pings
+    for (let t = 10_000; t <= 60_000; t += 10_000) {
+      clock.advance(t - clock.now());
+      tr.deliver(conn, framed(encodePing()));
+      await tick();
+    }
+    clock.advance(after - 1);
+    await tick();
+    expect(pings()).toBe(0);
+    expect(m.isConnected('dev')).toBe(true);
+    clock.advance(1); // silent for the listener's interval: now it pings
+    await tick();
+    expect(pings()).toBe(1);
+    await m.close();
+  });
+});
