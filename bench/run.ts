@@ -52,7 +52,18 @@ const N = {
   persistent: QUICK ? 20_000 : 200_000,
   rpcSeq: QUICK ? 2000 : 20_000,
   rpcPipe: QUICK ? 20_000 : 200_000,
+  pingpong: QUICK ? 2000 : 20_000,
+  grpcUnary: QUICK ? 2000 : 20_000,
+  grpcPipe: QUICK ? 20_000 : 100_000,
   memory: QUICK ? 200_000 : 1_000_000,
+  /** scale.hub: peers per run (the figures without `_1k` are of the last, largest one). */
+  hubPeers: QUICK ? [1000] : [1000, 5000],
+  /** scale.hub: processes the peers are spread over. */
+  hubChildren: 4,
+  /** scale.hub: idle time measured, ms. */
+  hubIdleMs: Number(process.env.BENCH_HUB_IDLE_MS) || (QUICK ? 10_000 : 30_000),
+  /** scale.hub: messages per fan-out and per fan-in (rounds of one message per peer). */
+  hubMessages: QUICK ? 100_000 : 200_000,
 };
 
 // ------------------------------------------------------------------------------ progress
@@ -143,6 +154,79 @@ async function pair(file: string, params: Record<string, unknown>, n: number, la
 
 const nums = (evs: Event[], k: string): number[] => evs.map((e) => Number(e[k]));
 
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface HubRun {
+  rssPerConn: number;
+  heapPerConn: number;
+  idleCpu: number;
+  connectAllMs: number;
+  fanout: number;
+  fanin: number;
+}
+
+/**
+ * One run of scale.hub with `n` peers: a fresh hub process (its open-files limit raised to the
+ * hard limit) and `N.hubChildren` fresh processes of n / hubChildren peers each.
+ */
+async function hubRun(n: number, run: string): Promise<HubRun> {
+  const k = N.hubChildren;
+  const hub = new Child('scenarios/hub.ts', { role: 'hub' }, { label: `hub ${n}`, raiseFdLimit: true, nodeArgs: nodeArgsFor(`hub_${n}.hub`) });
+  const kids: Child[] = [];
+  try {
+    const ready = await hub.expect('ready');
+    const port = ready.port as number;
+    const per = Math.ceil(n / k);
+    for (let i = 0; i < k; i++) {
+      const count = Math.min(per, n - i * per);
+      kids.push(new Child('scenarios/hub.ts', { role: 'peers', port, count, prefix: `p${i}-` }, { label: `hub ${n} peers ${i}`, raiseFdLimit: true, nodeArgs: i === 0 ? nodeArgsFor(`hub_${n}.peers`) : [] }));
+    }
+    progress(`${run}: ${fmtNum(n)} peers, creating`);
+    for (const c of kids) c.send('create');
+    await Promise.all(kids.map((c) => c.expect('created')));
+    progress(`${run}: ${fmtNum(n)} peers, connecting`);
+    hub.send('await-peers', { n });
+    const t0 = performance.now();
+    for (const c of kids) c.send('go');
+    await Promise.all([hub.expect('identified', 120_000), ...kids.map((c) => c.expect('connected', 120_000))]);
+    const connectAllMs = performance.now() - t0;
+    hub.send('memory');
+    const mem = await hub.expect('memory');
+    const rssPerConn = ((mem.rss as number) - (ready.rss as number)) / n;
+    const heapPerConn = ((mem.heap as number) - (ready.heap as number)) / n;
+    progress(`${run}: ${fmtNum(n)} peers, idle ${N.hubIdleMs / 1000} s`);
+    const c0 = hub.cpuMs();
+    const i0 = performance.now();
+    await sleep(N.hubIdleMs);
+    const idleCpu = (hub.cpuMs() - c0) / (performance.now() - i0);
+    const rounds = Math.max(1, Math.round(N.hubMessages / n));
+    const fanoutOnce = async (r: number): Promise<number> => {
+      for (const c of kids) c.send('fanout-arm', { each: r });
+      await Promise.all(kids.map((c) => c.expect('armed')));
+      hub.send('fanout', { rounds: r, size: 100 });
+      const [sent, ...got] = await Promise.all([hub.expect('sent'), ...kids.map((c) => c.expect('received'))]);
+      const last = Math.max(...got.map((g) => g.last as number));
+      return (n * r * 1000) / (last - (sent.t0 as number));
+    };
+    const faninOnce = async (r: number): Promise<number> => {
+      hub.send('fanin-arm', { n: n * r });
+      await hub.expect('armed');
+      for (const c of kids) c.send('fanin', { rounds: r, size: 100 });
+      const [res] = await Promise.all([hub.expect('result'), ...kids.map((c) => c.expect('sent'))]);
+      return res.rate as number;
+    };
+    progress(`${run}: ${fmtNum(n)} peers, fan-out`);
+    await fanoutOnce(Math.max(1, Math.ceil(rounds / 4)));
+    const fanout = await fanoutOnce(rounds);
+    progress(`${run}: ${fmtNum(n)} peers, fan-in`);
+    await faninOnce(Math.max(1, Math.ceil(rounds / 4)));
+    const fanin = await faninOnce(rounds);
+    return { rssPerConn, heapPerConn, idleCpu, connectAllMs, fanout, fanin };
+  } finally {
+    await Promise.all([...kids.map((c) => c.close(20_000)), hub.close(20_000)]);
+  }
+}
+
 // ------------------------------------------------------------------------------ scenarios
 
 interface Scenario {
@@ -176,6 +260,16 @@ const scenarios: Scenario[] = [
     async run() {
       const r = await pair('scenarios/raw.ts', { mode: 'bulk', size: 64 * 1024 }, N.bulk, 'ceiling bulk');
       figures.ceiling_bulk_64k_bytes_per_s = figure('B/s', nums(r.recv, 'byteRate'));
+    },
+  },
+  {
+    key: 'ceiling.pingpong',
+    title: `ceiling: raw net, one 100 B frame each way, sequential round trips (${fmtNum(N.pingpong)})`,
+    async run() {
+      const r = await pair('scenarios/raw.ts', { mode: 'pingpong', size: 100 }, N.pingpong, 'ceiling pingpong');
+      figures.ceiling_pingpong_median_us = figure('µs', nums(r.send, 'median_us'));
+      figures.ceiling_pingpong_p99_us = figure('µs', nums(r.send, 'p99_us'));
+      figures.ceiling_pingpong_round_trips_per_s = figure('1/s', nums(r.send, 'rate'));
     },
   },
   {
@@ -276,6 +370,42 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    key: 'grpc.unary',
+    title: `gRPC (@grpc/grpc-js): sequential unary Echo calls (${fmtNum(N.grpcUnary)})`,
+    async run() {
+      const r = await pair('scenarios/grpc.ts', { mode: 'unary' }, N.grpcUnary, 'grpc unary');
+      figures.grpc_unary_median_us = figure('µs', nums(r.send, 'median_us'));
+      figures.grpc_unary_p99_us = figure('µs', nums(r.send, 'p99_us'));
+      figures.grpc_unary_calls_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
+    key: 'grpc.pipelined',
+    title: `gRPC (@grpc/grpc-js): pipelined unary Echo calls (${fmtNum(N.grpcPipe)}, 1000 outstanding)`,
+    async run() {
+      const r = await pair('scenarios/grpc.ts', { mode: 'pipelined', window: 1000 }, N.grpcPipe, 'grpc pipelined');
+      figures.grpc_pipelined_calls_per_s = figure('1/s', nums(r.send, 'rate'));
+    },
+  },
+  {
+    key: 'scale.hub',
+    title: `scale: one hub, ${N.hubPeers.map((x) => fmtNum(x)).join(' and ')} peers in ${N.hubChildren} other processes`,
+    async run() {
+      for (const n of N.hubPeers) {
+        const runs: HubRun[] = [];
+        for (let i = 1; i <= RUNS; i++) runs.push(await hubRun(n, `run ${i}/${RUNS}`));
+        const pre = n === N.hubPeers[N.hubPeers.length - 1] ? 'hub' : `hub_${n / 1000}k`;
+        const col = (f: (r: HubRun) => number): number[] => runs.map(f);
+        figures[`${pre}_rss_bytes_per_conn`] = figure('B', col((r) => r.rssPerConn));
+        figures[`${pre}_heap_bytes_per_conn`] = figure('B', col((r) => r.heapPerConn));
+        figures[`${pre}_idle_cpu_fraction`] = figure('', col((r) => r.idleCpu));
+        figures[`${pre}_connect_all_ms`] = figure('ms', col((r) => r.connectAllMs));
+        figures[`${pre}_fanout_msgs_per_s`] = figure('msg/s', col((r) => r.fanout));
+        figures[`${pre}_fanin_msgs_per_s`] = figure('msg/s', col((r) => r.fanin));
+      }
+    },
+  },
+  {
     key: 'memory.queued',
     title: `memory: ${fmtNum(N.memory)} × 100 B queued for an offline peer`,
     async run() {
@@ -343,6 +473,22 @@ const ratios = {
   rpc_pipelined_calls_per_s: finite(med('rpc_pipelined_calls_per_s')),
   /** RSS bytes held per queued 100-byte message beyond its body (target < 300). */
   queued_overhead_bytes_per_msg: finite(med('memory_queued_overhead_bytes_per_msg')),
+  /** snakemq transient msg/s ÷ the framed ceiling whose receiver makes a view per frame (target ≥ 0.33). */
+  transient_vs_views_ceiling: finite(med('messaging_transient_100b_msgs_per_s') / med('ceiling_framed_views_100b_msgs_per_s')),
+  /** RPC sequential median latency ÷ raw `net` ping-pong median latency (target ≤ 1.5). */
+  rpc_median_vs_pingpong: finite(med('rpc_sequential_median_us') / med('ceiling_pingpong_median_us')),
+  /** RPC sequential median latency ÷ gRPC unary median latency (target ≤ 0.5). */
+  rpc_median_vs_grpc: finite(med('rpc_sequential_median_us') / med('grpc_unary_median_us')),
+  /** Pipelined RPC calls/s ÷ pipelined gRPC calls/s (target ≥ 3). */
+  rpc_pipelined_vs_grpc: finite(med('rpc_pipelined_calls_per_s') / med('grpc_pipelined_calls_per_s')),
+  /** RSS bytes per idle connection at the hub, largest N (target ≤ 16 KiB). */
+  hub_rss_bytes_per_conn: finite(med('hub_rss_bytes_per_conn')),
+  /** The hub's CPU time ÷ wall time while idle, largest N (target ≤ 0.02). */
+  hub_idle_cpu_fraction: finite(med('hub_idle_cpu_fraction')),
+  /** All peers identified at the hub after a cold start of the connectors, ms, largest N (target ≤ 10,000). */
+  hub_connect_all_ms: finite(med('hub_connect_all_ms')),
+  /** Hub fan-out msg/s ÷ single-pair transient msg/s (target ≥ 0.5). */
+  hub_fanout_vs_transient: finite(med('hub_fanout_msgs_per_s') / med('messaging_transient_100b_msgs_per_s')),
 };
 
 const result = {
@@ -365,7 +511,9 @@ if (JSON_OUT) {
 } else {
   const unitFmt = (f: Figure): [string, (x: number) => string] => {
     if (f.unit === 'B/s') return ['MiB/s', (x) => fmtNum(x / MiB, 0)];
+    if (f.unit === 'B' && f.median < MiB) return ['B', (x) => fmtNum(x, 0)];
     if (f.unit === 'B') return ['MiB', (x) => fmtNum(x / MiB, 1)];
+    if (f.unit === '') return ['', (x) => fmtNum(x, 4)];
     if (f.unit === 'µs' || f.unit === 'B/msg') return [f.unit, (x) => fmtNum(x, 1)];
     return [f.unit, (x) => fmtNum(x, 0)];
   };
@@ -382,6 +530,14 @@ if (JSON_OUT) {
     persistent_msgs_per_s: '≥ 100,000',
     rpc_pipelined_calls_per_s: '≥ 150,000',
     queued_overhead_bytes_per_msg: '< 300',
+    transient_vs_views_ceiling: '≥ 0.33',
+    rpc_median_vs_pingpong: '≤ 1.5',
+    rpc_median_vs_grpc: '≤ 0.5',
+    rpc_pipelined_vs_grpc: '≥ 3',
+    hub_rss_bytes_per_conn: '≤ 16,384',
+    hub_idle_cpu_fraction: '≤ 0.02',
+    hub_connect_all_ms: '≤ 10,000',
+    hub_fanout_vs_transient: '≥ 0.5',
   };
   const table = (rs: string[][]): string => {
     const w = rs[0].map((_, i) => Math.max(...rs.map((r) => r[i].length)));

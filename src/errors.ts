@@ -119,3 +119,32 @@ export class StorageError extends SnakeMQError {
     super('ERR_STORAGE', message, options);
   }
 }
+
+/**
+ * The process ran out of file descriptors (`EMFILE`, or the system as a whole: `ENFILE`) when
+ * accepting or opening a connection. Reported on the Link's `error` event; the listener keeps
+ * listening (the connection it could not take is dropped) and a connector retries as after any
+ * failed attempt. Raise the limit (`ulimit -n`, systemd's `LimitNOFILE`) for a process that
+ * holds many connections: each one takes a descriptor.
+ */
+export class TooManyOpenFilesError extends SnakeMQError {
+  /** What ran out: `'accept'` (a listener), `'connect'` (a connector) or `'listen'`. */
+  readonly syscall: 'accept' | 'connect' | 'listen';
+  /** `'EMFILE'` (this process's limit) or `'ENFILE'` (the system's). */
+  readonly errno: 'EMFILE' | 'ENFILE';
+  constructor(syscall: 'accept' | 'connect' | 'listen', cause: NodeJS.ErrnoException) {
+    const errno = cause.code === 'ENFILE' ? 'ENFILE' : 'EMFILE';
+    const whose = errno === 'ENFILE' ? "the system's" : "this process's";
+    super('ERR_TOO_MANY_OPEN_FILES', `${syscall}: out of file descriptors (${errno}, ${whose} limit); raise it with ulimit -n or systemd's LimitNOFILE`, {
+      cause,
+    });
+    this.syscall = syscall;
+    this.errno = errno;
+  }
+}
+
+/** Whether `err` is a system error for running out of file descriptors (EMFILE, ENFILE). */
+export function isOutOfFiles(err: unknown): err is NodeJS.ErrnoException {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'EMFILE' || code === 'ENFILE';
+}

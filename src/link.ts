@@ -6,11 +6,13 @@
  * @module
  */
 import { Buffer } from 'node:buffer';
+import { closeSync, openSync } from 'node:fs';
 import * as net from 'node:net';
+import { devNull } from 'node:os';
 import * as tls from 'node:tls';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
 import { Emitter } from './emitter.js';
-import { ClosedError, InvalidArgumentError, SnakeMQError } from './errors.js';
+import { ClosedError, InvalidArgumentError, SnakeMQError, TooManyOpenFilesError, isOutOfFiles } from './errors.js';
 import { type Logger, defaultLogger } from './logger.js';
 
 /** Connection id: unique within one Link for its lifetime. */
@@ -163,21 +165,80 @@ interface Conn {
   reader?: DirectReader;
 }
 
-/** Largest read buffer of the Link's own for a plain TCP connection: 64 KiB, like Node's. */
+/** Largest read buffer of the Link's own for plain TCP connections: 64 KiB, like Node's. */
 export const READ_CHUNK_SIZE = 64 * 1024;
-/** Smallest one, what an idle connection holds: 4 KiB. */
+/** Smallest one: 4 KiB. */
 export const MIN_READ_CHUNK_SIZE = 4 * 1024;
+
+/** {@link SharedReadBuffer} shrinks after this many reads in a row that a smaller one would hold. */
+const SHRINK_AFTER_READS = 64;
+
+/**
+ * The read buffer that all plain TCP connections of one Link read into, one read at a time,
+ * so that an idle connection holds no read buffer of its own. Node asks for a connection's
+ * next read buffer as soon as a read is done, so every idle connection points at this one:
+ * bytes read into it are copied out before the next read can start, except that a read that
+ * fills it is handed over as it is when no other connection points at it (a Link with one
+ * busy connection copies nothing, as Node's own reads do not). Made at the first read; it
+ * follows the traffic, twice the largest recent read rounded up to a power of two, between 4
+ * and 64 KiB.
+ */
+class SharedReadBuffer {
+  private buf: Buffer | null = null;
+  private size = MIN_READ_CHUNK_SIZE;
+  /** Reads in a row that would have fitted a smaller buffer. */
+  private smallReads = 0;
+  /** Number of the buffer now in `buf` (a new one gets the next), and how many readers point at it. */
+  gen = 0;
+  holders = 0;
+
+  /** The buffer for a reader's next read; the reader now points at buffer number {@link gen}. */
+  get(): Buffer {
+    let buf = this.buf;
+    if (buf === null || buf.length !== this.size) {
+      buf = this.buf = Buffer.allocUnsafeSlow(this.size);
+      this.gen++;
+      this.holders = 0;
+    }
+    this.holders++;
+    return buf;
+  }
+
+  /**
+   * `n` bytes were read into `buf` by a reader that pointed at buffer number `gen`; returns
+   * them as memory of their own.
+   */
+  take(buf: Buffer, n: number, gen: number): Buffer {
+    if (gen === this.gen) this.holders--;
+    let data: Buffer;
+    if (n === buf.length && buf === this.buf && this.holders === 0) {
+      data = buf;
+      this.buf = null;
+    } else {
+      data = Buffer.allocUnsafeSlow(n);
+      buf.copy(data, 0, 0, n);
+    }
+    let size = MIN_READ_CHUNK_SIZE;
+    if (n === buf.length) size = READ_CHUNK_SIZE;
+    else while (size < 2 * n && size < READ_CHUNK_SIZE) size *= 2;
+    // grow at once, shrink only after many small reads in a row (it serves many connections)
+    if (size >= this.size) {
+      this.size = size;
+      this.smallReads = 0;
+    } else if (++this.smallReads >= SHRINK_AFTER_READS) {
+      this.size = size;
+      this.smallReads = 0;
+    }
+    return data;
+  }
+}
 
 /**
  * Reads one plain TCP socket through Node's `onread`: into the buffer the consumer's
  * {@link ReadTargetProvider} offers (so the kernel writes a large payload straight into the
- * memory it is delivered in), else into a buffer of its own.
+ * memory it is delivered in), else into the Link's {@link SharedReadBuffer}.
  *
- * As with Node's own reads, delivered bytes never share memory with anything else: a read that
- * fills our buffer hands that buffer over (a new one is made for the next read), a shorter one is
- * copied out into memory of exactly its size and the buffer is reused. The buffer follows the
- * traffic, twice the last read rounded up to a power of two, between 4 and 64 KiB, so an idle
- * connection holds 4 KiB.
+ * As with Node's own reads, delivered bytes never share memory with anything else.
  */
 class DirectReader {
   provider: ReadTargetProvider | null = null;
@@ -185,8 +246,13 @@ class DirectReader {
   sink: ((data: Buffer) => void) | null = null;
   /** Called when `sink` or `provider` throws, before the error goes on. */
   onThrow: ((err: unknown) => void) | null = null;
-  private own: Buffer | null = null;
-  private ownSize = MIN_READ_CHUNK_SIZE;
+  private readonly shared: SharedReadBuffer;
+  /** Number of the shared buffer last handed to Node; -1 when it was the provider's. */
+  private gen = -1;
+
+  constructor(shared: SharedReadBuffer) {
+    this.shared = shared;
+  }
 
   /** Node's `onread.buffer`: the memory for the next read. */
   readonly buffer = (): Buffer => {
@@ -199,32 +265,20 @@ class DirectReader {
         throw err;
       }
     }
-    if (target !== null && target.length > 0) return target;
-    let own = this.own;
-    if (own === null || own.length !== this.ownSize) own = this.own = Buffer.allocUnsafeSlow(this.ownSize);
-    return own;
+    if (target !== null && target.length > 0) {
+      this.gen = -1;
+      return target;
+    }
+    const buf = this.shared.get();
+    this.gen = this.shared.gen;
+    return buf;
   };
 
   /** Node's `onread.callback`: `n` bytes were read to the start of `buf`; `true` reads on. */
   readonly callback = (n: number, read: Uint8Array): boolean => {
-    // Only Buffers are handed to Node here: the provider's, or our own.
+    // Only Buffers are handed to Node here: the provider's, or the shared one.
     const buf = read as Buffer;
-    let data: Buffer;
-    if (buf !== this.own) {
-      data = n === buf.length ? buf : buf.subarray(0, n);
-    } else {
-      if (n === buf.length) {
-        data = buf;
-        this.own = null;
-        this.ownSize = READ_CHUNK_SIZE;
-      } else {
-        data = Buffer.allocUnsafeSlow(n);
-        buf.copy(data, 0, 0, n);
-        let size = MIN_READ_CHUNK_SIZE;
-        while (size < 2 * n && size < READ_CHUNK_SIZE) size *= 2;
-        this.ownSize = size;
-      }
-    }
+    const data = this.gen < 0 ? (n === buf.length ? buf : buf.subarray(0, n)) : this.shared.take(buf, n, this.gen);
     if (this.sink !== null) {
       try {
         this.sink(data);
@@ -236,6 +290,12 @@ class DirectReader {
       }
     }
     return true;
+  };
+
+  /** The socket is gone: it points at no shared buffer any more. */
+  readonly release = (): void => {
+    if (this.gen >= 0 && this.gen === this.shared.gen) this.shared.holders--;
+    this.gen = -1;
   };
 
   /** Options for `net.connect()` / `new net.Socket()`. */
@@ -337,6 +397,9 @@ export class Link extends Emitter<TransportEvents> implements Transport {
   private readonly conns = new Map<ConnId, Conn>();
   private readonly listeners_ = new Map<string, Listener>();
   private readonly connectors = new Map<string, Connector>();
+  private readonly readBuffer = new SharedReadBuffer();
+  /** The process was found out of file descriptors after an accept (reset when a connection closes). */
+  private outOfFiles = false;
   private nextId = 1;
   private closed = false;
 
@@ -349,7 +412,8 @@ export class Link extends Emitter<TransportEvents> implements Transport {
 
   /**
    * Start listening. Resolves with the bound address once listening.
-   * @throws InvalidArgumentError for a bad port; rejects with the bind error (e.g. EADDRINUSE).
+   * @throws InvalidArgumentError for a bad port; rejects with the bind error (e.g. EADDRINUSE), or
+   *   TooManyOpenFilesError when the process is out of file descriptors.
    */
   async addListener(options: ListenerOptions): Promise<ListenerInfo> {
     if (this.closed) throw new ClosedError('link');
@@ -376,24 +440,30 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
       // Track raw sockets too, so close() can destroy those still in the handshake.
       server.on('connection', (s: net.Socket) => {
+        this.checkFiles();
         sockets.add(s);
         s.once('close', () => sockets.delete(s));
       });
     } else {
       server = net.createServer({ pauseOnConnect: true }, (accepted) => {
-        const reader = new DirectReader();
+        this.checkFiles();
+        const reader = new DirectReader(this.readBuffer);
         const s = adoptAccepted(accepted, reader);
+        if (s !== accepted) s.once('close', reader.release);
         this.accept(id, s, sockets, false, s === accepted ? undefined : reader);
       });
     }
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      const fail = (err: Error): void => reject(isOutOfFiles(err) ? new TooManyOpenFilesError('listen', err) : err);
+      server.once('error', fail);
       server.listen(options.port, host, () => {
-        server.off('error', reject);
+        server.off('error', fail);
         resolve();
       });
     });
-    server.on('error', (err) => this.emitError(err, undefined));
+    // Errors of a listening server are accept errors; it goes on listening. Out of file
+    // descriptors, the connection it could not take is dropped (by libuv) and reported typed.
+    server.on('error', (err) => this.emitError(isOutOfFiles(err) ? new TooManyOpenFilesError('accept', err) : err, undefined));
     const addr = server.address() as net.AddressInfo;
     this.listeners_.set(id, { id, server, sockets });
     if (this.closed) {
@@ -542,6 +612,27 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     await Promise.all(waits);
   }
 
+  /**
+   * After a connection was accepted: whether the process has a file descriptor left. libuv
+   * drops (accepts and closes at once) the connections it has no descriptor for and tells
+   * Node nothing, so the accept that takes the last one is where a listener learns it is full:
+   * reported as {@link TooManyOpenFilesError} (`'accept'`), once until a connection closes.
+   * The probe opens and closes the null device (two system calls).
+   */
+  private checkFiles(): void {
+    if (this.outOfFiles) return;
+    let fd: number;
+    try {
+      fd = openSync(devNull, 'r');
+    } catch (err) {
+      if (!isOutOfFiles(err)) return;
+      this.outOfFiles = true;
+      this.emitError(new TooManyOpenFilesError('accept', err), undefined);
+      return;
+    }
+    closeSync(fd);
+  }
+
   private emitError(err: Error, connId: ConnId | undefined): void {
     if (this.listenerCount('error') > 0) this.emit('error', err, connId);
     else this.log.debug(`link error (no listener): ${err.message}`);
@@ -591,7 +682,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       socket.destroy();
       c.socket = undefined;
       this.log.debug(`connector ${c.id} ${host}:${port}: ${err.message}`);
-      this.emitError(new ConnectError(host, port, err), undefined);
+      this.emitError(isOutOfFiles(err) ? new TooManyOpenFilesError('connect', err) : new ConnectError(host, port, err), undefined);
       this.scheduleReconnect(c);
     };
     if (t) {
@@ -606,8 +697,9 @@ export class Link extends Emitter<TransportEvents> implements Transport {
       });
       socket.once('secureConnect', onConnected);
     } else {
-      reader = new DirectReader();
+      reader = new DirectReader(this.readBuffer);
       socket = net.connect({ host, port, onread: reader.onread });
+      socket.once('close', reader.release);
       socket.once('connect', onConnected);
     }
     c.socket = socket;
@@ -663,6 +755,7 @@ export class Link extends Emitter<TransportEvents> implements Transport {
     });
     socket.once('close', () => {
       this.conns.delete(connId);
+      this.outOfFiles = false;
       this.log.debug(`disconnect ${connId}${conn.reason ? `: ${conn.reason.message}` : ''}`);
       this.emit('disconnect', connId, conn.reason);
     });

@@ -10,6 +10,7 @@ import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
+import { type Deadline, Deadlines } from './deadlines.js';
 import {
   BadFrameError,
   ClosedError,
@@ -89,7 +90,10 @@ export const MESSAGING_DEFAULTS = {
 export interface MessagingOptions {
   /** Where persistent messages (and the dedup window) are kept. Without it nothing persists. */
   storage?: QueuesStorage;
-  /** Ping a connection after this long with nothing received; 0 turns keepalive off (default 10000). */
+  /**
+   * Ping a connection after this long with nothing received; 0 turns keepalive off (default
+   * 10000). On connections accepted by a listener of ours, after this × {@link LISTENER_KEEPALIVE_FACTOR}.
+   */
   keepaliveInterval?: number;
   /** Close a pinged connection when nothing arrives within this (default 5000). */
   keepaliveWait?: number;
@@ -196,7 +200,10 @@ interface Conn {
   peerMaxPacket: number;
   lastRecv: number;
   pingAt: number;
-  keepalive?: TimerHandle;
+  /** When keepalive looks at this connection next (in {@link Messaging}'s one keepalive heap). */
+  keepalive?: Deadline<Conn>;
+  /** Ping after this long with nothing received (see {@link LISTENER_KEEPALIVE_FACTOR}). */
+  keepaliveAfter: number;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
   dead: boolean;
   /**
@@ -235,6 +242,15 @@ interface Conn {
   turnDelivered: number;
   turn: number;
 }
+
+/**
+ * The side of a connection that accepted it pings after `keepaliveInterval` × this with
+ * nothing received, the connecting side after `keepaliveInterval`. So between two peers with
+ * the same interval only the connecting side ever pings and the listening one only answers:
+ * one packet each way per interval, where equal deadlines on both sides made both ping at once
+ * (a hub with thousands of connections pays for every packet).
+ */
+export const LISTENER_KEEPALIVE_FACTOR = 1.1;
 
 /** Uuids per ack frame at most (an ack frame is sent at the latest on the next turn). */
 const ACKS_PER_FRAME = 1024;
@@ -309,7 +325,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private trimFrom = 0;
   private trimTimer: TimerHandle | undefined;
   private trimQueued = false;
-  private readonly ttlTimers = new Map<string, { at: number; handle: TimerHandle }>();
+  /** The next TTL expiry of each queue whose TTLs run down, on one timer. */
+  private readonly ttls: Deadlines<PeerQueue>;
+  private readonly ttlTimers = new Map<string, Deadline<PeerQueue>>();
+  /** The keepalive checks of all connections, on one timer. */
+  private readonly keepalives: Deadlines<Conn>;
   private readonly ownIdentFrame: Buffer;
   private readonly helloFrame: Buffer | undefined;
   private loaded = false;
@@ -362,6 +382,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
       throw new InvalidArgumentError(`queuePolicy must be 'reject', 'drop-oldest' or 'block'`);
     }
+    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
+    this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
     this.helloFrame = this.opts.extensions
       ? encodeHello({
@@ -626,8 +648,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     else this.packeter.off('packet', this.onPacketEvent);
     this.packeter.off('packets-sent', this.onPacketsSent);
     this.packeter.off('drain', this.onDrain);
-    for (const c of this.conns.values()) if (c.keepalive) this.clock.clearTimeout(c.keepalive);
-    for (const t of this.ttlTimers.values()) this.clock.clearTimeout(t.handle);
+    this.keepalives.clear();
+    this.ttls.clear();
     this.ttlTimers.clear();
     if (this.trimTimer) this.clock.clearTimeout(this.trimTimer);
     for (const q of this.queues.values()) {
@@ -756,21 +778,28 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (drained) this.emit('drain', q.ident);
   }
 
+  /** Have the queue's next TTL expiry (if any) scheduled. */
   private armTtl(q: PeerQueue): void {
     if (this.closed) return;
     const at = q.nextExpiry();
-    const cur = this.ttlTimers.get(q.ident);
-    if (cur && (at === null || cur.at !== at)) {
-      this.clock.clearTimeout(cur.handle);
+    let cur = this.ttlTimers.get(q.ident);
+    if (cur && (cur.value !== q || at === null)) {
+      this.ttls.delete(cur);
       this.ttlTimers.delete(q.ident);
-    } else if (cur) return;
+      cur = undefined;
+    }
     if (at === null) return;
-    const handle = this.clock.setTimeout(() => {
-      this.ttlTimers.delete(q.ident);
-      this.expire(q);
-    }, Math.max(0, at - this.clock.now()));
-    this.ttlTimers.set(q.ident, { at, handle });
+    if (!cur) {
+      cur = this.ttls.entry(q);
+      this.ttlTimers.set(q.ident, cur);
+    }
+    if (cur.at !== at) this.ttls.set(cur, at);
   }
+
+  private readonly onTtl = (q: PeerQueue): void => {
+    if (this.ttlTimers.get(q.ident)?.value === q) this.ttlTimers.delete(q.ident);
+    this.expire(q);
+  };
 
   private expire(q: PeerQueue): void {
     const wasFull = this.full(q, 0);
@@ -806,6 +835,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       peerMaxPacket: MAX_WIRE_PACKET_SIZE,
       lastRecv: now,
       pingAt: 0,
+      keepaliveAfter: 0,
       dead: false,
       writing: [],
       writingHead: 0,
@@ -833,7 +863,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const c = this.conns.get(connId);
     if (!c) return;
     this.conns.delete(connId);
-    if (c.keepalive) this.clock.clearTimeout(c.keepalive);
+    if (c.keepalive) this.keepalives.delete(c.keepalive);
     this.detach(c);
   };
 
@@ -885,33 +915,43 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     else this.log.warn(`messaging ${this.identifier}: ${err.message}`);
   }
 
+  /**
+   * Start keepalive on a new connection. Received packets only note the time (`lastRecv`);
+   * the connection's deadline is looked at when due and moved on from there, so traffic costs
+   * keepalive nothing.
+   */
   private armKeepalive(c: Conn): void {
     const interval = this.opts.keepaliveInterval;
     if (interval <= 0 || this.closed) return;
-    const fire = (): void => {
-      c.keepalive = undefined;
-      if (c.dead || !this.conns.has(c.id) || this.closed) return;
-      const now = this.clock.now();
-      if (c.pingAt && c.lastRecv < c.pingAt) {
-        if (now - c.pingAt >= this.opts.keepaliveWait) {
-          this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
-          return;
-        }
-        c.keepalive = this.clock.setTimeout(fire, c.pingAt + this.opts.keepaliveWait - now);
+    const listening = this.packeter.connectionInfo(c.id)?.side === 'listener';
+    c.keepaliveAfter = listening ? interval * LISTENER_KEEPALIVE_FACTOR : interval;
+    c.keepalive = this.keepalives.entry(c);
+    this.keepalives.set(c.keepalive, this.clock.now() + c.keepaliveAfter);
+  }
+
+  /** A connection's keepalive deadline is due: ping it, close it, or look again later. */
+  private readonly onKeepalive = (c: Conn, now: number): void => {
+    if (c.dead || !this.conns.has(c.id) || this.closed || !c.keepalive) return;
+    const interval = c.keepaliveAfter;
+    const wait = this.opts.keepaliveWait;
+    if (c.pingAt && c.lastRecv < c.pingAt) {
+      if (now - c.pingAt >= wait) {
+        this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
         return;
       }
-      c.pingAt = 0;
-      const idle = now - c.lastRecv;
-      if (idle >= interval) {
-        this.packeter.sendPacket(c.id, encodePing());
-        c.pingAt = now;
-        c.keepalive = this.clock.setTimeout(fire, this.opts.keepaliveWait);
-      } else {
-        c.keepalive = this.clock.setTimeout(fire, interval - idle);
-      }
-    };
-    c.keepalive = this.clock.setTimeout(fire, interval);
-  }
+      this.keepalives.set(c.keepalive, c.pingAt + wait);
+      return;
+    }
+    c.pingAt = 0;
+    const idle = now - c.lastRecv;
+    if (idle >= interval) {
+      this.packeter.sendPacket(c.id, encodePing());
+      c.pingAt = now;
+      this.keepalives.set(c.keepalive, now + wait);
+    } else {
+      this.keepalives.set(c.keepalive, c.lastRecv + interval);
+    }
+  };
 
   private readonly onPacketEvent = (connId: ConnId, payload: Buffer): void => {
     this.onPacket(connId, payload, 0, payload.length);
@@ -1016,7 +1056,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const expired = q.connect(this.clock.now());
     const tt = this.ttlTimers.get(ident);
     if (tt) {
-      this.clock.clearTimeout(tt.handle);
+      this.ttls.delete(tt);
       this.ttlTimers.delete(ident);
     }
     this.dropExpired(q, expired, wasFull);

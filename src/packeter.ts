@@ -30,8 +30,10 @@ export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
 export const COPY_LIMIT = 16 * 1024;
 /**
  * Small packets are copied, length prefix and all, into slabs of this size as they are sent; a
- * flush writes the part of the slab filled since the last flush (no per-packet allocation, no
- * joining at flush time). Written bytes of a slab are never touched again.
+ * flush writes the parts of slabs filled for that connection since the last flush (no
+ * per-packet allocation, no joining at flush time). Written bytes of a slab are never touched
+ * again. One slab is filled for all connections of a Packeter, one stretch after the other (as
+ * Node's Buffer pool is), so an idle connection holds no slab of its own.
  */
 const SLAB_SIZE = 64 * 1024;
 
@@ -76,7 +78,10 @@ interface ConnState {
   deliver: (buf: Buffer, start: number, end: number) => void;
   /** Buffers waiting for the next flush, before the open slab part. */
   out: Buffer[];
-  /** Slab that small packets are copied into; bytes `slabStart..slabEnd` wait for the next flush. */
+  /**
+   * The slab holding this connection's open part: bytes `slabStart..slabEnd` of it wait for
+   * the next flush, after `out` (`null` when there is no open part).
+   */
   slab: Buffer | null;
   slabStart: number;
   slabEnd: number;
@@ -118,6 +123,9 @@ export class Packeter extends EventEmitter<PacketerEvents> {
    */
   chunksReceived = 0;
   private sink: PacketSink | undefined;
+  /** The slab being filled, shared by all connections, and how much of it is used. */
+  private slab: Buffer | null = null;
+  private slabFill = 0;
 
   constructor(transport: Transport, options: PacketerOptions = {}) {
     super();
@@ -213,10 +221,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
         slab.set(body, off);
         off += body.length;
       }
-      c.slabEnd = off;
+      c.slabEnd = this.slabFill = off;
       return;
     }
-    c.slabEnd = off;
+    c.slabEnd = this.slabFill = off;
     for (const p of Array.isArray(body) ? body : [body]) {
       if (p.length === 0) continue;
       // a small part of a large packet is copied too
@@ -225,13 +233,21 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     }
   }
 
-  /** The open slab, or a new one, with room for `need` more bytes at `slabEnd`. */
+  /**
+   * The shared slab, or a new one, with room for `need` more bytes at `slabFill`, which the
+   * connection's open part ends at (a part of its own is started there when its open part is
+   * elsewhere). The caller writes there and moves `c.slabEnd` and `slabFill` on together.
+   */
   private slabWithRoom(c: ConnState, need: number): Buffer {
-    let slab = c.slab;
-    if (slab === null || slab.length - c.slabEnd < need) {
+    let slab = this.slab;
+    if (slab === null || slab.length - this.slabFill < need) {
+      slab = this.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, need));
+      this.slabFill = 0;
+    }
+    if (c.slab !== slab || c.slabEnd !== this.slabFill) {
       this.seal(c);
-      slab = c.slab = Buffer.allocUnsafeSlow(Math.max(SLAB_SIZE, need));
-      c.slabStart = c.slabEnd = 0;
+      c.slab = slab;
+      c.slabStart = c.slabEnd = this.slabFill;
     }
     return slab;
   }
@@ -239,7 +255,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   /** Append `bytes` to the connection's output by copying them into the slab. */
   private copyIn(c: ConnState, bytes: Uint8Array): void {
     this.slabWithRoom(c, bytes.length).set(bytes, c.slabEnd);
-    c.slabEnd += bytes.length;
+    c.slabEnd = this.slabFill = c.slabEnd + bytes.length;
   }
 
   /** Append `buf` to the connection's output as it is (after what the slab holds so far). */
@@ -248,11 +264,12 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     c.out.push(buf);
   }
 
-  /** Move the open slab part to `out`. */
+  /** Move the open slab part to `out`; the connection then holds no slab. */
   private seal(c: ConnState): void {
-    if (c.slab !== null && c.slabEnd > c.slabStart) {
-      c.out.push(c.slab.subarray(c.slabStart, c.slabEnd));
-      c.slabStart = c.slabEnd;
+    if (c.slab !== null) {
+      if (c.slabEnd > c.slabStart) c.out.push(c.slab.subarray(c.slabStart, c.slabEnd));
+      c.slab = null;
+      c.slabStart = c.slabEnd = 0;
     }
   }
 

@@ -2,7 +2,7 @@
  * Parent side of the benchmark harness: spawns scenario children (`node --import tsx file`),
  * talks to them over JSON lines, and makes sure none outlives the run.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, type SpawnOptionsWithStdioTuple, type StdioPipe, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
@@ -40,6 +40,11 @@ export interface ChildOptions {
   timeoutMs?: number;
   /** Label for error messages. */
   label?: string;
+  /**
+   * Start the child through `bash -c 'ulimit -n <hard limit> && exec node …'`, so its soft
+   * limit on open files is raised to the hard one (a hub with thousands of connections).
+   */
+  raiseFdLimit?: boolean;
 }
 
 /** One scenario child process. */
@@ -56,11 +61,15 @@ export class Child {
   constructor(file: string, params: Record<string, unknown>, opts: ChildOptions = {}) {
     this.label = opts.label ?? `${path.basename(file)}:${params.role ?? ''}`;
     this.timeoutMs = opts.timeoutMs ?? 180_000;
-    this.proc = spawn(
-      process.execPath,
-      [...(opts.nodeArgs ?? []), '--expose-gc', '--import', 'tsx', path.resolve(BENCH_DIR, file), JSON.stringify(params)],
-      { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, SNAKEMQ_DEBUG: '' } },
-    );
+    const args = [...(opts.nodeArgs ?? []), '--expose-gc', '--import', 'tsx', path.resolve(BENCH_DIR, file), JSON.stringify(params)];
+    const spawnOpts: SpawnOptionsWithStdioTuple<StdioPipe, StdioPipe, StdioPipe> = {
+      cwd: ROOT,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, SNAKEMQ_DEBUG: '' },
+    };
+    this.proc = opts.raiseFdLimit
+      ? spawn('bash', ['-c', 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', process.execPath, ...args], spawnOpts)
+      : spawn(process.execPath, args, spawnOpts);
     live.add(this);
     const rl = createInterface({ input: this.proc.stdout!, crlfDelay: Infinity });
     rl.on('line', (line) => {

@@ -28,13 +28,18 @@ const running = new Set<Child>();
 
 /**
  * Spawn `test/fixtures/<name>` with `node [nodeArgs] --import tsx <file> [args]`.
- * The child's stdout must be line-oriented.
+ * The child's stdout must be line-oriented. With `fdLimit`, it is started through
+ * `bash -c 'ulimit -n <fdLimit> && exec node …'`, so it can open at most that many files.
  */
-export function spawnFixture(name: string, args: string[] = [], nodeArgs: string[] = []): Child {
+export function spawnFixture(name: string, args: string[] = [], nodeArgs: string[] = [], options: { fdLimit?: number } = {}): Child {
   const file = fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
-  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', file, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const argv = [...nodeArgs, '--import', 'tsx', file, ...args];
+  const proc =
+    options.fdLimit === undefined
+      ? spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('bash', ['-c', `ulimit -n ${Math.floor(options.fdLimit)} && exec "$0" "$@"`, process.execPath, ...argv], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
   const listeners: Array<(line: string) => void> = [];
   let partial = '';
   const child: Child = {

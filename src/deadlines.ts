@@ -1,0 +1,161 @@
+/**
+ * Many deadlines on one timer: a binary min-heap of entries by due time, and one clock timer
+ * armed for the earliest. A Messaging with thousands of connections keeps one timer for all
+ * their keepalives instead of one each, and moving a deadline costs O(log n) and no timer.
+ * Pure apart from the injected {@link Clock}.
+ *
+ * @module
+ */
+import type { Clock, TimerHandle } from './clock.js';
+
+/** One deadline of a {@link Deadlines}; `at` and `slot` belong to the heap, read them only. */
+export interface Deadline<T> {
+  /** When it is due (clock milliseconds); `Infinity` while not scheduled. */
+  at: number;
+  /** Its place in the heap; -1 while not scheduled. */
+  slot: number;
+  readonly value: T;
+}
+
+/**
+ * Deadlines that call `onDue(value, now)` once each when due, earliest first (ties in no set
+ * order), from one timer of the clock. An entry is scheduled again with {@link set}; while no
+ * entry is scheduled no timer is pending, so nothing keeps the process alive.
+ */
+export class Deadlines<T> {
+  private readonly clock: Clock;
+  private readonly onDue: (value: T, now: number) => void;
+  private readonly heap: Deadline<T>[] = [];
+  private timer: TimerHandle | undefined;
+  /** When the pending timer fires (`Infinity`: none pending). */
+  private timerAt = Infinity;
+  private firing = false;
+
+  constructor(clock: Clock, onDue: (value: T, now: number) => void) {
+    this.clock = clock;
+    this.onDue = onDue;
+  }
+
+  /** Number of scheduled entries. */
+  get size(): number {
+    return this.heap.length;
+  }
+
+  /** A new, unscheduled entry for `value`. */
+  entry(value: T): Deadline<T> {
+    return { at: Infinity, slot: -1, value };
+  }
+
+  /** Schedule `e` to be due at `at` (clock milliseconds), or move it there if it is scheduled. */
+  set(e: Deadline<T>, at: number): void {
+    const heap = this.heap;
+    if (e.slot < 0) {
+      e.at = at;
+      e.slot = heap.length;
+      heap.push(e);
+      this.up(e.slot);
+    } else {
+      const old = e.at;
+      e.at = at;
+      if (at < old) this.up(e.slot);
+      else this.down(e.slot);
+    }
+    this.arm();
+  }
+
+  /** Unschedule `e` (nothing happens if it is not scheduled). */
+  delete(e: Deadline<T>): void {
+    const i = e.slot;
+    if (i < 0) return;
+    e.slot = -1;
+    e.at = Infinity;
+    const heap = this.heap;
+    const last = heap.pop()!;
+    if (last !== e) {
+      heap[i] = last;
+      last.slot = i;
+      this.up(i);
+      this.down(last.slot);
+    }
+    if (heap.length === 0) this.arm();
+  }
+
+  /** Unschedule every entry and cancel the timer. */
+  clear(): void {
+    for (const e of this.heap) {
+      e.slot = -1;
+      e.at = Infinity;
+    }
+    this.heap.length = 0;
+    this.arm();
+  }
+
+  /** Have the timer pending for the earliest entry (none when there is none). */
+  private arm(): void {
+    if (this.firing) return;
+    const top = this.heap[0];
+    if (top === undefined) {
+      if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      return;
+    }
+    // A timer due no later than the earliest entry is good enough: it finds nothing due or
+    // the entry, and arms again for what is left.
+    if (this.timer !== undefined && this.timerAt <= top.at) return;
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timerAt = top.at;
+    this.timer = this.clock.setTimeout(this.fire, Math.max(0, top.at - this.clock.now()));
+  }
+
+  private readonly fire = (): void => {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    this.firing = true;
+    try {
+      const heap = this.heap;
+      const now = this.clock.now();
+      while (heap.length > 0 && heap[0].at <= now) {
+        const e = heap[0];
+        this.delete(e);
+        this.onDue(e.value, now);
+      }
+    } finally {
+      this.firing = false;
+      this.arm();
+    }
+  };
+
+  private up(i: number): void {
+    const heap = this.heap;
+    const e = heap[i];
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      const parent = heap[p];
+      if (parent.at <= e.at) break;
+      heap[i] = parent;
+      parent.slot = i;
+      i = p;
+    }
+    heap[i] = e;
+    e.slot = i;
+  }
+
+  private down(i: number): void {
+    const heap = this.heap;
+    const n = heap.length;
+    const e = heap[i];
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && heap[c + 1].at < heap[c].at) c++;
+      const child = heap[c];
+      if (child.at >= e.at) break;
+      heap[i] = child;
+      child.slot = i;
+      i = c;
+    }
+    heap[i] = e;
+    e.slot = i;
+  }
+}
