@@ -278,7 +278,11 @@ class DirectReader {
   readonly callback = (n: number, read: Uint8Array): boolean => {
     // Only Buffers are handed to Node here: the provider's, or the shared one.
     const buf = read as Buffer;
-    const data = this.gen < 0 ? (n === buf.length ? buf : buf.subarray(0, n)) : this.shared.take(buf, n, this.gen);
+    // The claim on the shared buffer ends here, before a sink can throw: a throw means Node asks
+    // no next buffer (which would claim again), and release() must not count this one twice.
+    const gen = this.gen;
+    this.gen = -1;
+    const data = gen < 0 ? (n === buf.length ? buf : buf.subarray(0, n)) : this.shared.take(buf, n, gen);
     if (this.sink !== null) {
       try {
         this.sink(data);

@@ -55,6 +55,13 @@ describe('close()', () => {
     });
   });
 
+  it("a listener that throws on one connection never lets another connection's reads overwrite what a third delivered", async () => {
+    const r = await runFixture('link-throw-shared-child.ts');
+    expect(r.code).toBe(0);
+    const [c] = jsonLines(r.out);
+    expect(c).toEqual({ uncaught: 1, received: 1 << 20, intactBefore: true, intactAfter: true, idleReceived: 3000 });
+  });
+
   it('a message listener that throws while messages wait in slices loses nothing and blocks nobody', async () => {
     const r = await runFixture('messaging-throw-child.ts');
     expect(r.code).toBe(0);
