@@ -6,7 +6,11 @@
  *
  * @module
  */
+
 import type { Clock, TimerHandle } from './clock.js';
+
+/** The longest wait a Node timer takes as it is, ms (2^31 - 1). */
+export const MAX_TIMER_MS = 0x7fffffff;
 
 /** One deadline of a {@link Deadlines}; `at` and `slot` belong to the heap, read them only. */
 export interface Deadline<T> {
@@ -104,8 +108,12 @@ export class Deadlines<T> {
     // the entry, and arms again for what is left.
     if (this.timer !== undefined && this.timerAt <= top.at) return;
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
-    this.timerAt = top.at;
-    this.timer = this.clock.setTimeout(this.fire, Math.max(0, top.at - this.clock.now()));
+    // (Node runs a timer of more than 2^31 - 1 ms after 1 ms: a far deadline is waited for in
+    // steps of at most that, each finding nothing due and arming again)
+    const now = this.clock.now();
+    const wait = Math.min(MAX_TIMER_MS, Math.max(0, top.at - now));
+    this.timerAt = now + wait;
+    this.timer = this.clock.setTimeout(this.fire, wait);
   }
 
   private readonly fire = (): void => {

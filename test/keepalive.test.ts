@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
-import { Deadlines } from '../src/deadlines.js';
+import { Deadlines, MAX_TIMER_MS } from '../src/deadlines.js';
 import type { ConnId } from '../src/link.js';
 import { Messaging } from '../src/messaging.js';
 import { Packeter } from '../src/packeter.js';
@@ -34,6 +34,27 @@ describe('Deadlines', () => {
     expect(fired).toEqual([['b', 100], ['c', 200], ['a', 300]]);
     expect(d.size).toBe(0);
     expect(clock.pending).toBe(0); // nothing scheduled: no timer keeps the process alive
+  });
+
+  it('waits for a deadline past 2^31 - 1 ms in steps a Node timer takes as they are, and fires it on time', () => {
+    // (Node runs a longer timer after 1 ms: asked for as it is, the one timer would spin)
+    const clock = new ManualClock();
+    const asked: number[] = [];
+    const setTimeout = clock.setTimeout.bind(clock);
+    clock.setTimeout = (fn, ms) => {
+      asked.push(ms);
+      return setTimeout(fn, ms);
+    };
+    const fired: number[] = [];
+    const d = new Deadlines<string>(clock, (_v, now) => fired.push(now));
+    const month = 30 * 24 * 3600 * 1000; // more than 2^31 - 1 ms
+    d.set(d.entry('a'), month);
+    expect(asked).toEqual([MAX_TIMER_MS]);
+    clock.advance(MAX_TIMER_MS);
+    expect(fired).toEqual([]);
+    expect(asked).toEqual([MAX_TIMER_MS, month - MAX_TIMER_MS]);
+    clock.advance(month - MAX_TIMER_MS);
+    expect(fired).toEqual([month]);
   });
 
   it('moves entries earlier and later, deletes them, and an entry set again from onDue fires again', () => {
