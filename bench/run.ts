@@ -7,7 +7,7 @@
  * with min and max. Scenarios run one after another.
  *
  * Options:
- *   --quick          a reduced version of every scenario (about a minute in total)
+ *   --quick          a reduced version of every scenario (about 2–3 minutes in total)
  *   --json           print one JSON object with every figure and the `ratios` (nothing else on stdout)
  *   --only a,b       run only the scenarios whose key starts with one of these (e.g. ceiling,zeromq)
  *   --runs N         timed runs per figure (default 3, minimum 3)
