@@ -7,7 +7,7 @@
  * with min and max. Scenarios run one after another.
  *
  * Options:
- *   --quick          a reduced version of every scenario (about a minute in total)
+ *   --quick          a reduced version of every scenario (about 2–3 minutes in total)
  *   --json           print one JSON object with every figure and the `ratios` (nothing else on stdout)
  *   --only a,b       run only the scenarios whose key starts with one of these (e.g. ceiling,zeromq)
  *   --runs N         timed runs per figure (default 3, minimum 3)
@@ -57,7 +57,7 @@ const N = {
   grpcPipe: QUICK ? 20_000 : 100_000,
   memory: QUICK ? 200_000 : 1_000_000,
   /** scale.hub: peers per run (the figures without `_1k` are of the last, largest one). */
-  hubPeers: QUICK ? [1000] : [1000, 5000],
+  hubPeers: process.env.BENCH_HUB_PEERS ? [Number(process.env.BENCH_HUB_PEERS)] : QUICK ? [1000] : [1000, 5000],
   /** scale.hub: processes the peers are spread over. */
   hubChildren: 4,
   /** scale.hub: idle time measured, ms. */
@@ -160,6 +160,7 @@ interface HubRun {
   rssPerConn: number;
   heapPerConn: number;
   idleCpu: number;
+  idleSystemCpu: number;
   connectAllMs: number;
   fanout: number;
   fanin: number;
@@ -195,10 +196,22 @@ async function hubRun(n: number, run: string): Promise<HubRun> {
     const rssPerConn = ((mem.rss as number) - (ready.rss as number)) / n;
     const heapPerConn = ((mem.heap as number) - (ready.heap as number)) / n;
     progress(`${run}: ${fmtNum(n)} peers, idle ${N.hubIdleMs / 1000} s`);
-    const c0 = hub.cpuMs();
+    const c0 = hub.cpuTimes();
     const i0 = performance.now();
-    await sleep(N.hubIdleMs);
-    const idleCpu = (hub.cpuMs() - c0) / (performance.now() - i0);
+    if (process.env.BENCH_HUB_TRACE) {
+      let prev = hub.cpuTimes();
+      for (let k = 0; k < N.hubIdleMs / 1000; k++) {
+        await sleep(1000);
+        const cur = hub.cpuTimes();
+        process.stderr.write(`idle ${k}s user ${cur.user - prev.user} system ${cur.system - prev.system}\n`);
+        prev = cur;
+      }
+    } else await sleep(N.hubIdleMs);
+    const c1 = hub.cpuTimes();
+    const idleMs = performance.now() - i0;
+    const idleCpu = (c1.user + c1.system - c0.user - c0.system) / idleMs;
+    const idleSystemCpu = (c1.system - c0.system) / idleMs;
+    if (process.env.BENCH_HUB_SKIP_FAN) return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout: NaN, fanin: NaN };
     const rounds = Math.max(1, Math.round(N.hubMessages / n));
     const fanoutOnce = async (r: number): Promise<number> => {
       for (const c of kids) c.send('fanout-arm', { each: r });
@@ -221,7 +234,7 @@ async function hubRun(n: number, run: string): Promise<HubRun> {
     progress(`${run}: ${fmtNum(n)} peers, fan-in`);
     await faninOnce(Math.max(1, Math.ceil(rounds / 4)));
     const fanin = await faninOnce(rounds);
-    return { rssPerConn, heapPerConn, idleCpu, connectAllMs, fanout, fanin };
+    return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout, fanin };
   } finally {
     await Promise.all([...kids.map((c) => c.close(20_000)), hub.close(20_000)]);
   }
@@ -399,6 +412,7 @@ const scenarios: Scenario[] = [
         figures[`${pre}_rss_bytes_per_conn`] = figure('B', col((r) => r.rssPerConn));
         figures[`${pre}_heap_bytes_per_conn`] = figure('B', col((r) => r.heapPerConn));
         figures[`${pre}_idle_cpu_fraction`] = figure('', col((r) => r.idleCpu));
+        figures[`${pre}_idle_system_cpu_fraction`] = figure('', col((r) => r.idleSystemCpu));
         figures[`${pre}_connect_all_ms`] = figure('ms', col((r) => r.connectAllMs));
         figures[`${pre}_fanout_msgs_per_s`] = figure('msg/s', col((r) => r.fanout));
         figures[`${pre}_fanin_msgs_per_s`] = figure('msg/s', col((r) => r.fanin));

@@ -168,13 +168,19 @@ export class Child {
 
   /** CPU time (user + system) the process has used so far, in ms; NaN where /proc is missing. */
   cpuMs(): number {
+    const t = this.cpuTimes();
+    return t.user + t.system;
+  }
+
+  /** User and system (kernel) CPU time the process has used so far, in ms; NaN where /proc is missing. */
+  cpuTimes(): { user: number; system: number } {
     try {
       const stat = readFileSync(`/proc/${this.proc.pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       // fields 14 and 15 (utime, stime) counted from 1; f[0] is field 3
-      return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS;
+      return { user: (Number(f[11]) * 1000) / CLOCK_TICKS, system: (Number(f[12]) * 1000) / CLOCK_TICKS };
     } catch {
-      return NaN;
+      return { user: NaN, system: NaN };
     }
   }
 
