@@ -32,6 +32,23 @@ async function settledMemory(): Promise<{ rss: number; heap: number }> {
 
 const yieldOnce = (): Promise<void> => new Promise((r) => setImmediate(r));
 
+/** `rounds` times one `send` per item, at most WINDOW awaited at once, yielding a turn between windows. */
+async function sendRounds<T>(rounds: number, items: readonly T[], send: (item: T) => Promise<void>): Promise<void> {
+  for (let r = 0; r < rounds; r++) {
+    let pending: Promise<void>[] = [];
+    for (const item of items) {
+      pending.push(send(item));
+      if (pending.length >= WINDOW) {
+        await Promise.all(pending);
+        pending = [];
+        await yieldOnce();
+      }
+    }
+    await Promise.all(pending);
+    await yieldOnce();
+  }
+}
+
 if (params.role === 'hub') {
   const link = new Link();
   link.on('error', () => {});
@@ -79,19 +96,7 @@ if (params.role === 'hub') {
         const body = Buffer.alloc(cmd.size as number, 0x61);
         const peers = hub.connectedPeers();
         const t0 = nowMs();
-        for (let r = 0; r < rounds; r++) {
-          let pending: Promise<void>[] = [];
-          for (const ident of peers) {
-            pending.push(hub.sendMessage(ident, new Message(body)));
-            if (pending.length >= WINDOW) {
-              await Promise.all(pending);
-              pending = [];
-              await yieldOnce();
-            }
-          }
-          await Promise.all(pending);
-          await yieldOnce();
-        }
+        await sendRounds(rounds, peers, (ident) => hub.sendMessage(ident, new Message(body)));
         report('sent', { t0, t1: nowMs(), peers: peers.length });
         return;
       }
@@ -160,19 +165,7 @@ if (params.role === 'hub') {
       case 'fanin': {
         const rounds = cmd.rounds as number;
         const body = Buffer.alloc(cmd.size as number, 0x62);
-        for (let r = 0; r < rounds; r++) {
-          let pending: Promise<void>[] = [];
-          for (const p of peers) {
-            pending.push(p.messaging.sendMessage('hub', new Message(body)));
-            if (pending.length >= WINDOW) {
-              await Promise.all(pending);
-              pending = [];
-              await yieldOnce();
-            }
-          }
-          await Promise.all(pending);
-          await yieldOnce();
-        }
+        await sendRounds(rounds, peers, (p) => p.messaging.sendMessage('hub', new Message(body)));
         report('sent');
         break;
       }
