@@ -13,8 +13,11 @@
  * | 0x03 | message               | 16-byte uuid, uint32 TTL seconds, uint32 flags, body |
  * | 0x04 | ping                  | (empty)                                              |
  * | 0x05 | pong                  | (empty)                                              |
- * | 0x10 | hello (extension)     | uint16 ext version, uint32 max packet, uint32 features |
- * | 0x11 | ack (extension)       | n × 16-byte uuid                                     |
+ * | 0x10 | hello (extension)     | uint16 ext version, uint32 max packet, uint32 features, [8-byte incarnation] |
+ * | 0x11 | ack (extension v1)    | n × 16-byte uuid                                     |
+ * | 0x12 | sequenced message (v2)| uint64 seq, 16-byte uuid, uint32 TTL s, uint32 flags, body |
+ * | 0x13 | cumulative ack (v2)   | 8-byte incarnation, uint64 seq                       |
+ * | 0x14 | resume (v2)           | 8-byte incarnation, uint64 seq                       |
  *
  * Leniency of {@link decodeFrame}, modelled on what snakeMQ 1.6 itself accepts:
  * - protocol version: the payload must be exactly 4 bytes (snakeMQ checks `len != 4` and closes);
@@ -26,7 +29,12 @@
  * - hello: at least 10 payload bytes; longer is accepted (room for future fields). A shorter
  *   one decodes as `{ kind: 'unknown', type: 0x10 }`, so it is ignored just as snakeMQ ignores
  *   unknown frame types (vector `unknown-frame-type-ignored` sends exactly such a frame);
+ *   A hello of 18 payload bytes or more carries the sender's 8-byte incarnation (version 2);
  * - ack: the payload must be a multiple of 16 bytes (0 uuids is valid);
+ * - sequenced message: at least the 32-byte header; cumulative ack and resume: exactly 16
+ *   payload bytes. Sequence numbers above 2^53 - 1 (`Number.MAX_SAFE_INTEGER`) are broken: no
+ *   peer of ours comes near them (a million messages a second for 285 years), and numbers
+ *   stay exact JavaScript numbers;
  * - any other type decodes as `{ kind: 'unknown' }` (snakeMQ ignores unknown types);
  * - an empty frame (no type byte) is broken (snakeMQ closes on it).
  *
@@ -49,13 +57,27 @@ export const FRAME_PING = 4;
 export const FRAME_PONG = 5;
 /** Frame type 0x10 (extension): hello, payload uint16 ext version + uint32 max packet + uint32 features. */
 export const FRAME_HELLO = 0x10;
-/** Frame type 0x11 (extension): ack, payload n × 16-byte message uuids. */
+/** Frame type 0x11 (extension version 1): ack, payload n × 16-byte message uuids. */
 export const FRAME_ACK = 0x11;
+/** Frame type 0x12 (extension version 2): a message with its sequence number, see {@link SeqMessageFrame}. */
+export const FRAME_SEQ_MESSAGE = 0x12;
+/** Frame type 0x13 (extension version 2): cumulative ack, "everything up to seq from incarnation". */
+export const FRAME_SEQ_ACK = 0x13;
+/** Frame type 0x14 (extension version 2): resume, "the highest seq I delivered from your incarnation". */
+export const FRAME_RESUME = 0x14;
 
 /** The snakeMQ protocol version we speak (snakeMQ 1.6's). */
 export const PROTOCOL_VERSION = 1;
-/** The version of our extension frames, sent in the hello frame. */
-export const EXTENSION_VERSION = 1;
+/**
+ * The version of our extension frames, sent in the hello frame. Version 2: sequenced messages,
+ * cumulative acks and resume (a peer offering version 1 gets plain snakeMQ 1.6 delivery,
+ * plus acks of its messages so that its own window keeps moving).
+ */
+export const EXTENSION_VERSION = 2;
+/** Bytes of a sender's incarnation id (in hello, cumulative ack and resume frames). */
+export const INCARNATION_SIZE = 8;
+/** The largest sequence number (the wire has 64 bits; we keep to exact JavaScript integers). */
+export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 /** Hello feature bit: acknowledged delivery (ack frames, resend, dedup). */
 export const FEATURE_ACKS = 1;
 /** Hello feature bit: flow window (bounded in-flight unacknowledged messages). */
@@ -75,6 +97,17 @@ export const MESSAGE_TTL_OFFSET = 17;
 export const MESSAGE_FLAGS_OFFSET = 21;
 /** Bytes of a message frame before its body: type byte and header. */
 export const MESSAGE_FRAME_HEAD_SIZE = 1 + MESSAGE_HEADER_SIZE;
+/** Bytes of a sequenced message frame's header after the type byte: seq(8) + uuid(16) + TTL(4) + flags(4). */
+export const SEQ_MESSAGE_HEADER_SIZE = 32;
+/** Offsets in a sequenced message frame (from its type byte): seq, uuid, wire TTL, flags. */
+export const SEQ_MESSAGE_SEQ_OFFSET = 1;
+export const SEQ_MESSAGE_UUID_OFFSET = 9;
+export const SEQ_MESSAGE_TTL_OFFSET = 25;
+export const SEQ_MESSAGE_FLAGS_OFFSET = 29;
+/** Bytes of a sequenced message frame before its body. */
+export const SEQ_MESSAGE_FRAME_HEAD_SIZE = 1 + SEQ_MESSAGE_HEADER_SIZE;
+/** Bytes of a cumulative ack or resume frame's payload: incarnation(8) + seq(8). */
+const MARK_PAYLOAD_SIZE = 16;
 /** The longest remote identity accepted, in UTF-8 bytes; a longer one is a broken frame. */
 export const MAX_REMOTE_IDENT_BYTES = 255;
 
@@ -82,6 +115,8 @@ export const MAX_REMOTE_IDENT_BYTES = 255;
 const UUID_SIZE = 16;
 /** Bytes of a hello frame's payload (fields of extension version 1). */
 const HELLO_PAYLOAD_SIZE = 10;
+/** ... and with the incarnation of version 2. */
+const HELLO_V2_PAYLOAD_SIZE = HELLO_PAYLOAD_SIZE + INCARNATION_SIZE;
 const UINT32_MAX = 0xffffffff;
 
 /** A protocol-version frame. */
@@ -133,6 +168,38 @@ export interface HelloFrame {
   maxPacketSize: number;
   /** The peer's feature bits (uint32), see {@link FEATURE_ACKS}, {@link FEATURE_FLOW}. */
   features: number;
+  /** The peer's 8-byte incarnation (a view of the input), when the hello is long enough (version 2). */
+  incarnation?: Buffer;
+}
+/**
+ * A sequenced message (extension version 2): a message frame's fields after a sequence number.
+ * `uuid` and `body` are views of the input, as in {@link MessageFrame}.
+ */
+export interface SeqMessageFrame {
+  kind: 'seq-message';
+  /** The sender's sequence number of this message toward us (1..{@link MAX_SEQ}). */
+  seq: number;
+  uuid: Buffer;
+  ttlMs: number | null;
+  flags: number;
+  body: Buffer;
+}
+/** A cumulative ack (extension version 2): every message up to `seq` of `incarnation` is delivered. */
+export interface SeqAckFrame {
+  kind: 'seq-ack';
+  /** The incarnation of ours the receiver acknowledges (8 bytes, a view of the input). */
+  incarnation: Buffer;
+  seq: number;
+}
+/**
+ * A resume frame (extension version 2), sent once right after identification: the highest
+ * sequence number the sender of this frame has delivered from `incarnation` (0: none, or an
+ * incarnation it does not know).
+ */
+export interface ResumeFrame {
+  kind: 'resume';
+  incarnation: Buffer;
+  seq: number;
 }
 /** An ack frame (extension). */
 export interface AckFrame {
@@ -157,6 +224,9 @@ export type Frame =
   | PongFrame
   | HelloFrame
   | AckFrame
+  | SeqMessageFrame
+  | SeqAckFrame
+  | ResumeFrame
   | UnknownFrame;
 
 /** The fields of a message frame to encode. */
@@ -179,6 +249,16 @@ export interface HelloFields {
   maxPacketSize: number;
   /** Our feature bits (uint32). */
   features: number;
+  /** Our 8-byte incarnation (extension version 2); without it the hello is version 1's 10 bytes. */
+  incarnation?: Uint8Array;
+}
+
+/** The fields of a cumulative ack or a resume frame. */
+export interface MarkFields {
+  /** 8 bytes. */
+  incarnation: Uint8Array;
+  /** 0..{@link MAX_SEQ}. */
+  seq: number;
 }
 
 const PING = Buffer.from([FRAME_PING]);
@@ -315,12 +395,99 @@ export function encodeHello(h: HelloFields): Buffer {
   checkUint('extVersion', h.extVersion, 0xffff);
   checkUint('maxPacketSize', h.maxPacketSize, UINT32_MAX);
   checkUint('features', h.features, UINT32_MAX);
-  const buf = Buffer.allocUnsafe(1 + HELLO_PAYLOAD_SIZE);
+  if (h.incarnation !== undefined) checkIncarnation(h.incarnation);
+  const buf = Buffer.allocUnsafe(1 + (h.incarnation === undefined ? HELLO_PAYLOAD_SIZE : HELLO_V2_PAYLOAD_SIZE));
   buf[0] = FRAME_HELLO;
   buf.writeUInt16BE(h.extVersion, 1);
   buf.writeUInt32BE(h.maxPacketSize, 3);
   buf.writeUInt32BE(h.features, 7);
+  if (h.incarnation !== undefined) buf.set(h.incarnation, 11);
   return buf;
+}
+
+function checkIncarnation(inc: Uint8Array): void {
+  if (!(inc instanceof Uint8Array) || inc.length !== INCARNATION_SIZE) {
+    throw new InvalidArgumentError(`an incarnation must be ${INCARNATION_SIZE} bytes`);
+  }
+}
+
+/** Write `seq` (an integer 0..{@link MAX_SEQ}, unchecked) as a big-endian uint64 at `off`. */
+export function writeSeq(buf: Uint8Array, off: number, seq: number): void {
+  const hi = Math.floor(seq / 0x100000000);
+  const lo = seq - hi * 0x100000000;
+  buf[off] = hi >>> 24;
+  buf[off + 1] = hi >>> 16;
+  buf[off + 2] = hi >>> 8;
+  buf[off + 3] = hi;
+  buf[off + 4] = lo >>> 24;
+  buf[off + 5] = lo >>> 16;
+  buf[off + 6] = lo >>> 8;
+  buf[off + 7] = lo;
+}
+
+/** The big-endian uint64 at `off` of `buf` (in bounds) as a number, or -1 when above {@link MAX_SEQ}. */
+export function readSeq(buf: Uint8Array, off: number): number {
+  const hi = ((buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]) >>> 0;
+  const lo = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
+  return hi > 0x1fffff ? -1 : hi * 0x100000000 + lo;
+}
+
+function checkSeq(seq: number): void {
+  if (!Number.isInteger(seq) || seq < 0 || seq > MAX_SEQ) {
+    throw new InvalidArgumentError(`a sequence number must be an integer 0..${MAX_SEQ}, got ${seq}`);
+  }
+}
+
+/**
+ * Encode only the 33-byte head of a sequenced message frame (type 0x12, seq, uuid, TTL,
+ * flags); the body follows it in the packet, see {@link encodeMessageHeader}.
+ *
+ * @throws InvalidArgumentError for a uuid not of 16 bytes, a seq out of 1..{@link MAX_SEQ},
+ *   flags not a uint32 or a NaN TTL.
+ */
+export function encodeSeqMessageHeader(m: Omit<MessageFields, 'body'> & { seq: number }): Buffer {
+  checkUuid(m.uuid);
+  checkUint('flags', m.flags, UINT32_MAX);
+  checkSeq(m.seq);
+  if (m.seq === 0) throw new InvalidArgumentError('a message sequence number starts at 1');
+  const buf = Buffer.allocUnsafe(SEQ_MESSAGE_FRAME_HEAD_SIZE);
+  buf[0] = FRAME_SEQ_MESSAGE;
+  writeSeq(buf, SEQ_MESSAGE_SEQ_OFFSET, m.seq);
+  buf.set(m.uuid, SEQ_MESSAGE_UUID_OFFSET);
+  buf.writeUInt32BE(ttlMsToWire(m.ttlMs), SEQ_MESSAGE_TTL_OFFSET);
+  buf.writeUInt32BE(m.flags, SEQ_MESSAGE_FLAGS_OFFSET);
+  return buf;
+}
+
+/** Encode a whole sequenced message frame (copies the body once). @throws as {@link encodeSeqMessageHeader} */
+export function encodeSeqMessage(m: MessageFields & { seq: number }): Buffer {
+  return Buffer.concat([encodeSeqMessageHeader(m), m.body]);
+}
+
+function encodeMark(type: number, m: MarkFields): Buffer {
+  checkIncarnation(m.incarnation);
+  checkSeq(m.seq);
+  const buf = Buffer.allocUnsafe(1 + MARK_PAYLOAD_SIZE);
+  buf[0] = type;
+  buf.set(m.incarnation, 1);
+  writeSeq(buf, 1 + INCARNATION_SIZE, m.seq);
+  return buf;
+}
+
+/**
+ * Encode a cumulative ack (type 0x13): 8-byte incarnation, uint64 seq.
+ * @throws InvalidArgumentError for an incarnation not of 8 bytes or a seq out of 0..{@link MAX_SEQ}.
+ */
+export function encodeSeqAck(m: MarkFields): Buffer {
+  return encodeMark(FRAME_SEQ_ACK, m);
+}
+
+/**
+ * Encode a resume frame (type 0x14): 8-byte incarnation, uint64 seq.
+ * @throws as {@link encodeSeqAck}
+ */
+export function encodeResume(m: MarkFields): Buffer {
+  return encodeMark(FRAME_RESUME, m);
 }
 
 /**
@@ -350,7 +517,9 @@ export function encodeAck(uuids: readonly Uint8Array[]): Buffer {
  * @throws BadFrameError (code `ERR_BAD_FRAME`, fault `'remote'`) for an empty frame, a version
  *   frame whose payload is not exactly 4 bytes, a message frame shorter than 25 bytes, an
  *   identification that is not valid UTF-8 or longer than {@link MAX_REMOTE_IDENT_BYTES} bytes,
- *   or an ack whose payload is not a multiple of 16 bytes.
+ *   an ack whose payload is not a multiple of 16 bytes, a sequenced message shorter than 33
+ *   bytes or with sequence number 0, a cumulative ack or resume whose payload is not exactly 16
+ *   bytes, or a sequence number above {@link MAX_SEQ}.
  */
 export function decodeFrame(frame: Buffer): Frame {
   if (frame.length === 0) throw new BadFrameError('empty frame');
@@ -396,11 +565,15 @@ export function decodeFrame(frame: Buffer): Frame {
     case FRAME_HELLO:
       // Too short to be ours: ignore it as snakeMQ ignores any unknown frame.
       if (payloadLength < HELLO_PAYLOAD_SIZE) return { kind: 'unknown', type };
+      if (payloadLength < HELLO_V2_PAYLOAD_SIZE) {
+        return { kind: 'hello', extVersion: frame.readUInt16BE(1), maxPacketSize: frame.readUInt32BE(3), features: frame.readUInt32BE(7) };
+      }
       return {
         kind: 'hello',
         extVersion: frame.readUInt16BE(1),
         maxPacketSize: frame.readUInt32BE(3),
         features: frame.readUInt32BE(7),
+        incarnation: frame.subarray(11, 11 + INCARNATION_SIZE),
       };
     case FRAME_ACK: {
       if (payloadLength % UUID_SIZE !== 0) {
@@ -409,6 +582,31 @@ export function decodeFrame(frame: Buffer): Frame {
       const uuids: Buffer[] = [];
       for (let off = 1; off < frame.length; off += UUID_SIZE) uuids.push(frame.subarray(off, off + UUID_SIZE));
       return { kind: 'ack', uuids };
+    }
+    case FRAME_SEQ_MESSAGE: {
+      if (payloadLength < SEQ_MESSAGE_HEADER_SIZE) {
+        throw new BadFrameError(`sequenced message frame has ${payloadLength} payload bytes, expected at least ${SEQ_MESSAGE_HEADER_SIZE}`);
+      }
+      const seq = readSeq(frame, SEQ_MESSAGE_SEQ_OFFSET);
+      if (seq < 1) throw new BadFrameError(seq === 0 ? 'message sequence number 0' : 'message sequence number above 2^53 - 1');
+      const ttl = frame.readUInt32BE(SEQ_MESSAGE_TTL_OFFSET);
+      return {
+        kind: 'seq-message',
+        seq,
+        uuid: frame.subarray(SEQ_MESSAGE_UUID_OFFSET, SEQ_MESSAGE_UUID_OFFSET + UUID_SIZE),
+        ttlMs: ttl === TTL_INFINITE_WIRE ? null : ttl * 1000,
+        flags: frame.readUInt32BE(SEQ_MESSAGE_FLAGS_OFFSET),
+        body: frame.subarray(SEQ_MESSAGE_FRAME_HEAD_SIZE),
+      };
+    }
+    case FRAME_SEQ_ACK:
+    case FRAME_RESUME: {
+      if (payloadLength !== MARK_PAYLOAD_SIZE) {
+        throw new BadFrameError(`${type === FRAME_RESUME ? 'resume' : 'cumulative ack'} frame has ${payloadLength} payload bytes, expected ${MARK_PAYLOAD_SIZE}`);
+      }
+      const seq = readSeq(frame, 1 + INCARNATION_SIZE);
+      if (seq < 0) throw new BadFrameError('sequence number above 2^53 - 1');
+      return { kind: type === FRAME_RESUME ? 'resume' : 'seq-ack', incarnation: frame.subarray(1, 1 + INCARNATION_SIZE), seq };
     }
     default:
       return { kind: 'unknown', type };

@@ -20,6 +20,12 @@ import {
   decodeFrame,
   encodeAck,
   encodeHello,
+  encodeResume,
+  encodeSeqAck,
+  encodeSeqMessage,
+  encodeSeqMessageHeader,
+  MAX_SEQ,
+  SEQ_MESSAGE_FRAME_HEAD_SIZE,
   encodeIdentification,
   encodeIncompatibleProtocol,
   encodeMessage,
@@ -361,7 +367,7 @@ describe('other frames', () => {
   it('hello round-trips; longer is accepted (future fields), shorter is ignored as unknown', () => {
     const h = { extVersion: EXTENSION_VERSION, maxPacketSize: 64 * 1024 * 1024, features: FEATURE_ACKS | FEATURE_FLOW };
     const frame = encodeHello(h);
-    expect(frame.toString('hex')).toBe('1000010400000000000003');
+    expect(frame.toString('hex')).toBe('1000020400000000000003');
     expect(decodeFrame(frame)).toEqual({ kind: 'hello', ...h });
     const max = { extVersion: 0xffff, maxPacketSize: 0xffffffff, features: 0xffffffff };
     expect(decodeFrame(encodeHello(max))).toEqual({ kind: 'hello', ...max });
@@ -385,8 +391,66 @@ describe('other frames', () => {
     expect(() => encodeAck([new Uint8Array(16), new Uint8Array(17)])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
 
+  it('hello of version 2 carries an 8-byte incarnation after the version 1 fields, byte for byte', () => {
+    const incarnation = Buffer.from('0102030405060708', 'hex');
+    const frame = encodeHello({ extVersion: 2, maxPacketSize: 1 << 20, features: FEATURE_ACKS | FEATURE_FLOW, incarnation });
+    expect(frame.toString('hex')).toBe('10' + '0002' + '00100000' + '00000003' + '0102030405060708');
+    expect(decodeFrame(frame)).toEqual({ kind: 'hello', extVersion: 2, maxPacketSize: 1 << 20, features: 3, incarnation });
+    // a version 1 hello (10 bytes) has none; anything after the incarnation is ignored
+    expect(decodeFrame(frame.subarray(0, 11))).not.toHaveProperty('incarnation');
+    expect(decodeFrame(frame.subarray(0, 18))).not.toHaveProperty('incarnation');
+    expect(decodeFrame(Buffer.concat([frame, Buffer.from('future')]))).toEqual(decodeFrame(frame));
+    expect(() => encodeHello({ extVersion: 2, maxPacketSize: 1, features: 0, incarnation: Buffer.alloc(7) })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }),
+    );
+  });
+
+  it('sequenced message: type 0x12, uint64 seq, uuid, TTL, flags, body, byte for byte', () => {
+    const uuid = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+    const frame = encodeSeqMessage({ seq: 0x0102030405, uuid, ttlMs: 60_000, flags: 1, body: Buffer.from('hi') });
+    expect(frame.toString('hex')).toBe('12' + '0000000102030405' + uuid.toString('hex') + '0000003c' + '00000001' + '6869');
+    expect(decodeFrame(frame)).toEqual({ kind: 'seq-message', seq: 0x0102030405, uuid, ttlMs: 60_000, flags: 1, body: Buffer.from('hi') });
+    expect(encodeSeqMessageHeader({ seq: 1, uuid, ttlMs: null, flags: 0 })).toHaveLength(SEQ_MESSAGE_FRAME_HEAD_SIZE);
+    // the largest sequence number is 2^53 - 1; an empty body is fine
+    const max = encodeSeqMessage({ seq: MAX_SEQ, uuid, ttlMs: null, flags: 0, body: Buffer.alloc(0) });
+    expect(max.subarray(1, 9).toString('hex')).toBe('001fffffffffffff');
+    expect(decodeFrame(max)).toMatchObject({ kind: 'seq-message', seq: MAX_SEQ, ttlMs: null, body: Buffer.alloc(0) });
+    // broken: short header, seq 0, seq above 2^53 - 1
+    expectBadFrame(max.subarray(0, SEQ_MESSAGE_FRAME_HEAD_SIZE - 1));
+    const zero = Buffer.from(max);
+    zero.fill(0, 1, 9);
+    expectBadFrame(zero);
+    const big = Buffer.from(max);
+    big[2] = 0x20;
+    expectBadFrame(big);
+    expect(() => encodeSeqMessage({ seq: 0, uuid, ttlMs: null, flags: 0, body: Buffer.alloc(0) })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => encodeSeqMessage({ seq: MAX_SEQ + 1, uuid, ttlMs: null, flags: 0, body: Buffer.alloc(0) })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }),
+    );
+  });
+
+  it('cumulative ack 0x13 and resume 0x14: 8-byte incarnation then uint64 seq, exactly 16 payload bytes', () => {
+    const incarnation = Buffer.from('a1a2a3a4a5a6a7a8', 'hex');
+    const ack = encodeSeqAck({ incarnation, seq: 258 });
+    expect(ack.toString('hex')).toBe('13' + 'a1a2a3a4a5a6a7a8' + '0000000000000102');
+    expect(decodeFrame(ack)).toEqual({ kind: 'seq-ack', incarnation, seq: 258 });
+    const resume = encodeResume({ incarnation, seq: 0 });
+    expect(resume.toString('hex')).toBe('14' + 'a1a2a3a4a5a6a7a8' + '0000000000000000');
+    expect(decodeFrame(resume)).toEqual({ kind: 'resume', incarnation, seq: 0 });
+    expect(decodeFrame(encodeResume({ incarnation, seq: MAX_SEQ }))).toEqual({ kind: 'resume', incarnation, seq: MAX_SEQ });
+    for (const f of [ack, resume]) {
+      expectBadFrame(f.subarray(0, 16));
+      expectBadFrame(Buffer.concat([f, Buffer.from([0])]));
+      const big = Buffer.from(f);
+      big[9] = 0xff;
+      expectBadFrame(big);
+    }
+    expect(() => encodeSeqAck({ incarnation: Buffer.alloc(9), seq: 1 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => encodeResume({ incarnation, seq: -1 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+  });
+
   it('any other type decodes as unknown (snakeMQ ignores it)', () => {
-    for (const type of [6, 7, 0x0f, 0x12, 0x13, 0x7f, 0xff]) {
+    for (const type of [6, 7, 0x0f, 0x15, 0x16, 0x7f, 0xff]) {
       expect(decodeFrame(Buffer.from([type, 1, 2, 3]))).toEqual({ kind: 'unknown', type });
       expect(decodeFrame(Buffer.from([type]))).toEqual({ kind: 'unknown', type });
     }
@@ -397,9 +461,14 @@ describe('other frames', () => {
     const kinds = new Map<string, number>();
     for (let i = 0; i < 20_000; i++) {
       const len = Math.floor(rnd() * 65);
-      const b = randomBytes(rnd, len);
+      let b = randomBytes(rnd, len);
       // Most first bytes land on known types so every branch gets exercised.
-      if (len > 0 && rnd() < 0.8) b[0] = Math.floor(rnd() * 0x13);
+      if (len > 0 && rnd() < 0.8) b[0] = Math.floor(rnd() * 0x15);
+      // (cumulative acks and resumes are valid at one length only: often pick it)
+      if ((b[0] === 0x13 || b[0] === 0x14) && len > 17 && rnd() < 0.5) b = b.subarray(0, 17);
+      // (and sequence numbers of random bytes are mostly above 2^53: often clear their top bytes)
+      const seqAt = b[0] === 0x12 ? 1 : b[0] === 0x13 || b[0] === 0x14 ? 9 : -1;
+      if (seqAt > 0 && b.length > seqAt + 1 && rnd() < 0.5) b[seqAt] = b[seqAt + 1] = 0;
       let kind: string;
       try {
         kind = decodeFrame(b).kind;
@@ -410,7 +479,7 @@ describe('other frames', () => {
       }
       kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
     }
-    for (const k of ['version', 'incompatible', 'ident', 'message', 'ping', 'pong', 'hello', 'ack', 'unknown', 'error']) {
+    for (const k of ['version', 'incompatible', 'ident', 'message', 'ping', 'pong', 'hello', 'ack', 'seq-message', 'seq-ack', 'resume', 'unknown', 'error']) {
       expect(kinds.get(k) ?? 0, k).toBeGreaterThan(0);
     }
   });
