@@ -1,14 +1,20 @@
 /**
  * Messaging: identity routing, per-peer queues with TTL, keepalive, persistent storage and —
- * between peers that both speak our extensions — acknowledged delivery with deduplication and
- * a bounded in-flight window. Speaks snakeMQ protocol version 1 byte for byte with plain
- * snakeMQ 1.6 peers.
+ * between peers that both speak our extensions (version 2) — sequenced, acknowledged delivery
+ * with deduplication, a resume after each reconnect and a bounded in-flight window. Speaks
+ * snakeMQ protocol version 1 byte for byte with plain snakeMQ 1.6 peers.
+ *
+ * The rules of a connection (handshake, delivery mode, resume, slow start, repeats,
+ * keepalive) are in {@link Session} (session.ts); the queues in {@link PeerQueue} (queue.ts);
+ * the receiver's dedup marks in {@link DeliveredMarks} (inbound.ts). This class does the I/O
+ * and the bookkeeping between them.
  *
  * @module
  */
 import { Buffer } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
+import { copy16, readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
 import { type Deadline, Deadlines } from './deadlines.js';
 import {
@@ -33,13 +39,22 @@ import {
   FEATURE_FLOW,
   FRAME_ACK,
   FRAME_MESSAGE,
+  FRAME_SEQ_ACK,
+  FRAME_SEQ_MESSAGE,
   type Frame,
+  INCARNATION_SIZE,
+  MAX_SEQ,
   MESSAGE_FLAGS_OFFSET,
   MESSAGE_FRAME_HEAD_SIZE,
   MESSAGE_HEADER_SIZE,
   MESSAGE_TTL_OFFSET,
   MESSAGE_UUID_OFFSET,
   PROTOCOL_VERSION,
+  SEQ_MESSAGE_FLAGS_OFFSET,
+  SEQ_MESSAGE_HEADER_SIZE,
+  SEQ_MESSAGE_SEQ_OFFSET,
+  SEQ_MESSAGE_TTL_OFFSET,
+  SEQ_MESSAGE_UUID_OFFSET,
   TTL_INFINITE_WIRE,
   decodeFrame,
   encodeHello,
@@ -48,9 +63,14 @@ import {
   encodePing,
   encodePong,
   encodeProtocolVersion,
+  encodeResume,
+  readSeq,
   ttlMsToWire,
+  writeSeq,
 } from './protocol.js';
-import { AWAITING_ACK, PeerQueue, QUEUED, type RemovedItem, type SeenIndex, SeenWindow, WRITING, uuidKey } from './queue.js';
+import { AWAITING_ACK, FRAME_HEAD_SIZE, PeerQueue, QUEUED, type RemovedItem, WRITING } from './queue.js';
+import { DeliveredMarks } from './inbound.js';
+import { Session, type SessionConfig, sameIncarnation } from './session.js';
 import type { ItemKey, QueuesStorage } from './storage.js';
 
 export { Message, FLAG_PERSISTENT };
@@ -64,12 +84,17 @@ export type DropReason = 'ttl' | 'queue-full' | 'too-large';
 /** What happens when a peer's queue is at its limit. */
 export type QueuePolicy = 'reject' | 'drop-oldest' | 'block';
 
+/** Meta keys (see {@link QueuesStorage.getMeta}) of a sender's incarnation and its reserved sequence numbers. */
+export const META_INCARNATION = 'snakemq.incarnation';
+export const META_SEQ_RESERVED = 'snakemq.seq-reserved';
 /**
- * Dedup windows loaded from storage are all kept this long (ms) after loading, whatever
- * `dedupIdlePeers` says: the peers connected before a restart resend their unacknowledged
- * messages once they are back, and need their windows then.
+ * Sequence numbers are reserved in storage this many at a time (one meta write per block),
+ * the next block when half of one is used, so that a restarted sender never reuses one
+ * (a receiver would take a reused number for a repeat).
  */
-export const LOADED_WINDOWS_GRACE_MS = 60_000;
+export const SEQ_BLOCK = 1 << 20;
+/** Packets of a connection kept while stored messages load (more closes it). */
+const EARLY_BYTES_LIMIT = 16 * 1024 * 1024;
 
 /** Defaults of {@link MessagingOptions}. */
 export const MESSAGING_DEFAULTS = {
@@ -82,7 +107,7 @@ export const MESSAGING_DEFAULTS = {
   maxInFlightBytes: 16 * 1024 * 1024,
   initialInFlight: 64,
   initialInFlightBytes: 16 * 1024,
-  dedupIdlePeers: 4096,
+  dedupIdlePeers: 1_000_000,
   extensions: true,
 } as const;
 
@@ -126,19 +151,12 @@ export interface MessagingOptions {
   /** Slow start in body bytes (default 16 KiB), raised by the acknowledged bytes up to {@link maxInFlightBytes}. */
   initialInFlightBytes?: number;
   /**
-   * Remembered received uuids per peer for deduplication: at least twice the in-flight window
-   * of the peers that send to us (default max(2 × maxInFlight, 2 × 8192), so that peers with the
-   * default window are covered whatever our own).
-   */
-  dedupWindow?: number;
-  /**
-   * Dedup windows kept for peers that are not connected (default 4096; `Infinity`: all).
-   * Past that, the window of the peer that left longest ago is forgotten, in storage too, so
-   * that peers coming and going under ever new identities cannot grow memory. A forgotten peer
-   * that comes back and re-sends messages it had not seen acknowledged gets those delivered
-   * again: at most one in-flight window of them. Windows loaded from storage are kept for
-   * {@link LOADED_WINDOWS_GRACE_MS} after loading, whatever their number, so that the peers
-   * connected before a restart can come back first.
+   * Dedup marks kept for peers that are not connected (default 1,000,000; `Infinity`: all). A
+   * mark is what a receiver remembers of a sender: its incarnation and the highest sequence
+   * number delivered from it, about 100 bytes in memory with the peer's identity (the bench
+   * figure `dedup_bytes_per_peer`). Past the limit the mark of the peer identified longest ago
+   * is forgotten, in storage too, so that peers coming and going under ever new identities
+   * cannot grow memory without bound.
    */
   dedupIdlePeers?: number;
   /** Offer our extensions (acks, flow window) to peers (default true). */
@@ -183,64 +201,59 @@ export interface Received {
   message: Message;
 }
 
-interface Conn {
-  id: ConnId;
-  ident?: string;
-  /** Peer sent a hello before identifying. */
-  ext: boolean;
-  /** Features in use with this peer. */
-  acks: boolean;
-  /**
-   * The in-flight allowance of this connection (slow start): messages and body bytes, from
-   * `initialInFlight*` up by what is acknowledged, to `maxInFlight*`.
-   */
-  window: number;
-  windowBytes: number;
-  flow: boolean;
-  peerMaxPacket: number;
-  lastRecv: number;
-  pingAt: number;
+/** A connection: its {@link Session} and what the I/O around it needs. */
+class Conn extends Session {
+  readonly id: ConnId;
   /** When keepalive looks at this connection next (in {@link Messaging}'s one keepalive heap). */
-  keepalive?: Deadline<Conn>;
-  /** Ping after this long with nothing received (see {@link LISTENER_KEEPALIVE_FACTOR}). */
-  keepaliveAfter: number;
+  keepalive: Deadline<Conn> | undefined = undefined;
   /** Replaced by another connection of the same identity, or closing: ignore it. */
-  dead: boolean;
+  dead = false;
+  /** We have not sent our version, hello and identity yet (stored messages are loading). */
+  greetPending = false;
+  /** Packets received while stored messages load, copied, handed over once loaded. */
+  early: Buffer[] | undefined = undefined;
+  earlyBytes = 0;
+  /** The timer of the wait for the peer's resume (sequenced). */
+  resumeTimer: TimerHandle | undefined = undefined;
   /**
    * The items being written on this connection, in packet order, as runs of three numbers
    * from `writingHead` on: the seq of a run's first item, its packet id, and how many items
    * follow with consecutive seqs and packet ids.
    */
-  writing: number[];
-  writingHead: number;
+  writing: number[] = [];
+  writingHead = 0;
   /**
-   * The ack frame being gathered: type byte then `ackCount` uuids. Kept for the next frame
-   * once sent (the Packeter copies it); it grows from 64 uuids to {@link ACKS_PER_FRAME}.
+   * A legacy (extension version 1) peer's ack frame being gathered: type byte then `ackCount`
+   * uuids. Kept for the next frame once sent (the Packeter copies it); it grows from 64 uuids
+   * to {@link ACKS_PER_FRAME}.
    */
-  ackBuf: Buffer | null;
-  ackCount: number;
-  /** Received uuids to record in storage before acknowledging. */
-  pendingSeen: Buffer[];
-  ackScheduled: boolean;
-  /** The dedup window of the identified peer. */
-  seen: SeenWindow | undefined;
+  ackBuf: Buffer | null = null;
+  ackCount = 0;
+  ackScheduled = false;
+  /** A sequenced peer: its slot in the receiver's marks, and a cumulative ack is due. */
+  markSlot = -1;
+  seqAckDue = false;
+  /** Deliveries (and repeats) since the last cumulative ack. */
+  seqAcks = 0;
+  /** Deliveries not yet committed to storage (one write per connection and turn). */
+  commitScheduled = false;
   /**
-   * Received messages of this connection still to be looked up in the dedup window, and the
-   * lookup set (built on the first of them; `null` once none is left or the window was empty).
+   * Received sequenced messages waiting to be handed to the application, from `backlogHead`
+   * (their sequence numbers in `backlogSeqs`): see {@link DELIVERIES_PER_SLICE}.
    */
-  checkLeft: number;
-  seenIndex: SeenIndex | null | undefined;
-  /**
-   * Received messages (of an ack peer) waiting to be handed to the application, from
-   * `backlogHead`: see {@link DELIVERIES_PER_SLICE}.
-   */
-  backlog: (Message | undefined)[];
-  backlogHead: number;
+  backlog: (Message | undefined)[] = [];
+  backlogSeqs: number[] = [];
+  backlogHead = 0;
   /** A slice of the backlog is scheduled. */
-  sliceScheduled: boolean;
+  sliceScheduled = false;
   /** Messages handed over in the turn numbered `turn`. */
-  turnDelivered: number;
-  turn: number;
+  turnDelivered = 0;
+  turn = -1;
+
+  constructor(id: ConnId, config: SessionConfig, now: number) {
+    super(config, MAX_WIRE_PACKET_SIZE, now);
+    this.id = id;
+  }
 }
 
 /**
@@ -256,8 +269,8 @@ export const LISTENER_KEEPALIVE_FACTOR = 1.1;
 const ACKS_PER_FRAME = 1024;
 /** Received message bodies and uuids are copied into slabs of this size (like Node's Buffer pool). */
 const RX_SLAB_SIZE = 8 * 1024;
-/** The uuids of an ack frame handed to message-delivered listeners are copied this many bytes at a time. */
-const ACK_COPY_BYTES = 16 * 256;
+/** A sequenced receiver acknowledges at the latest after this many deliveries (else once per turn). */
+const SEQ_ACK_EVERY = 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
 const EMPTY = Buffer.alloc(0);
 /**
@@ -318,27 +331,31 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private readonly conns = new Map<ConnId, Conn>();
   private readonly identConn = new Map<string, Conn>();
   private readonly queues = new Map<string, PeerQueue>();
-  private readonly seen = new Map<string, SeenWindow>();
-  /** Peers with a window in `seen` and no connection, the one gone longest first. */
-  private readonly idleSeen = new Set<string>();
-  /** Windows are not forgotten before this time (see {@link LOADED_WINDOWS_GRACE_MS}). */
-  private trimFrom = 0;
-  private trimTimer: TimerHandle | undefined;
+  /** The receiver's dedup marks of the senders of sequenced messages. */
+  private readonly marks = new DeliveredMarks();
   private trimQueued = false;
+  /** Our incarnation (toward every peer), 8 bytes: from storage when there is one, else random. */
+  private incarnation: Buffer = randomBytes(INCARNATION_SIZE);
+  /** The next sequence number to give a message, and the end of the block reserved in storage. */
+  private nextSeq = 1;
+  private seqReserved = MAX_SEQ;
+  private readonly sessionConfig: SessionConfig;
   /** The next TTL expiry of each queue whose TTLs run down, on one timer. */
   private readonly ttls: Deadlines<PeerQueue>;
   private readonly ttlTimers = new Map<string, Deadline<PeerQueue>>();
   /** The keepalive checks of all connections, on one timer. */
   private readonly keepalives: Deadlines<Conn>;
   private readonly ownIdentFrame: Buffer;
-  private readonly helloFrame: Buffer | undefined;
+  private helloFrame: Buffer | undefined;
+  /** A cumulative ack being written (the Packeter copies it). */
+  private readonly seqAckBuf = Buffer.alloc(1 + 16);
   private loaded = false;
   private closed = false;
   /** Packets come through the packeter's sink (else through `packet` events). */
   private readonly sinkSet: boolean;
   private iterators = new Set<(r: Received | null) => void>();
-  /** Storage writes of dedup windows (received uuids, whose acks wait for them; forgotten windows), awaited by close(). */
-  private readonly seenCommits = new Set<Promise<void>>();
+  /** Storage writes of dedup marks (deliveries, whose acks wait for them; forgotten marks), awaited by close(). */
+  private readonly commits = new Set<Promise<void>>();
   /** See {@link observeDelivery} (copy-on-write). */
   private observers: DeliveryObserver[] = [];
 
@@ -375,7 +392,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         maxInFlightBytes,
         checkMs('initialInFlightBytes', options.initialInFlightBytes, MESSAGING_DEFAULTS.initialInFlightBytes, 1),
       ),
-      dedupWindow: checkMs('dedupWindow', options.dedupWindow, Math.max(2 * maxInFlight, 2 * MESSAGING_DEFAULTS.maxInFlight), 1),
       dedupIdlePeers: checkCount('dedupIdlePeers', options.dedupIdlePeers, MESSAGING_DEFAULTS.dedupIdlePeers),
       extensions: options.extensions ?? MESSAGING_DEFAULTS.extensions,
     };
@@ -385,13 +401,17 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
     this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
-    this.helloFrame = this.opts.extensions
-      ? encodeHello({
-          extVersion: EXTENSION_VERSION,
-          maxPacketSize: packeter.maxPacketSize,
-          features: FEATURE_ACKS | FEATURE_FLOW,
-        })
-      : undefined;
+    this.makeHello();
+    this.sessionConfig = {
+      extensions: this.opts.extensions,
+      keepaliveWait: this.opts.keepaliveWait,
+      // (a peer that lost its state still sends a resume: the wait is for one that does not)
+      resumeWait: this.opts.keepaliveWait > 0 ? this.opts.keepaliveWait : MESSAGING_DEFAULTS.keepaliveWait,
+      initialInFlight: this.opts.initialInFlight,
+      initialInFlightBytes: this.opts.initialInFlightBytes,
+      maxInFlight: this.opts.maxInFlight,
+      maxInFlightBytes: this.opts.maxInFlightBytes,
+    };
     packeter.on('connect', this.onConnect);
     packeter.on('disconnect', this.onDisconnect);
     this.sinkSet = packeter.setPacketSink(this.onPacket);
@@ -400,6 +420,17 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     packeter.on('drain', this.onDrain);
     this.ready = this.load();
     this.ready.catch(() => {});
+  }
+
+  private makeHello(): void {
+    this.helloFrame = this.opts.extensions
+      ? encodeHello({
+          extVersion: EXTENSION_VERSION,
+          maxPacketSize: this.packeter.maxPacketSize,
+          features: FEATURE_ACKS | FEATURE_FLOW,
+          incarnation: this.incarnation,
+        })
+      : undefined;
   }
 
   // ---------------------------------------------------------------- public API
@@ -514,14 +545,45 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     const stored = this.storage !== undefined && (message.flags & FLAG_PERSISTENT) !== 0;
     const ttl = message.ttl;
-    q.push(src, off, message.body, message.flags, ttl, stored, ttl !== null && q.since !== null ? this.clock.now() : 0);
+    const seq = this.takeSeq();
+    q.push(src, off, message.body, message.flags, ttl, stored, ttl !== null && q.since !== null ? this.clock.now() : 0, seq);
     let commit: Promise<void> | undefined;
     if (stored) {
-      commit = this.storage!.push([{ queue: ident, uuid: message.uuid, ttl, flags: message.flags, body: message.body }]);
+      commit = this.storage!.push([{ queue: ident, uuid: message.uuid, ttl, flags: message.flags, body: message.body, seq }]);
     }
     if (!q.pumpScheduled) this.schedulePump(q);
     if (q.since !== null) this.armTtl(q);
     return commit;
+  }
+
+  /** The next wire sequence number; reserves the next block in storage when half of this one is used. */
+  private takeSeq(): number {
+    const seq = this.nextSeq++;
+    if (this.nextSeq > this.seqReserved - SEQ_BLOCK / 2 && !this.reserving && this.storage !== undefined) this.reserveSeqs();
+    return seq;
+  }
+
+  /** A reservation is being written. */
+  private reserving = false;
+
+  /**
+   * Reserve the next block of sequence numbers in storage. Numbers are handed out past the
+   * reserved end only if half a block (half a million messages) is sent before the write
+   * commits; a restart after that could reuse them.
+   */
+  private reserveSeqs(): void {
+    this.reserving = true;
+    const target = Math.max(this.seqReserved, this.nextSeq) + SEQ_BLOCK;
+    const value = Buffer.alloc(8);
+    writeSeq(value, 0, target);
+    this.storage!.setMeta(META_SEQ_RESERVED, value).then(
+      () => {
+        this.seqReserved = target;
+        this.reserving = false;
+      },
+      // (no more attempts: one error is reported, not one per message)
+      (err) => this.reportError(err, undefined),
+    );
   }
 
   /**
@@ -651,7 +713,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.keepalives.clear();
     this.ttls.clear();
     this.ttlTimers.clear();
-    if (this.trimTimer) this.clock.clearTimeout(this.trimTimer);
+    for (const c of this.conns.values()) if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
     for (const q of this.queues.values()) {
       const line = q.line;
       const from = q.lineHead;
@@ -663,9 +725,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     await this.ready.catch(() => {});
     // Received messages already handed to the application: record them and acknowledge them
     // now, so a peer does not resend what we have (and the caller may close storage after us).
-    for (const c of this.conns.values()) if (c.ident !== undefined && this.storage) this.flushSeen(c, c.ident);
-    await Promise.all([...this.seenCommits]);
-    for (const c of this.conns.values()) this.flushAcks(c);
+    for (const c of this.conns.values()) if (this.storage) this.flushCommit(c);
+    await Promise.all([...this.commits]);
+    for (const c of this.conns.values()) {
+      this.flushSeqAck(c);
+      this.flushAcks(c);
+    }
     const writes: Promise<void>[] = [];
     for (const q of this.queues.values()) {
       const p = this.writeBackTtls(q);
@@ -680,29 +745,40 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private async load(): Promise<void> {
     try {
       if (!this.storage) return;
-      const [items, seen] = await Promise.all([this.storage.load(), this.storage.loadSeen()]);
+      const storage = this.storage;
+      const [items, marks, inc, reserved] = await Promise.all([
+        storage.load(),
+        storage.loadDelivered(),
+        storage.getMeta(META_INCARNATION),
+        storage.getMeta(META_SEQ_RESERVED),
+      ]);
+      // Our incarnation stays what storage says, so that peers know our sequence numbers after
+      // a restart; sequence numbers continue after every one reserved or stored.
+      if (inc !== null && inc.length === INCARNATION_SIZE) this.incarnation = Buffer.from(inc);
+      else await storage.setMeta(META_INCARNATION, this.incarnation);
+      this.makeHello();
+      let last = reserved !== null && reserved.length === 8 ? Math.max(0, readSeq(reserved, 0)) : 0;
+      for (const it of items) if (it.seq > last) last = it.seq;
+      this.nextSeq = last + 1;
+      this.seqReserved = this.nextSeq - 1;
+      this.reserveSeqs();
       const now = this.clock.now();
-      for (const s of items) this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now);
-      for (const [peer, uuids] of seen) {
-        const w = this.seenWindow(peer);
-        for (const u of uuids) {
-          if (u.length === 16) w.add(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
-        }
-        if (!this.identConn.has(peer)) this.idleSeen.add(peer);
-      }
-      if (seen.size > 0 && !this.closed) {
-        this.trimFrom = now + LOADED_WINDOWS_GRACE_MS;
-        this.trimTimer = this.clock.setTimeout(() => {
-          this.trimTimer = undefined;
-          this.queueTrim();
-        }, LOADED_WINDOWS_GRACE_MS);
-      }
+      // (items stored without a sequence number, by an older version, get the next ones)
+      for (const s of items) this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now, s.seq > 0 ? s.seq : this.nextSeq++);
+      for (const m of marks) this.marks.load(m);
       for (const q of this.queues.values()) this.armTtl(q);
-      this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages`);
+      this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages, ${marks.length} dedup marks`);
     } finally {
       this.loaded = true;
-      // Lookup sets made before the stored windows were in: make them again from the windows.
-      for (const c of this.conns.values()) if (c.checkLeft > 0) c.seenIndex = undefined;
+      // connections that came meanwhile: greet them and hand over what they sent
+      if (!this.closed) {
+        for (const c of [...this.conns.values()]) {
+          if (c.greetPending) this.greet(c);
+          const early = c.early;
+          c.early = undefined;
+          if (early) for (const b of early) if (!c.dead && this.conns.get(c.id) === c) this.onPacket(c.id, b, 0, b.length);
+        }
+      }
       for (const ident of this.identConn.keys()) {
         const q = this.queues.get(ident);
         if (q) this.schedulePump(q);
@@ -824,46 +900,30 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   // ---------------------------------------------------------------- connections
 
   private readonly onConnect = (connId: ConnId): void => {
-    const now = this.clock.now();
-    const c: Conn = {
-      id: connId,
-      ext: false,
-      acks: false,
-      window: this.opts.initialInFlight,
-      windowBytes: this.opts.initialInFlightBytes,
-      flow: false,
-      peerMaxPacket: MAX_WIRE_PACKET_SIZE,
-      lastRecv: now,
-      pingAt: 0,
-      keepaliveAfter: 0,
-      dead: false,
-      writing: [],
-      writingHead: 0,
-      ackBuf: null,
-      ackCount: 0,
-      pendingSeen: [],
-      ackScheduled: false,
-      seen: undefined,
-      checkLeft: 0,
-      seenIndex: undefined,
-      backlog: [],
-      backlogHead: 0,
-      sliceScheduled: false,
-      turnDelivered: 0,
-      turn: -1,
-    };
+    const c = new Conn(connId, this.sessionConfig, this.clock.now());
     this.conns.set(connId, c);
-    this.packeter.sendPacket(connId, encodeProtocolVersion(PROTOCOL_VERSION));
-    if (this.helloFrame) this.packeter.sendPacket(connId, this.helloFrame);
-    this.packeter.sendPacket(connId, this.ownIdentFrame);
+    // Nothing happens on a connection before stored messages (and our incarnation) are loaded:
+    // what the peer sends meanwhile waits (see onPacket).
+    if (this.loaded) this.greet(c);
+    else c.greetPending = true;
     this.armKeepalive(c);
   };
+
+  /** Send our version, hello and identity. */
+  private greet(c: Conn): void {
+    c.greetPending = false;
+    this.packeter.sendPacket(c.id, encodeProtocolVersion(PROTOCOL_VERSION));
+    if (this.helloFrame) this.packeter.sendPacket(c.id, this.helloFrame);
+    this.packeter.sendPacket(c.id, this.ownIdentFrame);
+  }
 
   private readonly onDisconnect = (connId: ConnId): void => {
     const c = this.conns.get(connId);
     if (!c) return;
     this.conns.delete(connId);
     if (c.keepalive) this.keepalives.delete(c.keepalive);
+    if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
+    c.early = undefined;
     this.detach(c);
   };
 
@@ -881,12 +941,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private forget(c: Conn): void {
     const ident = c.ident;
     c.dead = true;
+    if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
+    c.resumeTimer = undefined;
     if (ident === undefined || this.identConn.get(ident) !== c) return;
     this.identConn.delete(ident);
-    if (this.seen.has(ident)) {
-      this.idleSeen.add(ident);
-      this.queueTrim();
-    }
+    if (c.markSlot >= 0) this.queueTrim();
     const q = this.queues.get(ident);
     if (q && q.size === 0 && q.lineHead >= q.line.length) {
       // Nothing waits for this peer: forget its queue, so peers that come and go under ever
@@ -929,28 +988,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.keepalives.set(c.keepalive, this.clock.now() + c.keepaliveAfter);
   }
 
-  /** A connection's keepalive deadline is due: ping it, close it, or look again later. */
+  /** A connection's keepalive deadline is due: ping it, close it, or look again later (see {@link Session.keepaliveStep}). */
   private readonly onKeepalive = (c: Conn, now: number): void => {
     if (c.dead || !this.conns.has(c.id) || this.closed || !c.keepalive) return;
-    const interval = c.keepaliveAfter;
-    const wait = this.opts.keepaliveWait;
-    if (c.pingAt && c.lastRecv < c.pingAt) {
-      if (now - c.pingAt >= wait) {
-        this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
-        return;
-      }
-      this.keepalives.set(c.keepalive, c.pingAt + wait);
+    const step = c.keepaliveStep(now);
+    if (step.action === 'close') {
+      this.closeConn(c, new KeepaliveTimeoutError(now - c.lastRecv));
       return;
     }
-    c.pingAt = 0;
-    const idle = now - c.lastRecv;
-    if (idle >= interval) {
-      this.packeter.sendPacket(c.id, encodePing());
-      c.pingAt = now;
-      this.keepalives.set(c.keepalive, now + wait);
-    } else {
-      this.keepalives.set(c.keepalive, c.lastRecv + interval);
-    }
+    if (step.action === 'ping') this.packeter.sendPacket(c.id, encodePing());
+    this.keepalives.set(c.keepalive, step.at);
   };
 
   private readonly onPacketEvent = (connId: ConnId, payload: Buffer): void => {
@@ -962,6 +1009,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (this.closed) return;
     const c = this.conns.get(connId);
     if (!c || c.dead) return;
+    if (!this.loaded) return this.keepEarly(c, buf, start, end);
     // Packets of one received chunk arrived together: read the clock once per chunk.
     const chunk = this.packeter.chunksReceived;
     if (chunk !== this.recvChunk || c.pingAt >= this.recvNow) {
@@ -972,8 +1020,15 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (c.ident !== undefined && end > start) {
       // Fast paths for the frames of the stream, valid as decodeFrame would find them.
       const type = buf[start];
+      if (type === FRAME_SEQ_MESSAGE && c.sequenced && end - start > SEQ_MESSAGE_HEADER_SIZE) {
+        const seq = readSeq(buf, start + SEQ_MESSAGE_SEQ_OFFSET);
+        if (seq > 0) return this.onSeqMessage(c, c.ident, buf, start, end, seq);
+      }
       if (type === FRAME_MESSAGE && end - start > MESSAGE_HEADER_SIZE) return this.onMessage(c, c.ident, buf, start, end);
-      if (type === FRAME_ACK && (end - start - 1) % 16 === 0) return this.onAck(c, c.ident, buf, start, end);
+      if (type === FRAME_SEQ_ACK && c.sequenced && end - start === 17) {
+        const seq = readSeq(buf, start + 1 + INCARNATION_SIZE);
+        if (seq >= 0) return this.onSeqAck(c, c.ident, buf, start + 1, seq);
+      }
     }
     const payload = buf.subarray(start, end);
     let f: Frame;
@@ -987,9 +1042,22 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       case 'message':
         if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError());
         return this.onMessage(c, c.ident, payload, 0, payload.length);
-      case 'ack':
+      case 'seq-message':
+        if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError());
+        // (a peer that did not negotiate sequenced delivery has no business sending these)
+        if (!c.sequenced) return;
+        return this.onSeqMessage(c, c.ident, payload, 0, payload.length, f.seq);
+      case 'seq-ack':
         if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError('ack frame received before identification'));
-        return this.onAck(c, c.ident, payload, 0, payload.length);
+        if (c.sequenced) this.onSeqAck(c, c.ident, f.incarnation, 0, f.seq);
+        return;
+      case 'resume':
+        if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError('resume frame received before identification'));
+        return this.onResume(c, c.ident, f.incarnation, f.seq);
+      case 'ack':
+        // acks by uuid (extension version 1): nothing of ours waits for them any more
+        if (c.ident === undefined) return this.closeConn(c, new NotIdentifiedError('ack frame received before identification'));
+        return;
       case 'ping':
         this.packeter.sendPacket(connId, encodePong());
         return;
@@ -1006,12 +1074,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         this.reportError(new IncompatibleProtocolError('peer reports our protocol version as incompatible'), connId);
         return;
       case 'hello':
-        if (c.ident === undefined && this.opts.extensions && f.extVersion >= 1) {
-          c.ext = true;
-          c.acks = (f.features & FEATURE_ACKS) !== 0;
-          c.flow = (f.features & FEATURE_FLOW) !== 0;
-          c.peerMaxPacket = f.maxPacketSize;
-        }
+        c.hello(f);
         return;
       case 'ident':
         return this.onIdent(c, f.ident);
@@ -1019,6 +1082,17 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         return;
     }
   };
+
+  /** A packet that came before stored messages were loaded: kept (copied) until then. */
+  private keepEarly(c: Conn, buf: Buffer, start: number, end: number): void {
+    c.earlyBytes += end - start;
+    if (c.earlyBytes > EARLY_BYTES_LIMIT) {
+      c.early = undefined;
+      this.closeConn(c, new SnakeMQError('ERR_NOT_READY', `more than ${EARLY_BYTES_LIMIT} bytes received before stored messages were loaded`));
+      return;
+    }
+    (c.early ??= []).push(Buffer.from(buf.subarray(start, end)));
+  }
 
   private onIdent(c: Conn, ident: string): void {
     if (c.ident !== undefined) {
@@ -1044,16 +1118,25 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
       this.closeConn(other, new DuplicateIdentityError(ident));
     }
-    c.ident = ident;
-    c.seen = this.seenWindow(ident);
-    this.idleSeen.delete(ident);
-    // Only a new connection's first messages can repeat ones received before (see SeenWindow).
-    c.checkLeft = c.seen.limit;
-    c.seenIndex = undefined;
+    const now = this.clock.now();
+    c.identified(ident, now);
     this.identConn.set(ident, c);
+    if (c.sequenced) {
+      // resume: tell the peer what we have delivered from it, before anything else
+      const slot = (c.markSlot = this.marks.identified(ident, c.peerIncarnation!));
+      this.packeter.sendPacket(c.id, encodeResume({ incarnation: c.peerIncarnation!, seq: this.marks.deliveredOf(slot) }));
+      // and wait for its resume before resending
+      c.resumeTimer = this.clock.setTimeout(() => {
+        c.resumeTimer = undefined;
+        if (c.dead || this.closed || !c.resumeTimedOut(this.clock.now())) return;
+        this.log.debug(`messaging ${this.identifier}: no resume from ${ident} within ${this.sessionConfig.resumeWait} ms; resending`);
+        const q = this.queues.get(ident);
+        if (q) this.schedulePump(q);
+      }, this.sessionConfig.resumeWait);
+    }
     const q = this.queue(ident);
     const wasFull = this.full(q, 0);
-    const expired = q.connect(this.clock.now());
+    const expired = q.connect(now);
     const tt = this.ttlTimers.get(ident);
     if (tt) {
       this.ttls.delete(tt);
@@ -1061,8 +1144,20 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     }
     this.dropExpired(q, expired, wasFull);
     this.writeBackTtls(q)?.catch((err) => this.reportError(err, undefined));
-    this.log.debug(`messaging ${this.identifier}: ${ident} connected (${c.id}${c.ext ? ', extensions' : ''})`);
+    this.log.debug(`messaging ${this.identifier}: ${ident} connected (${c.id}, ${c.mode})`);
     this.emit('connect', c.id, ident);
+    this.schedulePump(q);
+  }
+
+  /** The peer's resume: drop what it has delivered already, then start sending. */
+  private onResume(c: Conn, ident: string, incarnation: Buffer, seq: number): void {
+    const covered = c.resume(incarnation, seq, this.incarnation);
+    if (covered < 0) return;
+    if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
+    c.resumeTimer = undefined;
+    const q = this.queues.get(ident);
+    if (!q) return;
+    if (covered > 0) this.dropDelivered(c, q, covered);
     this.schedulePump(q);
   }
 
@@ -1081,31 +1176,30 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!this.loaded || this.closed) return;
     const c = this.identConn.get(ident);
     const q = this.queues.get(ident);
-    if (!c || !q || c.dead) return;
+    if (!c || !q || c.dead || !c.resumed) return;
     const p = this.packeter;
-    const windowed = c.acks;
-    // (the connection's slow-start allowance, see initialInFlight)
-    const window = c.window;
-    const windowBytes = c.windowBytes;
+    const sequenced = c.sequenced;
     // Bytes the connection takes before writable() turns false; asked again when used up.
     let room = 0;
-    // The queue keeps each packet as it goes on the wire, one after the other in its chunks;
-    // only the TTL is filled in now. Packets lying back to back in one chunk are handed to the
-    // Packeter as one run (`chunk[runStart..runEnd)`, `run` of them, seqs from `runSeq`).
+    // The queue keeps each packet as it goes on the wire to a sequenced peer, one after the
+    // other in its chunks; only the TTL is filled in now. Packets lying back to back in one
+    // chunk are handed to the Packeter as one run (`chunk[runStart..runEnd)`, `run` of them,
+    // seqs from `runSeq`). Other peers get each message's version 1 frame made from it.
     let runChunk: Buffer | undefined;
     let runStart = 0;
     let runEnd = 0;
     let run = 0;
     let runSeq = 0;
     for (;;) {
-      if (windowed && (q.inflight >= window || (q.inflight > 0 && q.inflightBytes >= windowBytes))) break;
+      // (the connection's slow-start allowance, see initialInFlight)
+      if (sequenced && !c.mayWrite(q.inflight, q.inflightBytes)) break;
       if (room <= 0) {
         if (!p.writable(c.id)) break;
         room = p.writableBytes(c.id);
       }
       const s = q.peekUnsent();
       if (s < 0) break;
-      const len = q.bodyLength(s) + MESSAGE_FRAME_HEAD_SIZE;
+      const len = q.bodyLength(s) + (sequenced ? FRAME_HEAD_SIZE : MESSAGE_FRAME_HEAD_SIZE);
       if (len > c.peerMaxPacket) {
         // (the run so far goes first: a listener may send, and so pump, again)
         if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
@@ -1119,11 +1213,15 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const chunk = q.chunk(s);
       const off = q.frameOffset(s);
       const t = q.ttl(s);
-      writeU32BE(chunk, off + MESSAGE_TTL_OFFSET, t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t));
+      writeU32BE(chunk, off + SEQ_MESSAGE_TTL_OFFSET, t === null ? TTL_INFINITE_WIRE : ttlMsToWire(t));
       const body = q.largeBody(s);
       const seq = q.seqOf(s);
       q.markWriting(s);
       room -= len + PACKET_HEADER_SIZE;
+      if (!sequenced) {
+        this.sendPlain(c, q, s, chunk, off, body, seq);
+        continue;
+      }
       if (body === undefined && chunk === runChunk && off - PACKET_HEADER_SIZE === runEnd && seq === runSeq + run) {
         runEnd = q.packetEnd(s);
         run++;
@@ -1139,10 +1237,28 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       } else {
         run = 0;
         runChunk = undefined;
-        c.writing.push(seq, p.sendPacketParts(c.id, chunk.subarray(off, off + MESSAGE_FRAME_HEAD_SIZE), body), 1);
+        c.writing.push(seq, p.sendPacketParts(c.id, chunk.subarray(off, off + FRAME_HEAD_SIZE), body), 1);
       }
     }
     if (run > 0) this.sendRun(c, runChunk!, runStart, runEnd, run, runSeq);
+  }
+
+  /** The head of a version 1 message frame being written (the Packeter copies it). */
+  private readonly plainHead = Buffer.alloc(MESSAGE_FRAME_HEAD_SIZE);
+
+  /** Write the item at `slot` (frame at `chunk[off..]`) as a version 1 message frame. */
+  private sendPlain(c: Conn, q: PeerQueue, slot: number, chunk: Buffer, off: number, body: Buffer | undefined, seq: number): void {
+    const h = this.plainHead;
+    h[0] = FRAME_MESSAGE;
+    copy16(chunk, off + SEQ_MESSAGE_UUID_OFFSET, h, MESSAGE_UUID_OFFSET);
+    chunk.copy(h, MESSAGE_TTL_OFFSET, off + SEQ_MESSAGE_TTL_OFFSET, off + SEQ_MESSAGE_FLAGS_OFFSET + 4);
+    const b = body ?? chunk.subarray(off + FRAME_HEAD_SIZE, q.packetEnd(slot));
+    const id = this.packeter.sendPacketParts(c.id, h, b);
+    // (consecutive items written one by one make one run of the writing list)
+    const w = c.writing;
+    const n = w.length;
+    if (n > c.writingHead && w[n - 3] + w[n - 1] === seq && w[n - 2] + w[n - 1] === id) w[n - 1]++;
+    else w.push(seq, id, 1);
   }
 
   /** Hand `count` packets lying back to back in a queue chunk to the Packeter; their seqs follow `seq`. */
@@ -1161,8 +1277,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     const sentEvents = this.listenerCount('message-sent') > 0;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
     const observers = this.observers;
-    // (with a plain snakeMQ peer, written is delivered: items leave the queue here)
-    const wasFull = !c.acks && q !== undefined && this.full(q, 0);
+    const sequenced = c.sequenced;
+    // (with a peer not sequenced, written is delivered: items leave the queue here)
+    const wasFull = !sequenced && q !== undefined && this.full(q, 0);
     const deletes: ItemKey[] = [];
     // Runs written in full are passed; a run written in part is cut to its unwritten rest,
     // after its items are handled (when a listener throws, the next call walks them again and
@@ -1175,18 +1292,18 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         // Looked up per item: a listener may have queued or removed messages meanwhile.
         const s = q.slotOf(seq);
         if (s < 0 || q.isRemoved(s) || q.state(s) !== WRITING) continue;
-        // (an ack peer's message-delivered comes with its ack, see onAck)
-        const uuid = sentEvents || (deliveredEvents && !c.acks) ? q.uuid(s) : undefined;
+        // (a sequenced peer's message-delivered comes with its ack, see onSeqAck)
+        const uuid = sentEvents || (deliveredEvents && !sequenced) ? q.uuid(s) : undefined;
         // (the chunk keeps the uuid's bytes while observers are told, removed or not)
         const chunk = q.chunk(s);
-        const off = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
-        if (c.acks) {
+        const off = q.frameOffset(s) + SEQ_MESSAGE_UUID_OFFSET;
+        if (sequenced) {
           q.setState(s, AWAITING_ACK);
           for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
           if (sentEvents) this.emit('message-sent', connId, ident, uuid!);
           continue;
         }
-        // A plain snakeMQ peer: written is delivered.
+        // A peer without sequenced delivery: written is delivered.
         if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
         q.remove(s);
         for (let k = 0; k < observers.length; k++) observers[k].sent(connId, ident, chunk, off);
@@ -1209,7 +1326,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       c.writing = c.writing.slice(i);
       c.writingHead = 0;
     }
-    if (!c.acks && q) {
+    if (!sequenced && q) {
       this.afterRemoval(q, wasFull);
       this.schedulePump(q);
     }
@@ -1220,55 +1337,49 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (c?.ident !== undefined) this.pump(c.ident);
   };
 
-  /** An ack frame, `frame[start..end)`: type byte then n × 16-byte uuids. */
-  private onAck(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
+  /**
+   * A cumulative ack: everything up to `seq` of the incarnation at `inc[incOff..incOff + 8)`
+   * was delivered. Ignored when it names another incarnation than ours.
+   */
+  private onSeqAck(c: Conn, ident: string, inc: Uint8Array, incOff: number, seq: number): void {
+    if (!sameIncarnation(inc, incOff, this.incarnation, 0)) return;
     const q = this.queues.get(ident);
-    if (!q) return;
+    if (q) this.dropDelivered(c, q, seq);
+  }
+
+  /**
+   * The peer has delivered everything of ours up to wire seq `upTo`: remove those items (in
+   * flight, or still queued after a reconnect), from storage too, and report them delivered.
+   */
+  private dropDelivered(c: Conn, q: PeerQueue, upTo: number): void {
+    const ident = q.ident;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
     const observers = this.observers;
     const wasFull = this.full(q, 0);
-    // Seqs of the items in flight by uuid, built only when an ack does not match the oldest item.
-    let index: Map<string, number> | undefined;
     const deletes: ItemKey[] = [];
-    // The uuids of message-delivered are views of copies of the frame's uuids, up to
-    // ACK_COPY_BYTES at a time (the frame may be as long as a packet can be).
-    let uuids: Buffer | undefined;
-    let uuidsFrom = 0;
     let acked = 0;
     let ackedBytes = 0;
-    for (let off = start + 1; off < end; off += 16) {
-      // Acks come in sending order: the oldest item in flight is normally the one.
-      let s = q.head;
-      if (s >= q.end || !q.isInFlight(s) || !q.uuidIs(s, frame, off)) {
-        index ??= q.inflightIndex();
-        const seq = index.get(uuidKey(frame, off));
-        if (seq === undefined) continue;
-        s = q.slotOf(seq);
-        if (s < 0 || !q.isInFlight(s)) continue;
-      }
+    // Items are in wire-seq order: take the head while it is covered. (The head is always a
+    // live item; it is looked up anew each time, as a listener may queue messages, which moves
+    // slots.)
+    for (;;) {
+      const s = q.head;
+      if (s >= q.end || q.wireSeq(s) > upTo) break;
       // (storage gets a uuid of its own: a listener may change the one it was given)
       if (q.isStored(s)) deletes.push({ queue: ident, uuid: q.uuid(s) });
-      let uuid: Buffer | undefined;
-      if (deliveredEvents) {
-        if (uuids === undefined || off + 16 > uuidsFrom + uuids.length) {
-          uuidsFrom = off;
-          uuids = Buffer.allocUnsafeSlow(Math.min(end - off, ACK_COPY_BYTES));
-          frame.copy(uuids, 0, off, off + uuids.length);
-        }
-        uuid = uuids.subarray(off - uuidsFrom, off - uuidsFrom + 16);
-      }
+      const uuid = deliveredEvents ? q.uuid(s) : undefined;
       const chunk = q.chunk(s);
-      const uuidOff = q.frameOffset(s) + MESSAGE_UUID_OFFSET;
+      const uuidOff = q.frameOffset(s) + SEQ_MESSAGE_UUID_OFFSET;
       ackedBytes += q.bodyLength(s);
       acked++;
       q.remove(s);
       for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, uuidOff);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
+    if (acked === 0) return;
     this.deleteStored(deletes);
     // slow start: the allowance grows by what came back, so it doubles per round trip
-    c.window = Math.min(this.opts.maxInFlight, c.window + acked);
-    c.windowBytes = Math.min(this.opts.maxInFlightBytes, c.windowBytes + ackedBytes);
+    c.acknowledged(acked, ackedBytes);
     this.afterRemoval(q, wasFull);
     this.schedulePump(q);
   }
@@ -1288,21 +1399,41 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private rxSrcChunk = -1;
   private rxDelta = 0;
 
-  /** A message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least 25 bytes. */
+  /**
+   * A version 1 message frame, `frame[start..end)`: type byte, uuid, TTL, flags, body; at least
+   * 25 bytes. From a plain peer (or one of extension version 1, whose message we acknowledge by
+   * uuid): handed over at once, no dedup.
+   */
   private onMessage(c: Conn, ident: string, frame: Buffer, start: number, end: number): void {
     const ttlWire = readU32BE(frame, start + MESSAGE_TTL_OFFSET);
     const ttl = ttlWire === TTL_INFINITE_WIRE ? null : ttlWire * 1000;
     const flags = readU32BE(frame, start + MESSAGE_FLAGS_OFFSET);
-    if (!c.acks) {
-      this.emit('message', c.id, ident, this.copyMessage(frame, start, end, ttl, flags));
+    const m = this.copyMessage(frame, start, end, ttl, flags, start + MESSAGE_UUID_OFFSET);
+    if (c.mode !== 'legacy') {
+      this.emit('message', c.id, ident, m);
       return;
     }
-    const m = this.copyMessage(frame, start, end, ttl, flags);
+    // (acknowledged even when a listener throws: it was handed over)
+    try {
+      this.emit('message', c.id, ident, m);
+    } finally {
+      const src = Message.uuidSource(m);
+      const u = Message.uuidOffset(m);
+      this.queueAck(c, readI32(src, u), readI32(src, u + 4), readI32(src, u + 8), readI32(src, u + 12));
+    }
+  }
+
+  /** A sequenced message frame, `frame[start..end)` (at least 33 bytes), numbered `seq`. */
+  private onSeqMessage(c: Conn, ident: string, frame: Buffer, start: number, end: number, seq: number): void {
+    const ttlWire = readU32BE(frame, start + SEQ_MESSAGE_TTL_OFFSET);
+    const ttl = ttlWire === TTL_INFINITE_WIRE ? null : ttlWire * 1000;
+    const flags = readU32BE(frame, start + SEQ_MESSAGE_FLAGS_OFFSET);
+    const m = this.copyMessage(frame, start, end, ttl, flags, start + SEQ_MESSAGE_UUID_OFFSET);
     if (c.backlogHead < c.backlog.length) {
       if (c.backlog.length - c.backlogHead >= BACKLOG_LIMIT) {
         // a peer sending past its window: no more waiting, everything is handed over now
         this.drainBacklog(c);
-        this.deliver(c, ident, m);
+        this.deliver(c, ident, m, seq);
         return;
       }
     } else {
@@ -1313,12 +1444,13 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       }
       if (c.turnDelivered < DELIVERIES_PER_SLICE) {
         c.turnDelivered++;
-        this.deliver(c, ident, m);
+        this.deliver(c, ident, m, seq);
         return;
       }
     }
     // behind the messages waiting, or past this turn's slice
     c.backlog.push(m);
+    c.backlogSeqs.push(seq);
     this.scheduleSlice(c);
   }
 
@@ -1342,7 +1474,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.sliceScheduled = true;
     // What this slice acknowledges goes to the packeter now: its write is then scheduled
     // before the next slice runs.
-    this.flushAcks(c);
+    this.flushSeqAck(c);
     setImmediate(() => this.runSlice(c));
   }
 
@@ -1364,9 +1496,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private trimBacklog(c: Conn): void {
     if (c.backlogHead === c.backlog.length) {
       c.backlog = [];
+      c.backlogSeqs = [];
       c.backlogHead = 0;
     } else if (c.backlogHead > 1024 && c.backlogHead * 2 > c.backlog.length) {
       c.backlog = c.backlog.slice(c.backlogHead);
+      c.backlogSeqs = c.backlogSeqs.slice(c.backlogHead);
       c.backlogHead = 0;
     }
   }
@@ -1388,9 +1522,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     let first: unknown;
     for (let n = max; n > 0 && c.backlogHead < c.backlog.length; n--) {
       const m = c.backlog[c.backlogHead]!;
+      const seq = c.backlogSeqs[c.backlogHead];
       c.backlog[c.backlogHead++] = undefined;
       try {
-        this.deliver(c, ident, m);
+        this.deliver(c, ident, m, seq);
       } catch (err) {
         if (!failed) first = err;
         failed = true;
@@ -1400,34 +1535,26 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (failed) throw first;
   }
 
-  /** Hand a received message of an ack peer to the application (unless it is a repeat) and acknowledge it. */
-  private deliver(c: Conn, ident: string, m: Message): void {
-    const src = Message.uuidSource(m);
-    const u = Message.uuidOffset(m);
-    const u0 = readI32(src, u);
-    const u1 = readI32(src, u + 4);
-    const u2 = readI32(src, u + 8);
-    const u3 = readI32(src, u + 12);
-    const w = c.seen ?? this.seenWindow(ident);
-    if (c.checkLeft > 0) {
-      c.checkLeft--;
-      let index = c.seenIndex;
-      if (index === undefined) index = c.seenIndex = w.size > 0 ? w.index() : null;
-      if (c.checkLeft === 0) c.seenIndex = null;
-      if (index !== null && index.has(u0, u1, u2, u3)) {
-        // a resend of one we have: acknowledge it again, deliver it not
-        this.queueAck(c, u0, u1, u2, u3);
-        return;
-      }
+  /**
+   * Hand a received sequenced message to the application unless it is a repeat (numbered at or
+   * below the highest delivered from its sender's incarnation), and acknowledge it.
+   */
+  private deliver(c: Conn, ident: string, m: Message, seq: number): void {
+    const marks = this.marks;
+    const slot = c.markSlot;
+    if (!Session.isNew(seq, marks.deliveredOf(slot))) {
+      // a resend of one we have: acknowledge again, deliver not
+      this.queueSeqAck(c);
+      return;
     }
     // Recorded and acknowledged even when a listener throws: it was handed over, and a message
     // that makes a listener throw is not to come back again and again.
+    marks.setDelivered(slot, seq);
     try {
       this.emit('message', c.id, ident, m);
     } finally {
-      w.add(u0, u1, u2, u3);
-      if (this.storage) this.queueSeen(c, ident, m.uuid);
-      else this.queueAck(c, u0, u1, u2, u3);
+      if (this.storage) this.queueCommit(c);
+      else this.queueSeqAck(c);
     }
   }
 
@@ -1443,8 +1570,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    * the Packeter's chunk count, so a transport that hands over one buffer again with new bytes
    * is never answered from an old copy.
    */
-  private copyMessage(frame: Buffer, start: number, end: number, ttl: number | null, flags: number): Message {
-    const from = start + 1; // uuid, TTL, flags, body
+  private copyMessage(frame: Buffer, start: number, end: number, ttl: number | null, flags: number, from: number): Message {
+    // (from: where the uuid starts; TTL, flags and body follow it)
+    const type = frame[start];
     const n = end - from;
     let slab: Buffer;
     let off: number;
@@ -1468,7 +1596,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       for (let at = end; at + PACKET_HEADER_SIZE < frame.length; ) {
         const len = readU32BE(frame, at);
         const next = at + PACKET_HEADER_SIZE + len;
-        if (len > RX_SLAB_SIZE >>> 1 || next > frame.length || next > limit || frame[at + PACKET_HEADER_SIZE] !== FRAME_MESSAGE) break;
+        if (len > RX_SLAB_SIZE >>> 1 || next > frame.length || next > limit || frame[at + PACKET_HEADER_SIZE] !== type) break;
         stop = at = next;
       }
       frame.copy(slab, off, from, stop);
@@ -1483,79 +1611,88 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return Message.fromWire(slab, off, off + n, ttl, flags);
   }
 
-  /** Record received uuids in storage, one call per connection and turn; ack once committed. */
-  private queueSeen(c: Conn, ident: string, uuid: Buffer): void {
-    c.pendingSeen.push(uuid);
-    if (c.pendingSeen.length === 1) setImmediate(() => void this.flushSeen(c, ident));
+  /** Record the connection's peer's mark in storage, once per connection and turn; acknowledge once committed. */
+  private queueCommit(c: Conn): void {
+    if (c.commitScheduled) return;
+    c.commitScheduled = true;
+    setImmediate(() => void this.flushCommit(c));
   }
 
-  private flushSeen(c: Conn, ident: string): Promise<void> | undefined {
-    const uuids = c.pendingSeen;
-    if (uuids.length === 0) return undefined;
-    c.pendingSeen = [];
-    // gone, and its window forgotten meanwhile (a listener that closed the connection): the
-    // uuids would make a window in storage that memory no longer has
-    if (c.dead && this.seen.get(ident) !== c.seen) return undefined;
-    const commit = this.storage!.addSeen(ident, uuids, this.opts.dedupWindow).then(
+  private flushCommit(c: Conn): Promise<void> | undefined {
+    if (!c.commitScheduled) return undefined;
+    c.commitScheduled = false;
+    const ident = c.ident;
+    // (gone, and its mark forgotten meanwhile: it would make a mark in storage that memory no longer has)
+    if (ident === undefined || c.markSlot < 0 || this.marks.slotOf(ident) !== c.markSlot) return undefined;
+    const mark = this.marks.mark(ident, c.markSlot);
+    const commit = this.storage!.putDelivered([mark]).then(
       () => {
-        for (const u of uuids) this.queueAck(c, readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12));
+        this.marks.setCommitted(c.markSlot, mark.incarnation, mark.seq);
+        this.queueSeqAck(c);
       },
       (err) => this.reportError(err, c.id),
     );
-    return this.trackSeen(commit);
+    return this.trackCommit(commit);
   }
 
-  /** Keep `commit` (which never rejects) in `seenCommits` until it settles. */
-  private trackSeen(commit: Promise<void>): Promise<void> {
-    this.seenCommits.add(commit);
-    void commit.finally(() => this.seenCommits.delete(commit));
+  /** Keep `commit` (which never rejects) in `commits` until it settles. */
+  private trackCommit(commit: Promise<void>): Promise<void> {
+    this.commits.add(commit);
+    void commit.finally(() => this.commits.delete(commit));
     return commit;
   }
 
-  /**
-   * Trim the idle windows on the next turn: a connection replaced by another of the same peer
-   * leaves and comes back within this one, and must not cost that peer (or another) a window.
-   */
+  /** Forget the marks of the peers identified longest ago on the next turn, while more than `dedupIdlePeers` are kept. */
   private queueTrim(): void {
-    if (this.trimQueued || this.idleSeen.size <= this.opts.dedupIdlePeers) return;
+    if (this.trimQueued || this.marks.size - this.identConn.size <= this.opts.dedupIdlePeers) return;
     this.trimQueued = true;
     setImmediate(() => {
       this.trimQueued = false;
-      this.trimIdleSeen();
+      this.trimMarks();
     });
   }
 
-  /** Forget the windows of the peers gone longest while more than `dedupIdlePeers` are kept, in storage too. */
-  private trimIdleSeen(): void {
-    if (this.closed || this.clock.now() < this.trimFrom) return;
-    const gone: string[] = [];
-    for (const peer of this.idleSeen) {
-      if (this.idleSeen.size <= this.opts.dedupIdlePeers) break;
-      this.idleSeen.delete(peer);
-      this.seen.delete(peer);
-      gone.push(peer);
-    }
+  private trimMarks(): void {
+    if (this.closed) return;
+    const gone = this.marks.trim(this.opts.dedupIdlePeers, (peer) => this.identConn.has(peer), this.identConn.size);
     const storage = this.storage;
     if (!storage || gone.length === 0) return;
-    // (seen uuids of a connection that is gone and whose window was forgotten are not written
-    // after this: see flushSeen)
-    const commit = Promise.all(gone.map((peer) => Promise.resolve().then(() => storage.addSeen(peer, [], 0)))).then(
-      () => undefined,
-      (err) => this.reportError(err, undefined),
+    this.trackCommit(
+      storage.forgetDelivered(gone).then(
+        () => undefined,
+        (err) => this.reportError(err, undefined),
+      ),
     );
-    this.trackSeen(commit);
   }
 
-  private seenWindow(ident: string): SeenWindow {
-    let w = this.seen.get(ident);
-    if (!w) {
-      w = new SeenWindow(this.opts.dedupWindow);
-      this.seen.set(ident, w);
+  /**
+   * Acknowledge cumulatively what was delivered from the peer (committed, with storage): on
+   * the next turn, or now after {@link SEQ_ACK_EVERY} deliveries.
+   */
+  private queueSeqAck(c: Conn): void {
+    if (c.dead) return;
+    if (++c.seqAcks >= SEQ_ACK_EVERY) this.flushSeqAck(c);
+    else if (!c.seqAckDue) {
+      c.seqAckDue = true;
+      setImmediate(() => this.flushSeqAck(c));
     }
-    return w;
   }
 
-  /** Acknowledge a uuid (four little-endian int32): on the next turn, or now when the frame is full. */
+  private flushSeqAck(c: Conn): void {
+    if (c.seqAcks === 0) return;
+    c.seqAckDue = false;
+    c.seqAcks = 0;
+    if (c.dead || !this.conns.has(c.id) || c.markSlot < 0) return;
+    const b = this.seqAckBuf;
+    b[0] = FRAME_SEQ_ACK;
+    b.set(c.peerIncarnation!, 1);
+    const seq = this.storage ? this.marks.committedOf(c.markSlot) : this.marks.deliveredOf(c.markSlot);
+    writeSeq(b, 1 + INCARNATION_SIZE, seq);
+    // as the head of a packet: copied before this returns
+    this.packeter.sendPacketParts(c.id, b, EMPTY);
+  }
+
+  /** Acknowledge a uuid (four little-endian int32) to a legacy peer: on the next turn, or now when the frame is full. */
   private queueAck(c: Conn, u0: number, u1: number, u2: number, u3: number): void {
     if (c.dead || !this.conns.has(c.id)) return;
     let buf = c.ackBuf;

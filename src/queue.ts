@@ -1,10 +1,11 @@
 /**
  * One peer's outgoing queue: FIFO items with snakeMQ's TTL rule (the TTL runs down only while
- * the peer is not connected) and the cursors of acknowledged delivery; and the receiver's
- * dedup window. Pure: no I/O, time comes in as arguments.
+ * the peer is not connected), each with its wire sequence number, and the cursors of
+ * acknowledged delivery. Pure: no I/O, time comes in as arguments.
  *
  * Memory: a queued message is no JavaScript object at all. Its packet as it goes on the wire
- * (length prefix, then the frame: type byte, uuid, TTL, flags, body) is copied into a chunk of
+ * (length prefix, then the sequenced message frame of extension version 2: type byte, sequence
+ * number, uuid, TTL, flags, body) is copied into a chunk of
  * queue memory when it is queued, right after the packet queued before it (so a run of them is
  * written to the socket as it lies, see {@link PeerQueue.packetEnd}), and its bookkeeping lives
  * in parallel typed arrays: the garbage collector sees a few arrays and chunk buffers per queue
@@ -14,16 +15,28 @@
  *
  * Items are named by a sequence number (`seq`), stable for the life of the queue; the arrays
  * hold the items `head..end` at slots `seq - base`, removed items flagged and skipped until
- * the head passes them.
+ * the head passes them. That local seq is not the wire sequence number ({@link PeerQueue.wireSeq}),
+ * which the sender draws per message, stores with persistent ones and which increases along
+ * the queue (with gaps).
  *
  * @module
  */
 import { Buffer } from 'node:buffer';
-import { copy16, hashUuid, readI32, writeU32BE } from './bytes.js';
+import { copy16, writeU32BE } from './bytes.js';
 import type { Message } from './message.js';
 import { PACKET_HEADER_SIZE } from './packet-decoder.js';
 import { COPY_LIMIT } from './packeter.js';
-import { FRAME_MESSAGE, MESSAGE_FLAGS_OFFSET, MESSAGE_FRAME_HEAD_SIZE, MESSAGE_UUID_OFFSET } from './protocol.js';
+import {
+  FRAME_SEQ_MESSAGE,
+  SEQ_MESSAGE_FLAGS_OFFSET,
+  SEQ_MESSAGE_FRAME_HEAD_SIZE,
+  SEQ_MESSAGE_SEQ_OFFSET,
+  SEQ_MESSAGE_UUID_OFFSET,
+  writeSeq,
+} from './protocol.js';
+
+/** Bytes of a queued frame before its body. */
+export const FRAME_HEAD_SIZE = SEQ_MESSAGE_FRAME_HEAD_SIZE;
 
 /** Item states (the low bits of an item's bits). */
 export const QUEUED = 0;
@@ -43,7 +56,7 @@ const REMOVED = 8;
  * (A TTL rewritten for a resend while the old connection's writes still drain changes one valid
  * value into another.)
  */
-export const COPY_BODY_LIMIT = COPY_LIMIT - MESSAGE_FRAME_HEAD_SIZE;
+export const COPY_BODY_LIMIT = COPY_LIMIT - FRAME_HEAD_SIZE;
 const MIN_CHUNK = 4 * 1024;
 const MAX_CHUNK = 64 * 1024;
 const MIN_SLOTS = 16;
@@ -86,6 +99,8 @@ export class PeerQueue {
    * remaining time; while not, the remaining time as of `since` (so expiry = since + ttl).
    */
   private ttls = new Float64Array(0);
+  /** Per slot: the wire sequence number. */
+  private wseqs = new Float64Array(0);
   /** Per slot: state, stored and removed bits. */
   private bits = new Uint8Array(0);
   /** Chunks of frames; `chunks[k]` is chunk number `chunkBase + k`; the last one is being filled. */
@@ -126,27 +141,29 @@ export class PeerQueue {
   }
 
   /**
-   * Append a message: `src[srcOff..srcOff + 16)` is its uuid. Its TTL counts from `now`
-   * (read only for a finite TTL while disconnected). Returns its seq.
+   * Append a message: `src[srcOff..srcOff + 16)` is its uuid, `wireSeq` its wire sequence
+   * number (above every one queued before). Its TTL counts from `now` (read only for a finite
+   * TTL while disconnected). Returns its seq.
    */
-  push(src: Uint8Array, srcOff: number, body: Buffer, flags: number, ttl: number | null, stored: boolean, now: number): number {
+  push(src: Uint8Array, srcOff: number, body: Buffer, flags: number, ttl: number | null, stored: boolean, now: number, wireSeq: number): number {
     if (this.end === this.cap) this.makeRoom();
     const n = body.length;
     const byRef = n >= COPY_BODY_LIMIT;
-    const need = PACKET_HEADER_SIZE + MESSAGE_FRAME_HEAD_SIZE + (byRef ? 0 : n);
+    const need = PACKET_HEADER_SIZE + FRAME_HEAD_SIZE + (byRef ? 0 : n);
     let k = this.chunks.length - 1;
     let chunk = this.chunks[k];
     if (chunk === undefined || chunk.length - this.fill < need) {
       chunk = this.newChunk(need);
       k++;
     }
-    writeU32BE(chunk, this.fill, MESSAGE_FRAME_HEAD_SIZE + n);
+    writeU32BE(chunk, this.fill, FRAME_HEAD_SIZE + n);
     const off = this.fill + PACKET_HEADER_SIZE;
-    chunk[off] = FRAME_MESSAGE;
-    copy16(src, srcOff, chunk, off + MESSAGE_UUID_OFFSET);
+    chunk[off] = FRAME_SEQ_MESSAGE;
+    writeSeq(chunk, off + SEQ_MESSAGE_SEQ_OFFSET, wireSeq);
+    copy16(src, srcOff, chunk, off + SEQ_MESSAGE_UUID_OFFSET);
     // the TTL is written when the frame is sent
-    writeU32BE(chunk, off + MESSAGE_FLAGS_OFFSET, flags);
-    if (!byRef) chunk.set(body, off + MESSAGE_FRAME_HEAD_SIZE);
+    writeU32BE(chunk, off + SEQ_MESSAGE_FLAGS_OFFSET, flags);
+    if (!byRef) chunk.set(body, off + FRAME_HEAD_SIZE);
     this.fill += need;
     const s = this.end++;
     this.chunkNo[s] = this.chunkBase + k;
@@ -158,6 +175,7 @@ export class PeerQueue {
       this.finite++;
     }
     this.ttls[s] = t;
+    this.wseqs[s] = wireSeq;
     this.bits[s] = stored ? STORED : 0;
     const seq = this.base + s;
     if (byRef) (this.large ??= new Map()).set(seq, body);
@@ -175,6 +193,17 @@ export class PeerQueue {
 
   seqOf(slot: number): number {
     return this.base + slot;
+  }
+
+  /** The item's wire sequence number. */
+  wireSeq(slot: number): number {
+    return this.wseqs[slot];
+  }
+
+  /** The wire sequence number of the newest item, or 0 when empty. */
+  lastWireSeq(): number {
+    for (let s = this.end - 1; s >= this.head; s--) if ((this.bits[s] & REMOVED) === 0) return this.wseqs[s];
+    return 0;
   }
 
   state(slot: number): number {
@@ -233,7 +262,7 @@ export class PeerQueue {
    */
   packetEnd(slot: number): number {
     const n = this.lens[slot];
-    return this.offs[slot] + MESSAGE_FRAME_HEAD_SIZE + (n >= COPY_BODY_LIMIT ? 0 : n);
+    return this.offs[slot] + FRAME_HEAD_SIZE + (n >= COPY_BODY_LIMIT ? 0 : n);
   }
 
   /**
@@ -244,29 +273,17 @@ export class PeerQueue {
     return this.lens[slot] >= COPY_BODY_LIMIT ? this.large!.get(this.base + slot) : undefined;
   }
 
-  /** Whether the 16 bytes at `off` of `buf` are the item's uuid. */
-  uuidIs(slot: number, buf: Uint8Array, off: number): boolean {
-    const c = this.chunk(slot);
-    const o = this.offs[slot] + MESSAGE_UUID_OFFSET;
-    return (
-      readI32(c, o) === readI32(buf, off) &&
-      readI32(c, o + 4) === readI32(buf, off + 4) &&
-      readI32(c, o + 8) === readI32(buf, off + 8) &&
-      readI32(c, o + 12) === readI32(buf, off + 12)
-    );
-  }
-
   /** The item's uuid as a new Buffer. */
   uuid(slot: number): Buffer {
     const b = Buffer.allocUnsafe(16);
     // Buffer#copy costs several times more for 16 bytes
-    copy16(this.chunk(slot), this.offs[slot] + MESSAGE_UUID_OFFSET, b, 0);
+    copy16(this.chunk(slot), this.offs[slot] + SEQ_MESSAGE_UUID_OFFSET, b, 0);
     return b;
   }
 
   /** The item's uuid as a map key. */
   key(slot: number): string {
-    return uuidKey(this.chunk(slot), this.offs[slot] + MESSAGE_UUID_OFFSET);
+    return uuidKey(this.chunk(slot), this.offs[slot] + SEQ_MESSAGE_UUID_OFFSET);
   }
 
   /** Remove an item (delivered, dropped or expired). Slots stay valid until the next push. */
@@ -297,15 +314,6 @@ export class PeerQueue {
       this.index = index;
     }
     return this.index.get(uuidKey(buf, off)) ?? -1;
-  }
-
-  /** Seqs of the items in flight (written or being written), by uuid key. */
-  inflightIndex(): Map<string, number> {
-    const index = new Map<string, number>();
-    for (let s = this.head; s < this.sendCursor && s < this.end; s++) {
-      if (this.isInFlight(s)) index.set(this.key(s), this.base + s);
-    }
-    return index;
   }
 
   /** Slot of the next item to send (marked by the caller via {@link markWriting}), or -1. */
@@ -411,6 +419,7 @@ export class PeerQueue {
       this.offs.copyWithin(0, h, end);
       this.lens.copyWithin(0, h, end);
       this.ttls.copyWithin(0, h, end);
+      this.wseqs.copyWithin(0, h, end);
       this.bits.copyWithin(0, h, end);
       this.base += h;
       this.end -= h;
@@ -431,6 +440,7 @@ export class PeerQueue {
     this.offs = grow(this.offs, new Int32Array(cap));
     this.lens = grow(this.lens, new Int32Array(cap));
     this.ttls = grow(this.ttls, new Float64Array(cap));
+    this.wseqs = grow(this.wseqs, new Float64Array(cap));
     this.bits = grow(this.bits, new Uint8Array(cap));
     this.cap = cap;
   }
@@ -475,113 +485,6 @@ export class PeerQueue {
     if (drop > 0) {
       this.chunks.splice(0, drop);
       this.chunkBase += drop;
-    }
-  }
-}
-
-/**
- * The receiver's dedup window of one peer: the newest `limit` uuids received from it, oldest
- * dropped first, in a ring of int32 quadruples (no object, string or Buffer per uuid). Adding
- * is a sequential write.
- *
- * Looking up needs a {@link SeenIndex}, built from the window when a connection of the peer
- * starts: a sender resends only what was in flight when its previous connection ended, and
- * resends it first, so only the first `limit` messages of a connection (at least twice the
- * sender's in-flight window) can repeat one already received. Messages after them are not
- * looked up at all.
- */
-export class SeenWindow {
-  readonly limit: number;
-  private cap: number;
-  /** Ring of uuids, 4 int32 each, oldest at `first`. */
-  private ring: Int32Array;
-  private first = 0;
-  private count = 0;
-
-  constructor(limit: number) {
-    this.limit = Math.max(1, Math.floor(limit));
-    // small to start with: a peer that sends a few messages and leaves keeps a few hundred bytes
-    this.cap = Math.min(this.limit, 32);
-    this.ring = new Int32Array(this.cap * 4);
-  }
-
-  get size(): number {
-    return this.count;
-  }
-
-  /** Add a uuid (four little-endian int32), dropping the oldest when the window is full. */
-  add(a: number, b: number, c: number, d: number): void {
-    let pos: number;
-    if (this.count === this.limit) {
-      pos = this.first;
-      this.first = pos + 1 === this.cap ? 0 : pos + 1;
-    } else {
-      if (this.count === this.cap) this.grow();
-      pos = this.first + this.count;
-      if (pos >= this.cap) pos -= this.cap;
-      this.count++;
-    }
-    const r = this.ring;
-    const p = pos * 4;
-    r[p] = a;
-    r[p + 1] = b;
-    r[p + 2] = c;
-    r[p + 3] = d;
-  }
-
-  /** A lookup set of the uuids in the window now (later adds do not change it). */
-  index(): SeenIndex {
-    return new SeenIndex(this.inOrder(new Int32Array(this.count * 4)));
-  }
-
-  /** Copy the window's uuids, oldest first, to the start of `out`; returns `out`. */
-  private inOrder(out: Int32Array): Int32Array {
-    const tail = Math.min(this.count, this.cap - this.first); // from `first` to the ring's end
-    out.set(this.ring.subarray(this.first * 4, (this.first + tail) * 4));
-    out.set(this.ring.subarray(0, (this.count - tail) * 4), tail * 4);
-    return out;
-  }
-
-  private grow(): void {
-    const cap = Math.min(this.limit, this.cap * 2);
-    this.ring = this.inOrder(new Int32Array(cap * 4));
-    this.cap = cap;
-    this.first = 0;
-  }
-}
-
-/** A fixed set of uuids (int32 quadruples): an open-addressing hash table over them. */
-export class SeenIndex {
-  private readonly uuids: Int32Array;
-  /** Positions + 1 (0 = empty), linear probing, load factor at most 1/2. */
-  private readonly table: Int32Array;
-  private readonly mask: number;
-
-  constructor(uuids: Int32Array) {
-    this.uuids = uuids;
-    const n = uuids.length >>> 2;
-    let size = 16;
-    while (size < n * 2) size *= 2;
-    this.table = new Int32Array(size);
-    this.mask = size - 1;
-    for (let k = 0; k < n; k++) {
-      const p = k * 4;
-      if (this.has(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3])) continue;
-      let i = hashUuid(uuids[p], uuids[p + 1], uuids[p + 2], uuids[p + 3]) & this.mask;
-      while (this.table[i] !== 0) i = (i + 1) & this.mask;
-      this.table[i] = k + 1;
-    }
-  }
-
-  has(a: number, b: number, c: number, d: number): boolean {
-    const t = this.table;
-    const u = this.uuids;
-    const mask = this.mask;
-    for (let i = hashUuid(a, b, c, d) & mask; ; i = (i + 1) & mask) {
-      const e = t[i];
-      if (e === 0) return false;
-      const p = (e - 1) * 4;
-      if (u[p] === a && u[p + 1] === b && u[p + 2] === c && u[p + 3] === d) return true;
     }
   }
 }

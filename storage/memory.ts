@@ -8,7 +8,7 @@
 import { Buffer } from 'node:buffer';
 import { ClosedError, InvalidArgumentError } from '../src/errors.js';
 import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
-import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
+import type { DeliveredMark, ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
 
 /** Unambiguous map key of (queue, uuid): hex never contains `|`. */
 function itemKey(queue: string, uuid: Buffer): string {
@@ -44,7 +44,7 @@ export class MemoryQueuesStorage implements QueuesStorage {
     if (this.closed) return Promise.reject(new ClosedError('storage'));
     const out: StoredItem[] = [];
     for (const it of this.items.values()) {
-      out.push({ queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body) });
+      out.push({ queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body), seq: it.seq });
     }
     return Promise.resolve(out);
   }
@@ -60,7 +60,7 @@ export class MemoryQueuesStorage implements QueuesStorage {
       for (const it of items) {
         const k = itemKey(it.queue, it.uuid);
         if (this.items.has(k)) continue;
-        this.items.set(k, { queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body) });
+        this.items.set(k, { queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body), seq: it.seq ?? 0 });
       }
     });
   }
@@ -105,38 +105,20 @@ export class MemoryQueuesStorage implements QueuesStorage {
     });
   }
 
-  /**
-   * Record uuids received from `peer` and keep only its newest `keep`.
-   * @throws {InvalidArgumentError} (rejects) on malformed arguments. @throws {ClosedError} after `close()`.
-   */
-  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void> {
+  private readonly marks = new Map<string, DeliveredMark>();
+  putDelivered(marks: DeliveredMark[]): Promise<void> {
     return this.run(() => {
-      checkSeen(peer, uuids, keep);
-      let win = this.seen.get(peer);
-      if (!win) this.seen.set(peer, (win = new Map()));
-      for (const u of uuids) {
-        const h = u.toString('hex');
-        win.delete(h);
-        win.set(h, copy(u));
-      }
-      let excess = win.size - keep;
-      for (const h of win.keys()) {
-        if (excess-- <= 0) break;
-        win.delete(h);
-      }
-      if (win.size === 0) this.seen.delete(peer);
+      for (const m of marks) this.marks.set(m.peer, { peer: m.peer, incarnation: copy(m.incarnation), seq: m.seq });
     });
   }
-
-  /**
-   * The dedup window of every peer, oldest first (copies).
-   * @throws {ClosedError} (rejects) after `close()`.
-   */
-  loadSeen(): Promise<Map<string, Buffer[]>> {
+  loadDelivered(): Promise<DeliveredMark[]> {
     if (this.closed) return Promise.reject(new ClosedError('storage'));
-    const out = new Map<string, Buffer[]>();
-    for (const [peer, win] of this.seen) out.set(peer, [...win.values()].map(copy));
-    return Promise.resolve(out);
+    return Promise.resolve([...this.marks.values()].map((m) => ({ ...m, incarnation: copy(m.incarnation) })));
+  }
+  forgetDelivered(peers: string[]): Promise<void> {
+    return this.run(() => {
+      for (const p of peers) this.marks.delete(p);
+    });
   }
 
   /**

@@ -111,7 +111,7 @@ describe('a plain snakeMQ 1.6-style peer and an extension peer', () => {
   }
 
   it(
-    'an extension peer with one extension and one plain neighbour acks only the extension one',
+    'an extension peer with one extension and one plain neighbour: sequenced delivery and acks only with the extension one',
     async () => {
       const alice = makePeer('alice');
       const bob = makePeer('bob');
@@ -138,10 +138,18 @@ describe('a plain snakeMQ 1.6-style peer and an extension peer', () => {
       await until(() => bob.messaging.queueSize('alice') === 0 && alice.messaging.queueSize('bob') === 0);
       expect(got.filter((s) => s.startsWith('bob:'))).toEqual(Array.from({ length: 100 }, (_, i) => `bob:b${i}`));
       expect(got.filter((s) => s.startsWith('py:'))).toEqual(Array.from({ length: 100 }, (_, i) => `py:p${i}`));
-      expect(framesFrom(py, pyTap, 'alice')).not.toContain('ack');
-      expect(framesFrom(bob, bobTap, 'alice')).toContain('ack');
-      expect(framesFrom(alice, aliceTap, 'bob')).toContain('ack');
-      expect(framesFrom(alice, aliceTap, 'py')).not.toContain('ack');
+      // extension peers: sequenced messages, a resume each way, cumulative acks; the plain one
+      // gets exactly version 1
+      for (const kind of ['ack', 'seq-ack', 'resume', 'seq-message']) {
+        expect(framesFrom(py, pyTap, 'alice')).not.toContain(kind);
+        expect(framesFrom(alice, aliceTap, 'py')).not.toContain(kind);
+      }
+      for (const kind of ['seq-ack', 'resume', 'seq-message']) {
+        expect(framesFrom(bob, bobTap, 'alice')).toContain(kind);
+        expect(framesFrom(alice, aliceTap, 'bob')).toContain(kind);
+      }
+      expect(framesFrom(alice, aliceTap, 'bob')).not.toContain('message');
+      expect(framesFrom(alice, aliceTap, 'py')).toContain('message');
       expect(framesFrom(alice, aliceTap, 'py')).not.toContain('hello');
     },
     20_000,

@@ -13,8 +13,10 @@ import { Packeter } from '../src/packeter.js';
 import {
   EXTENSION_VERSION,
   FEATURE_ACKS,
-  FRAME_ACK,
   encodeAck,
+  encodeResume,
+  encodeSeqAck,
+  encodeSeqMessage,
   encodeHello,
   encodeIdentification,
   encodeMessage,
@@ -24,7 +26,7 @@ import {
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { MemoryTransport, connectPair, memoryPair, tick } from './helpers/memory-transport.js';
 import { prng } from './helpers/prng.js';
-import { introduce } from './helpers/raw-peer.js';
+import { helloIncarnation, introduce } from './helpers/raw-peer.js';
 import { closeAllPeers, connect, listen, makePeer } from './helpers/peers.js';
 import { until } from './helpers/wait.js';
 
@@ -187,13 +189,17 @@ describe('received messages, random chunking', () => {
   // view of one large buffer, or in one Buffer object per length rewritten every time; and
   // sometimes a chunk of the other connection handed over from inside a message listener.
   // Every message must have its own uuid and body, at receipt and at the end.
-  for (const acks of [false, true]) {
-    it(`keeps every message its own bytes (${acks ? 'extension peers' : 'plain snakeMQ peers'})`, async () => {
-      const rnd = prng(acks ? 7 : 11);
+  for (const mode of ['plain', 'legacy', 'sequenced'] as const) {
+    const acks = mode !== 'plain';
+    it(`keeps every message its own bytes (${mode === 'sequenced' ? 'extension peers' : mode === 'legacy' ? 'extension version 1 peers' : 'plain snakeMQ peers'})`, async () => {
+      const rnd = prng(mode === 'sequenced' ? 5 : acks ? 7 : 11);
       const int = (n: number): number => Math.floor(rnd() * n);
       const stream = (ident: string, count: number) => {
         const parts: Buffer[] = [framed(encodeProtocolVersion())];
-        if (acks) parts.push(framed(encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 64 << 20, features: FEATURE_ACKS })));
+        if (acks) {
+          const incarnation = mode === 'sequenced' ? Buffer.from('12345678') : undefined;
+          parts.push(framed(encodeHello({ extVersion: incarnation ? EXTENSION_VERSION : 1, maxPacketSize: 64 << 20, features: FEATURE_ACKS, incarnation })));
+        }
         parts.push(framed(encodeIdentification(ident)));
         const sent: { uuid: Buffer; body: Buffer }[] = [];
         for (let i = 0; i < count; i++) {
@@ -201,7 +207,8 @@ describe('received messages, random chunking', () => {
           const n = r < 70 ? int(300) : r < 85 ? 3000 + int(2500) : r < 95 ? 9000 + int(3000) : r < 98 ? 0 : 70_000;
           const m = { uuid: randomBytes(16), body: randomBytes(n) };
           sent.push(m);
-          parts.push(framed(encodeMessage({ uuid: m.uuid, ttlMs: null, flags: 0, body: m.body })));
+          if (mode === 'sequenced') parts.push(framed(encodeSeqMessage({ seq: i + 1, uuid: m.uuid, ttlMs: null, flags: 0, body: m.body })));
+          else parts.push(framed(encodeMessage({ uuid: m.uuid, ttlMs: null, flags: 0, body: m.body })));
           const x = int(20);
           if (x === 0) parts.push(framed(encodePing()));
           if (x === 1) parts.push(framed(encodeAck([randomBytes(16), randomBytes(16)])));
@@ -297,9 +304,12 @@ describe('acknowledgements', () => {
     const messaging = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0, storage });
     await messaging.ready;
     const peer = new Packeter(ts);
+    let inc = Buffer.alloc(8);
+    peer.on('packet', (_c, p) => void (inc = helloIncarnation(p) ?? inc));
     connectPair(tr, ts, 'c1' as ConnId);
     introduce(peer, 'c1' as ConnId, 'snd', FEATURE_ACKS);
     for (let i = 0; i < 5; i++) await tick();
+    peer.sendPacket('c1' as ConnId, encodeResume({ incarnation: inc, seq: 0 }));
     const queue = async (n: number): Promise<Buffer[]> => {
       const uuids: Buffer[] = [];
       for (let i = 0; i < n; i++) {
@@ -310,37 +320,41 @@ describe('acknowledgements', () => {
       for (let i = 0; i < 5; i++) await tick();
       return uuids;
     };
-    const ack = (uuids: Buffer[]): void => {
-      peer.sendPacket('c1' as ConnId, Buffer.concat([Buffer.from([FRAME_ACK]), ...uuids]));
+    /** Acknowledge everything up to the n-th message queued (1-based: sequence numbers start at 1). */
+    const ack = (n: number, incarnation = inc): void => {
+      peer.sendPacket('c1' as ConnId, encodeSeqAck({ incarnation, seq: n }));
     };
     return { messaging, storage, queue, ack };
   }
 
-  it('report each acknowledged message once, in order of acknowledgement, and delete it from storage', async () => {
+  it('a cumulative ack reports each message it covers once, in order, and deletes it from storage', async () => {
     const { messaging, storage, queue, ack } = await rig();
     const delivered: string[] = [];
     messaging.on('message-delivered', (_i, u) => delivered.push(u.toString('hex')));
     const uuids = await queue(40);
     expect((await storage.load()).length).toBe(40);
-    // in order; then reversed, with unknown and repeated uuids between; then shuffled
-    const mixed: Buffer[] = [];
-    for (let i = 19; i >= 10; i--) mixed.push(uuids[i], randomBytes(16), uuids[i], uuids[i - 5]);
-    const rest = uuids.slice(20).reverse();
-    ack(uuids.slice(0, 10));
-    ack(mixed);
-    ack(rest);
+    // in order; then an older one again, one of another incarnation, and one past everything
+    ack(10);
+    ack(5);
+    ack(30, Buffer.from('stranger'));
     for (let i = 0; i < 10; i++) await tick();
-    const pending = new Set(uuids.map((u) => u.toString('hex')));
-    const want = [...uuids.slice(0, 10), ...mixed, ...rest].map((u) => u.toString('hex')).filter((h) => pending.delete(h));
-    expect(delivered).toEqual(want);
+    expect(delivered).toEqual(uuids.slice(0, 10).map((u) => u.toString('hex')));
+    expect((await storage.load()).length).toBe(30);
+    ack(25);
+    ack(25);
+    ack(1000);
+    for (let i = 0; i < 10; i++) await tick();
+    expect(delivered).toEqual(uuids.map((u) => u.toString('hex')));
     expect(await storage.load()).toEqual([]);
+    expect(messaging.queueSize('snd')).toBe(0);
     await messaging.close();
   });
 
   it('delete from storage even when a message-delivered listener changes the uuid it was given', async () => {
     const { messaging, storage, queue, ack } = await rig();
     messaging.on('message-delivered', (_i, u) => void u.reverse());
-    ack(await queue(4));
+    await queue(4);
+    ack(4);
     for (let i = 0; i < 10; i++) await tick();
     expect(await storage.load()).toEqual([]);
     await messaging.close();
@@ -367,14 +381,27 @@ describe('sending', () => {
       runs.push({ id, count });
       return id;
     };
+    // (a plain peer's messages go one by one, as version 1 frames)
+    const sendPacketParts = packeter.sendPacketParts.bind(packeter);
+    let parts: number[] = [];
+    packeter.sendPacketParts = (connId, head, body) => {
+      const id = sendPacketParts(connId, head, body);
+      parts.push(id);
+      return id;
+    };
     const messaging = new Messaging('rcv', '', packeter, { keepaliveInterval: 0 });
     const peer = new Packeter(ts);
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
     // without a hello: a plain snakeMQ peer
+    let inc = Buffer.alloc(8);
+    peer.on('packet', (_c, p) => void (inc = helloIncarnation(p) ?? inc));
     introduce(peer, conn, 'snd', ext ? FEATURE_ACKS : undefined);
     for (let i = 0; i < 5; i++) await tick();
+    if (ext) peer.sendPacket(conn, encodeResume({ incarnation: inc, seq: 0 }));
+    for (let i = 0; i < 5; i++) await tick();
     const queue = async (n: number) => {
+      parts = [];
       const uuids: string[] = [];
       for (let i = 0; i < n; i++) {
         const m = new Message(`m${i}`);
@@ -382,6 +409,12 @@ describe('sending', () => {
         messaging.queueMessage('snd', m);
       }
       for (let i = 0; i < 3; i++) await tick();
+      if (!ext) {
+        // one packet each, numbered one after the other
+        expect(parts).toHaveLength(n);
+        expect(parts[n - 1] - parts[0]).toBe(n - 1);
+        return { uuids, firstId: parts[0] };
+      }
       const run = runs.find((r) => r.count === n)!;
       expect(run).toBeDefined();
       return { uuids, firstId: run.id };

@@ -3,8 +3,11 @@
  * being compacted, large bodies kept by reference, TTL bookkeeping and chunk release.
  */
 import { describe, expect, it } from 'vitest';
-import { FRAME_MESSAGE, MESSAGE_FRAME_HEAD_SIZE as FRAME_HEAD_SIZE } from '../src/protocol.js';
-import { AWAITING_ACK, COPY_BODY_LIMIT, PeerQueue, QUEUED, SeenWindow, WRITING } from '../src/queue.js';
+import { FRAME_SEQ_MESSAGE, readSeq } from '../src/protocol.js';
+import { AWAITING_ACK, COPY_BODY_LIMIT, FRAME_HEAD_SIZE, PeerQueue, QUEUED, WRITING } from '../src/queue.js';
+
+/** Wire sequence numbers given to pushed items, increasing. */
+let wire = 1;
 
 function uuidOf(i: number): Buffer {
   const u = Buffer.alloc(16);
@@ -26,7 +29,7 @@ function filled(n: number, size = 100): { q: PeerQueue; seqs: number[] } {
   const seqs: number[] = [];
   for (let i = 0; i < n; i++) {
     const u = uuidOf(i);
-    seqs.push(q.push(u, 0, bodyOf(i, size), 7, null, false, 0));
+    seqs.push(q.push(u, 0, bodyOf(i, size), 7, null, false, 0, wire++));
   }
   return { q, seqs };
 }
@@ -39,15 +42,17 @@ function frame(q: PeerQueue, slot: number): Buffer {
 }
 
 describe('PeerQueue', () => {
-  it('keeps each message as its wire frame: type, uuid, flags and body', () => {
+  it('keeps each message as its wire frame: type, wire seq, uuid, flags and body', () => {
     const { q, seqs } = filled(3000);
     expect(q.size).toBe(3000);
     expect(q.bytes).toBe(300_000);
     for (const i of [0, 1, 1500, 2999]) {
-      const f = frame(q, q.slotOf(seqs[i]));
-      expect(f[0]).toBe(FRAME_MESSAGE);
-      expect(f.subarray(1, 17).equals(uuidOf(i))).toBe(true);
-      expect(f.readUInt32BE(21)).toBe(7);
+      const s = q.slotOf(seqs[i]);
+      const f = frame(q, s);
+      expect(f[0]).toBe(FRAME_SEQ_MESSAGE);
+      expect(readSeq(f, 1)).toBe(q.wireSeq(s));
+      expect(f.subarray(9, 25).equals(uuidOf(i))).toBe(true);
+      expect(f.readUInt32BE(29)).toBe(7);
       expect(f.subarray(FRAME_HEAD_SIZE).equals(bodyOf(i))).toBe(true);
       expect(q.uuid(q.slotOf(seqs[i])).equals(uuidOf(i))).toBe(true);
     }
@@ -57,7 +62,7 @@ describe('PeerQueue', () => {
     const q = new PeerQueue('peer', 0);
     q.connect(0);
     const sizes = [0, 100, 3000, COPY_BODY_LIMIT, 7, COPY_BODY_LIMIT - 1, 5, 40_000, 12];
-    const slots = sizes.map((n, i) => q.slotOf(q.push(uuidOf(i), 0, bodyOf(i, Math.max(n, 4)), 0, null, false, 0)));
+    const slots = sizes.map((n, i) => q.slotOf(q.push(uuidOf(i), 0, bodyOf(i, Math.max(n, 4)), 0, null, false, 0, wire++)));
     let contiguous = 0;
     for (let i = 0; i < slots.length; i++) {
       const s = slots[i];
@@ -79,8 +84,8 @@ describe('PeerQueue', () => {
     q.connect(0);
     const small = bodyOf(1);
     const large = bodyOf(2, COPY_BODY_LIMIT);
-    const s1 = q.push(uuidOf(1), 0, small, 0, null, false, 0);
-    const s2 = q.push(uuidOf(2), 0, large, 0, null, false, 0);
+    const s1 = q.push(uuidOf(1), 0, small, 0, null, false, 0, wire++);
+    const s2 = q.push(uuidOf(2), 0, large, 0, null, false, 0, wire++);
     small.fill(0);
     expect(q.largeBody(q.slotOf(s1))).toBeUndefined();
     expect(frame(q, q.slotOf(s1)).subarray(FRAME_HEAD_SIZE).equals(bodyOf(1))).toBe(true);
@@ -102,7 +107,7 @@ describe('PeerQueue', () => {
     for (let i = 3999; i >= 0; i--) q.remove(q.slotOf(seqs[i]));
     expect(q.inflight).toBe(0);
     expect(q.head).toBe(q.slotOf(seqs[4000]));
-    for (let i = 5000; i < 9000; i++) seqs.push(q.push(uuidOf(i), 0, bodyOf(i), 0, null, false, 0));
+    for (let i = 5000; i < 9000; i++) seqs.push(q.push(uuidOf(i), 0, bodyOf(i), 0, null, false, 0, wire++));
     expect(q.size).toBe(5000);
     for (let i = 4000; i < 9000; i++) {
       const s = q.slotOf(seqs[i]);
@@ -118,7 +123,7 @@ describe('PeerQueue', () => {
     const { q, seqs } = filled(10);
     for (const seq of seqs) q.remove(q.slotOf(seq));
     expect(q.size).toBe(0);
-    const next = q.push(uuidOf(99), 0, bodyOf(99), 0, null, false, 0);
+    const next = q.push(uuidOf(99), 0, bodyOf(99), 0, null, false, 0, wire++);
     expect(seqs).not.toContain(next);
     for (const seq of seqs) expect(q.slotOf(seq)).toBe(-1);
     expect(q.uuid(q.slotOf(next)).equals(uuidOf(99))).toBe(true);
@@ -128,7 +133,7 @@ describe('PeerQueue', () => {
     const { q, seqs } = filled(100);
     expect(q.find(uuidOf(42), 0)).toBe(seqs[42]);
     expect(q.find(uuidOf(1000), 0)).toBe(-1);
-    const more = q.push(uuidOf(500), 0, bodyOf(500), 0, null, false, 0);
+    const more = q.push(uuidOf(500), 0, bodyOf(500), 0, null, false, 0, wire++);
     expect(q.find(uuidOf(500), 0)).toBe(more);
     q.remove(q.slotOf(seqs[42]));
     expect(q.find(uuidOf(42), 0)).toBe(-1);
@@ -139,8 +144,8 @@ describe('PeerQueue', () => {
   it('in flight goes back to unsent on disconnect; TTLs run down only while disconnected', () => {
     const q = new PeerQueue('peer', 0);
     q.connect(0);
-    const a = q.push(uuidOf(1), 0, bodyOf(1), 0, 5000, false, 0);
-    const b = q.push(uuidOf(2), 0, bodyOf(2), 0, 1000, false, 0);
+    const a = q.push(uuidOf(1), 0, bodyOf(1), 0, 5000, false, 0, wire++);
+    const b = q.push(uuidOf(2), 0, bodyOf(2), 0, 1000, false, 0, wire++);
     q.markWriting(q.peekUnsent());
     q.setState(q.slotOf(a), AWAITING_ACK);
     expect(q.inflight).toBe(1);
@@ -191,29 +196,23 @@ describe('PeerQueue memory when emptied', () => {
   });
 });
 
-describe('SeenWindow', () => {
-  const u = (i: number): [number, number, number, number] => [i, i ^ 0x1234567, ~i, i * 7];
-
-  it('keeps the newest `limit` uuids; an index built from it finds exactly those', () => {
-    const w = new SeenWindow(3000);
-    for (let i = 0; i < 10_000; i++) w.add(...u(i));
-    expect(w.size).toBe(3000);
-    const index = w.index();
-    for (let i = 0; i < 10_000; i++) expect(index.has(...u(i))).toBe(i >= 7000);
-  });
-
-  it('an index is a snapshot: later adds and evictions do not change it', () => {
-    const w = new SeenWindow(4);
-    for (let i = 0; i < 4; i++) w.add(...u(i));
-    const index = w.index();
-    for (let i = 4; i < 8; i++) w.add(...u(i));
-    for (let i = 0; i < 4; i++) expect(index.has(...u(i))).toBe(true);
-    for (let i = 4; i < 8; i++) expect(index.has(...u(i))).toBe(false);
-    expect(w.index().has(...u(7))).toBe(true);
-    expect(w.index().has(...u(3))).toBe(false);
-  });
-
-  it('an empty window gives an empty index', () => {
-    expect(new SeenWindow(10).index().has(...u(1))).toBe(false);
+describe('PeerQueue wire sequence numbers', () => {
+  it('keeps each item\'s wire seq (increasing, with gaps) through compaction; lastWireSeq is the newest live one', () => {
+    const q = new PeerQueue('peer', 0);
+    q.connect(0);
+    const seqs: number[] = [];
+    for (let i = 0; i < 3000; i++) seqs.push(q.push(uuidOf(i), 0, bodyOf(i), 0, null, false, 0, 2 ** 40 + 3 * i));
+    for (let i = 0; i < 2500; i++) q.remove(q.slotOf(seqs[i]));
+    for (let i = 3000; i < 3100; i++) seqs.push(q.push(uuidOf(i), 0, bodyOf(i), 0, null, false, 0, 2 ** 40 + 3 * i));
+    for (const i of [2500, 2999, 3000, 3099]) {
+      const s = q.slotOf(seqs[i]);
+      expect(q.wireSeq(s)).toBe(2 ** 40 + 3 * i);
+      expect(readSeq(q.chunk(s), q.frameOffset(s) + 1)).toBe(2 ** 40 + 3 * i);
+    }
+    expect(q.lastWireSeq()).toBe(2 ** 40 + 3 * 3099);
+    q.remove(q.slotOf(seqs[3099]));
+    expect(q.lastWireSeq()).toBe(2 ** 40 + 3 * 3098);
+    for (let i = 2500; i < 3099; i++) q.remove(q.slotOf(seqs[i]));
+    expect(q.lastWireSeq()).toBe(0);
   });
 });

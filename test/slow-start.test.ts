@@ -8,9 +8,9 @@ import { describe, expect, it } from 'vitest';
 import type { ConnId } from '../src/link.js';
 import { MESSAGING_DEFAULTS, Message, Messaging, type MessagingOptions } from '../src/messaging.js';
 import { Packeter } from '../src/packeter.js';
-import { FEATURE_ACKS, FEATURE_FLOW, FRAME_MESSAGE, encodeAck } from '../src/protocol.js';
+import { FEATURE_ACKS, FEATURE_FLOW, FRAME_SEQ_MESSAGE, encodeResume, encodeSeqAck, readSeq } from '../src/protocol.js';
 import { connectPair, memoryPair, tick } from './helpers/memory-transport.js';
-import { introduce } from './helpers/raw-peer.js';
+import { helloIncarnation, introduce } from './helpers/raw-peer.js';
 
 async function settle(): Promise<void> {
   for (let i = 0; i < 10; i++) await tick();
@@ -26,28 +26,39 @@ async function rig(n: number, bodySize: number, options: MessagingOptions = {}) 
     body.writeUInt32BE(i, 0);
     await sender.sendMessage('rcv', new Message(body));
   }
-  /** Uuids and numbers of the messages received on the current connection, not yet acknowledged. */
-  let unacked: Buffer[] = [];
+  /** Messages received on the current connection and not yet acknowledged; the highest seq received and acknowledged. */
+  let unacked = 0;
+  let highest = 0;
+  let acked = 0;
+  let inc = Buffer.alloc(8);
   const got: number[] = [];
   receiver.on('packet', (_c, p) => {
-    if (p[0] !== FRAME_MESSAGE) return;
-    unacked.push(Buffer.from(p.subarray(1, 17)));
-    got.push(p.readUInt32BE(25));
+    inc = helloIncarnation(p) ?? inc;
+    if (p[0] !== FRAME_SEQ_MESSAGE) return;
+    unacked++;
+    highest = Math.max(highest, readSeq(p, 1));
+    got.push(p.readUInt32BE(33));
   });
   let conn = 0;
   let current = '' as ConnId;
   const open = async (): Promise<void> => {
+    const before = got.length;
     current = `c${++conn}` as ConnId;
-    unacked = [];
+    unacked = 0;
     connectPair(ts, tr, current);
     introduce(receiver, current, 'rcv', FEATURE_ACKS | FEATURE_FLOW);
+    await settle();
+    // (nothing is sent before our resume: what we acknowledged before)
+    expect(got.length - before).toBe(0);
+    receiver.sendPacket(current, encodeResume({ incarnation: inc, seq: acked }));
     await settle();
   };
   /** Acknowledge everything received so far on this connection; resolves with how many arrived since. */
   const ackAll = async (): Promise<number> => {
     const before = got.length;
-    receiver.sendPacket(current, encodeAck(unacked));
-    unacked = [];
+    receiver.sendPacket(current, encodeSeqAck({ incarnation: inc, seq: highest }));
+    acked = highest;
+    unacked = 0;
     await settle();
     return got.length - before;
   };
@@ -55,7 +66,7 @@ async function rig(n: number, bodySize: number, options: MessagingOptions = {}) 
     tr.closeConnection(current);
     await settle();
   };
-  return { sender, got, open, ackAll, drop, unacked: () => unacked.length };
+  return { sender, got, open, ackAll, drop, unacked: () => unacked };
 }
 
 describe('slow start of the in-flight window', () => {
