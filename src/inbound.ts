@@ -4,9 +4,9 @@
  * A message at or below that number is a repeat. A few dozen bytes per remembered peer: no
  * object per peer, only a Map entry (identity → slot) and a slot in typed arrays.
  *
- * Peers are kept in the order they were last identified (a Map keeps insertion order, and a
- * peer is moved to the end when it identifies), so the ones gone longest can be forgotten first
- * when a bound is set.
+ * Peers are kept in the order they were last seen (a Map keeps insertion order, and a peer is
+ * moved to the end when it identifies and when it leaves), so the ones gone longest can be
+ * forgotten first when a bound is set.
  *
  * @module
  */
@@ -66,6 +66,14 @@ export class DeliveredMarks {
     return slot;
   }
 
+  /** Move a peer to the newest end of the order (it is leaving now). */
+  touch(peer: string): void {
+    const slot = this.slots.get(peer);
+    if (slot === undefined) return;
+    this.slots.delete(peer);
+    this.slots.set(peer, slot);
+  }
+
   /** Highest seq delivered from the slot's incarnation. */
   deliveredOf(slot: number): number {
     return this.delivered[slot];
@@ -106,7 +114,7 @@ export class DeliveredMarks {
   }
 
   /**
-   * Forget the peers identified longest ago, skipping those `keep` says to keep, until at most
+   * Forget the peers seen longest ago, skipping those `keep` says to keep, until at most
    * `limit` of the others are left. Returns the peers forgotten.
    */
   trim(limit: number, keep: (peer: string) => boolean, kept: number): string[] {

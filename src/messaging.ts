@@ -154,7 +154,7 @@ export interface MessagingOptions {
    * Dedup marks kept for peers that are not connected (default 1,000,000; `Infinity`: all). A
    * mark is what a receiver remembers of a sender: its incarnation and the highest sequence
    * number delivered from it, about 100 bytes in memory with the peer's identity (the bench
-   * figure `dedup_bytes_per_peer`). Past the limit the mark of the peer identified longest ago
+   * figure `dedup_bytes_per_peer`). Past the limit the mark of the peer gone longest ago
    * is forgotten, in storage too, so that peers coming and going under ever new identities
    * cannot grow memory without bound.
    */
@@ -945,7 +945,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.resumeTimer = undefined;
     if (ident === undefined || this.identConn.get(ident) !== c) return;
     this.identConn.delete(ident);
-    if (c.markSlot >= 0) this.queueTrim();
+    if (c.markSlot >= 0) {
+      this.marks.touch(ident);
+      this.queueTrim();
+    }
     const q = this.queues.get(ident);
     if (q && q.size === 0 && q.lineHead >= q.line.length) {
       // Nothing waits for this peer: forget its queue, so peers that come and go under ever
