@@ -56,6 +56,8 @@ const N = {
   grpcUnary: QUICK ? 2000 : 20_000,
   grpcPipe: QUICK ? 20_000 : 100_000,
   memory: QUICK ? 200_000 : 1_000_000,
+  /** memory.dedup: remembered peers. */
+  dedupPeers: QUICK ? 200_000 : 1_000_000,
   /** scale.hub: peers per run (the figures without `_1k` are of the last, largest one). */
   hubPeers: process.env.BENCH_HUB_PEERS ? [Number(process.env.BENCH_HUB_PEERS)] : QUICK ? [1000] : [1000, 5000],
   /** scale.hub: processes the peers are spread over. */
@@ -417,6 +419,23 @@ const scenarios: Scenario[] = [
         figures[`${pre}_fanout_msgs_per_s`] = figure('msg/s', col((r) => r.fanout));
         figures[`${pre}_fanin_msgs_per_s`] = figure('msg/s', col((r) => r.fanin));
       }
+    },
+  },
+  {
+    key: 'memory.dedup',
+    title: `memory: the receiver's dedup marks of ${fmtNum(N.dedupPeers)} peers`,
+    async run() {
+      const res: Event[] = [];
+      for (let i = 1; i <= RUNS; i++) {
+        progress(`run ${i}/${RUNS}`);
+        const c = new Child('scenarios/dedup.ts', { n: N.dedupPeers }, { label: 'dedup', nodeArgs: nodeArgsFor('dedup') });
+        try {
+          res.push(await c.expect('result'));
+        } finally {
+          await c.close();
+        }
+      }
+      figures.dedup_bytes_per_peer = figure('B', nums(res, 'bytes_per_peer'));
     },
   },
   {
