@@ -22,7 +22,7 @@ import { Link, type TlsConfig } from './link.js';
 import { MAX_IDENT_LENGTH, Message, Messaging } from './messaging.js';
 import { FLAG_PERSISTENT } from './message.js';
 import { Packeter } from './packeter.js';
-import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from './storage.js';
+import type { DeliveredMark, ItemKey, QueuesStorage, StoredItem, TtlUpdate } from './storage.js';
 
 /** Exit code: success. */
 export const EXIT_OK = 0;
@@ -274,11 +274,14 @@ class PreloadedStorage implements QueuesStorage {
   deleteAll(queue?: string): Promise<void> {
     return this.inner.deleteAll(queue);
   }
-  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void> {
-    return this.inner.addSeen(peer, uuids, keep);
+  putDelivered(marks: DeliveredMark[]): Promise<void> {
+    return this.inner.putDelivered(marks);
   }
-  loadSeen(): Promise<Map<string, Buffer[]>> {
-    return this.inner.loadSeen();
+  loadDelivered(): Promise<DeliveredMark[]> {
+    return this.inner.loadDelivered();
+  }
+  forgetDelivered(peers: string[]): Promise<void> {
+    return this.inner.forgetDelivered(peers);
   }
   getMeta(key: string): Promise<Buffer | null> {
     return this.inner.getMeta(key);

@@ -9,6 +9,9 @@
  * - `load()` returns items in insertion order (an explicit sequence, never a timestamp), so
  *   per-queue FIFO order survives restarts.
  * - Items are keyed by (queue, uuid). Pushing a key that already exists is ignored.
+ * - Each item keeps its `seq` (the sender's sequence number, extension version 2).
+ * - The receiver's dedup state is one {@link DeliveredMark} per sending peer (small, fixed size),
+ *   upserted by peer.
  *
  * @module
  */
@@ -25,6 +28,21 @@ export interface StoredItem {
   flags: number;
   /** Message body. */
   body: Buffer;
+  /**
+   * The message's sequence number toward `queue` (extension version 2): an integer
+   * 1..Number.MAX_SAFE_INTEGER, or 0 for an item stored by a version without sequence numbers.
+   */
+  seq: number;
+}
+
+/** The highest sequence number a receiver has delivered from one sender incarnation (its dedup state for that sender). */
+export interface DeliveredMark {
+  /** The sender's identity. */
+  peer: string;
+  /** The sender's incarnation id: 8 bytes. */
+  incarnation: Buffer;
+  /** The highest sequence number delivered from (peer, incarnation); an integer 0..Number.MAX_SAFE_INTEGER. */
+  seq: number;
 }
 
 /** Key of a stored item. */
@@ -52,13 +70,12 @@ export interface QueuesStorage {
   /** Delete every item of one queue, or of all queues when `queue` is omitted. */
   deleteAll(queue?: string): Promise<void>;
 
-  /**
-   * Record message uuids received from `peer` (the receiver's dedup window) and keep only the
-   * newest `keep` of that peer.
-   */
-  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void>;
-  /** The dedup windows of every peer, each oldest first. */
-  loadSeen(): Promise<Map<string, Buffer[]>>;
+  /** Record marks, each replacing the one stored for its peer (upsert by peer). In call order with everything else. */
+  putDelivered(marks: DeliveredMark[]): Promise<void>;
+  /** Every stored mark, one per peer (any order). */
+  loadDelivered(): Promise<DeliveredMark[]>;
+  /** Delete the marks of these peers (unknown peers are ignored). */
+  forgetDelivered(peers: string[]): Promise<void>;
 
   /** Small key/value bookkeeping (e.g. the RPC server's reply cache). `null` when absent. */
   getMeta(key: string): Promise<Buffer | null>;
