@@ -6,7 +6,7 @@
  */
 import { Buffer } from 'node:buffer';
 import { InvalidArgumentError } from './errors.js';
-import type { ItemKey, StoredItem, TtlUpdate } from './storage.js';
+import type { DeliveredMark, ItemKey, StoredItem, TtlUpdate } from './storage.js';
 
 /**
  * Check the arguments of {@link QueuesStorage.push}. Shared by the backends.
@@ -24,7 +24,13 @@ export function checkItems(items: readonly StoredItem[]): void {
       throw new InvalidArgumentError('flags must be an integer in 0..2^32-1');
     }
     if (!Buffer.isBuffer(it.body)) throw new InvalidArgumentError('body must be a Buffer');
+    if (!isSeq(it.seq)) throw new InvalidArgumentError('seq must be an integer in 0..Number.MAX_SAFE_INTEGER');
   }
+}
+
+/** Whether `n` is an integer 0..Number.MAX_SAFE_INTEGER (a sequence number or 0). */
+function isSeq(n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 }
 
 /**
@@ -56,18 +62,34 @@ export function checkKeys(keys: readonly ItemKey[] | readonly TtlUpdate[], ttls 
   }
 }
 
+/** Bytes of a {@link DeliveredMark.incarnation}. */
+export const INCARNATION_BYTES = 8;
+
 /**
- * Check the arguments of {@link QueuesStorage.addSeen}. Shared by the backends.
+ * Check the argument of {@link QueuesStorage.putDelivered}. Shared by the backends.
  * @internal
- * @throws {InvalidArgumentError} on malformed arguments.
+ * @throws {InvalidArgumentError} on a malformed mark.
  */
-export function checkSeen(peer: string, uuids: readonly Buffer[], keep: number): void {
-  if (typeof peer !== 'string') throw new InvalidArgumentError('peer must be a string');
-  if (!Array.isArray(uuids) || !uuids.every((u) => Buffer.isBuffer(u))) {
-    throw new InvalidArgumentError('uuids must be an array of Buffers');
+export function checkMarks(marks: readonly DeliveredMark[]): void {
+  if (!Array.isArray(marks)) throw new InvalidArgumentError('marks must be an array');
+  for (const m of marks) {
+    if (typeof m !== 'object' || m === null) throw new InvalidArgumentError('mark must be an object');
+    if (typeof m.peer !== 'string') throw new InvalidArgumentError('peer must be a string');
+    if (!Buffer.isBuffer(m.incarnation) || m.incarnation.length !== INCARNATION_BYTES) {
+      throw new InvalidArgumentError(`incarnation must be a Buffer of ${INCARNATION_BYTES} bytes`);
+    }
+    if (!isSeq(m.seq)) throw new InvalidArgumentError('seq must be an integer in 0..Number.MAX_SAFE_INTEGER');
   }
-  if (typeof keep !== 'number' || Number.isNaN(keep) || keep < 0 || (keep !== Infinity && !Number.isInteger(keep))) {
-    throw new InvalidArgumentError('keep must be an integer >= 0 (or Infinity)');
+}
+
+/**
+ * Check the argument of {@link QueuesStorage.forgetDelivered}. Shared by the backends.
+ * @internal
+ * @throws {InvalidArgumentError} unless it is an array of strings.
+ */
+export function checkPeers(peers: readonly string[]): void {
+  if (!Array.isArray(peers) || !peers.every((p) => typeof p === 'string')) {
+    throw new InvalidArgumentError('peers must be an array of strings');
   }
 }
 

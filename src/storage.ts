@@ -9,6 +9,9 @@
  * - `load()` returns items in insertion order (an explicit sequence, never a timestamp), so
  *   per-queue FIFO order survives restarts.
  * - Items are keyed by (queue, uuid). Pushing a key that already exists is ignored.
+ * - Each item keeps its `seq` (the sender's sequence number, extension version 2).
+ * - The receiver's dedup state is one {@link DeliveredMark} per sending peer (small, fixed size),
+ *   upserted by peer.
  *
  * @module
  */

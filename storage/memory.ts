@@ -1,13 +1,13 @@
 /**
  * An in-process {@link QueuesStorage}: nothing survives the process, but it keeps every other
- * promise of the interface (call order, insertion order, duplicate keys ignored, dedup window
- * trimming). Useful for tests and for peers that want acknowledged delivery without disk.
+ * promise of the interface (call order, insertion order, duplicate keys ignored, one delivered
+ * mark per peer). Useful for tests and for peers that want acknowledged delivery without disk.
  *
  * @module
  */
 import { Buffer } from 'node:buffer';
 import { ClosedError, InvalidArgumentError } from '../src/errors.js';
-import { checkItems, checkKeys, checkMeta, checkSeen } from '../src/storage-checks.js';
+import { checkItems, checkKeys, checkMarks, checkMeta, checkPeers } from '../src/storage-checks.js';
 import type { DeliveredMark, ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
 
 /** Unambiguous map key of (queue, uuid): hex never contains `|`. */
@@ -25,14 +25,12 @@ function copy(b: Buffer): Buffer {
  *
  * Buffers are copied on the way in and on the way out, so neither the caller's later changes
  * to what it pushed nor changes to what `load()` returned affect the stored data.
- *
- * Re-adding a uuid that is already in a peer's dedup window moves it to the newest position.
  */
 export class MemoryQueuesStorage implements QueuesStorage {
   /** Insertion-ordered: a Map iterates in insertion order, and a re-insert after delete goes last. */
   private readonly items = new Map<string, StoredItem>();
-  /** peer -> (uuid hex -> uuid), oldest first. */
-  private readonly seen = new Map<string, Map<string, Buffer>>();
+  /** peer -> its delivered mark (our own copy). */
+  private readonly delivered = new Map<string, DeliveredMark>();
   private readonly meta = new Map<string, Buffer>();
   private closed = false;
 
@@ -60,7 +58,7 @@ export class MemoryQueuesStorage implements QueuesStorage {
       for (const it of items) {
         const k = itemKey(it.queue, it.uuid);
         if (this.items.has(k)) continue;
-        this.items.set(k, { queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body), seq: it.seq ?? 0 });
+        this.items.set(k, { queue: it.queue, uuid: copy(it.uuid), ttl: it.ttl, flags: it.flags, body: copy(it.body), seq: it.seq });
       }
     });
   }
@@ -105,19 +103,38 @@ export class MemoryQueuesStorage implements QueuesStorage {
     });
   }
 
-  private readonly marks = new Map<string, DeliveredMark>();
+  /**
+   * Record marks, each replacing the one stored for its peer (the last of a peer in `marks` wins).
+   * @throws {InvalidArgumentError} (rejects, none recorded) on a malformed mark.
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
   putDelivered(marks: DeliveredMark[]): Promise<void> {
     return this.run(() => {
-      for (const m of marks) this.marks.set(m.peer, { peer: m.peer, incarnation: copy(m.incarnation), seq: m.seq });
+      checkMarks(marks);
+      for (const m of marks) this.delivered.set(m.peer, { peer: m.peer, incarnation: copy(m.incarnation), seq: m.seq });
     });
   }
+
+  /**
+   * Every stored mark, one per peer (copies).
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
   loadDelivered(): Promise<DeliveredMark[]> {
     if (this.closed) return Promise.reject(new ClosedError('storage'));
-    return Promise.resolve([...this.marks.values()].map((m) => ({ ...m, incarnation: copy(m.incarnation) })));
+    const out: DeliveredMark[] = [];
+    for (const m of this.delivered.values()) out.push({ peer: m.peer, incarnation: copy(m.incarnation), seq: m.seq });
+    return Promise.resolve(out);
   }
+
+  /**
+   * Delete the marks of these peers; unknown peers are ignored.
+   * @throws {InvalidArgumentError} (rejects) unless `peers` is an array of strings.
+   * @throws {ClosedError} (rejects) after `close()`.
+   */
   forgetDelivered(peers: string[]): Promise<void> {
     return this.run(() => {
-      for (const p of peers) this.marks.delete(p);
+      checkPeers(peers);
+      for (const p of peers) this.delivered.delete(p);
     });
   }
 
@@ -153,7 +170,7 @@ export class MemoryQueuesStorage implements QueuesStorage {
     if (!this.closed) {
       this.closed = true;
       this.items.clear();
-      this.seen.clear();
+      this.delivered.clear();
       this.meta.clear();
     }
     return Promise.resolve();

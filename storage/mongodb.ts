@@ -15,8 +15,8 @@ import {
   type WriteConcernSettings,
 } from 'mongodb';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
-import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
+import type { DeliveredMark, ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
+import { checkItems, checkKeys, checkMarks, checkMeta, checkPeers, deferred } from '../src/storage-checks.js';
 
 /** Options of {@link MongoQueuesStorage.connect}. */
 export interface MongoQueuesStorageOptions {
@@ -33,21 +33,20 @@ export interface MongoQueuesStorageOptions {
   clientOptions?: MongoClientOptions;
 }
 
-type Kind = 'item' | 'seen' | 'meta';
-
 /** The writes of one `bulkWrite` and the one promise all their callers were handed. */
 interface Batch {
   ops: AnyBulkWriteOperation<Document>[];
-  /** peer -> window size cap (see the SQLite backend: min(before + added, keep) composes). */
-  caps: Map<string, number> | null;
   promise: Promise<void>;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
 
 function newBatch(): Batch {
-  return { ops: [], caps: null, ...deferred() };
+  return { ops: [], ...deferred() };
 }
+
+/** Indexes of the per-uuid dedup entries (`kind: 'seen'`) that versions before sequence numbers made. */
+const OLD_SEEN_INDEXES = ['snakemq_seen_key', 'snakemq_seen_order'];
 
 function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -68,14 +67,18 @@ function toWrapped(err: unknown, what: string): SnakeMQError {
  * {@link QueuesStorage} in a MongoDB collection. Create it with {@link MongoQueuesStorage.connect}.
  *
  * Everything lives in ONE collection, told apart by a `kind` field:
- * - `kind: 'item'`: `{ queue, uuid: Binary, ttl, flags, body: Binary, seq }`, `_id` an ObjectId;
- *   unique index `{ queue: 1, uuid: 1 }` (partial: items only); loaded by `{ kind: 1, seq: 1 }`.
- * - `kind: 'seen'`: `{ peer, uuid: Binary, seq }`; unique `{ peer: 1, uuid: 1 }` and
- *   `{ peer: 1, seq: 1 }` (partial: seen entries only). Re-adding a uuid moves it to the newest.
+ * - `kind: 'item'`: `{ queue, uuid: Binary, ttl, flags, body: Binary, seq, mseq }`, `_id` an
+ *   ObjectId; unique index `{ queue: 1, uuid: 1 }` (partial: items only); loaded by
+ *   `{ kind: 1, seq: 1 }`. `mseq` is the message's sequence number ({@link StoredItem.seq});
+ *   an item written by a version without it loads with seq 0.
+ * - `kind: 'delivered'`: `{ _id: 'delivered:' + peer, peer, incarnation: Binary, seq }`, one per
+ *   peer, upserted by `_id`.
  * - `kind: 'meta'`: `{ _id: 'meta:' + key, value: Binary }`.
  *
- * `seq` gives insertion order: the largest stored `seq` is read at connect, then numbers are
- * handed out in memory. So only ONE `MongoQueuesStorage` may use a collection at a time.
+ * Item `seq` gives insertion order: the largest stored `seq` is read at connect, then numbers
+ * are handed out in memory. So only ONE `MongoQueuesStorage` may use a collection at a time.
+ * `connect` deletes the per-uuid dedup entries (`kind: 'seen'`) and their indexes left by a
+ * version without sequence numbers.
  *
  * Group commit: writes made in one turn of the event loop go out as one ordered `bulkWrite`
  * (while one is in flight, the next writes gather for the following one), then their promises
@@ -100,7 +103,8 @@ export class MongoQueuesStorage implements QueuesStorage {
   }
 
   /**
-   * Connect, create the indexes if missing, and read the largest stored sequence number.
+   * Connect, create the indexes if missing, remove an older version's dedup entries, and read
+   * the largest stored item sequence number.
    * The storage owns the client: `close()` closes it.
    * @param url A MongoDB connection string, e.g. `mongodb://127.0.0.1:27017/mydb`.
    * @throws {StorageError} (rejects) when the server cannot be reached or the indexes cannot
@@ -118,14 +122,15 @@ export class MongoQueuesStorage implements QueuesStorage {
       await coll.createIndexes([
         { key: { queue: 1, uuid: 1 }, name: 'snakemq_item_key', unique: true, partialFilterExpression: { kind: 'item' } },
         { key: { kind: 1, seq: 1 }, name: 'snakemq_order' },
-        { key: { peer: 1, uuid: 1 }, name: 'snakemq_seen_key', unique: true, partialFilterExpression: { kind: 'seen' } },
-        { key: { peer: 1, seq: 1 }, name: 'snakemq_seen_order', partialFilterExpression: { kind: 'seen' } },
       ]);
-      let max = 0;
-      for (const kind of ['item', 'seen'] satisfies Kind[]) {
-        const top = await coll.find({ kind }, { projection: { _id: 0, seq: 1 } }).sort({ kind: 1, seq: -1 }).limit(1).next();
-        if (top && typeof top['seq'] === 'number' && top['seq'] > max) max = top['seq'];
+      // per-uuid dedup state of an older version: replaced by the delivered marks
+      for (const ix of await coll.indexes()) {
+        if (ix.name !== undefined && OLD_SEEN_INDEXES.includes(ix.name)) await coll.dropIndex(ix.name);
       }
+      await coll.deleteMany({ kind: 'seen' });
+      let max = 0;
+      const top = await coll.find({ kind: 'item' }, { projection: { _id: 0, seq: 1 } }).sort({ kind: 1, seq: -1 }).limit(1).next();
+      if (top && typeof top['seq'] === 'number') max = top['seq'];
       return new MongoQueuesStorage(client, coll, max + 1);
     } catch (err) {
       await client?.close().catch(() => undefined);
@@ -147,6 +152,7 @@ export class MongoQueuesStorage implements QueuesStorage {
           ttl: (d['ttl'] as number | null | undefined) ?? null,
           flags: d['flags'] as number,
           body: toBuffer(d['body'], 'body'),
+          seq: typeof d['mseq'] === 'number' ? d['mseq'] : 0,
         }),
       );
     });
@@ -163,7 +169,7 @@ export class MongoQueuesStorage implements QueuesStorage {
       return items.map((it) => ({
         updateOne: {
           filter: { kind: 'item', queue: it.queue, uuid: it.uuid },
-          update: { $setOnInsert: { ttl: it.ttl, flags: it.flags, body: it.body, seq: this.seq++ } },
+          update: { $setOnInsert: { ttl: it.ttl, flags: it.flags, body: it.body, seq: this.seq++, mseq: it.seq } },
           upsert: true,
         },
       }));
@@ -208,37 +214,49 @@ export class MongoQueuesStorage implements QueuesStorage {
   }
 
   /**
-   * Record uuids received from `peer` and keep only its newest `keep` (`Infinity`: all).
-   * @throws {InvalidArgumentError} (rejects) on malformed arguments. @throws {StorageError} when
-   *   the batch fails. @throws {ClosedError} after `close()`.
+   * Record marks, each replacing the one stored for its peer (the last of a peer wins).
+   * @throws {InvalidArgumentError} (rejects, nothing queued) on a malformed mark.
+   * @throws {StorageError} when the batch fails. @throws {ClosedError} after `close()`.
    */
-  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void> {
-    return this.write((b) => {
-      checkSeen(peer, uuids, keep);
-      b.caps ??= new Map();
-      b.caps.set(peer, Math.min((b.caps.get(peer) ?? Infinity) + uuids.length, keep));
-      return uuids.map((uuid) => ({
-        updateOne: { filter: { kind: 'seen', peer, uuid }, update: { $set: { seq: this.seq++ } }, upsert: true },
+  putDelivered(marks: DeliveredMark[]): Promise<void> {
+    return this.write(() => {
+      checkMarks(marks);
+      return marks.map((m) => ({
+        updateOne: {
+          filter: { _id: deliveredId(m.peer) } as Document,
+          update: { $set: { kind: 'delivered', peer: m.peer, incarnation: m.incarnation, seq: m.seq } },
+          upsert: true,
+        },
       }));
     });
   }
 
   /**
-   * The dedup window of every peer, oldest first. Waits for earlier writes first.
+   * Every stored mark, one per peer. Waits for earlier writes first.
    * @throws {StorageError} (rejects) on a driver error. @throws {ClosedError} after `close()`.
    */
-  loadSeen(): Promise<Map<string, Buffer[]>> {
+  loadDelivered(): Promise<DeliveredMark[]> {
     return this.read(async () => {
-      const out = new Map<string, Buffer[]>();
-      const cursor = this.coll.find({ kind: 'seen' }, { projection: { _id: 0, peer: 1, uuid: 1 } }).sort({ kind: 1, seq: 1 });
-      for await (const d of cursor) {
-        const peer = d['peer'] as string;
-        const uuid = toBuffer(d['uuid'], 'uuid');
-        const list = out.get(peer);
-        if (list) list.push(uuid);
-        else out.set(peer, [uuid]);
-      }
-      return out;
+      const docs = await this.coll.find({ kind: 'delivered' }, { projection: { _id: 0, peer: 1, incarnation: 1, seq: 1 } }).toArray();
+      return docs.map(
+        (d): DeliveredMark => ({
+          peer: d['peer'] as string,
+          incarnation: toBuffer(d['incarnation'], 'incarnation'),
+          seq: d['seq'] as number,
+        }),
+      );
+    });
+  }
+
+  /**
+   * Delete the marks of these peers; unknown peers are ignored.
+   * @throws {InvalidArgumentError} (rejects) unless `peers` is an array of strings.
+   * @throws {StorageError} when the batch fails. @throws {ClosedError} after `close()`.
+   */
+  forgetDelivered(peers: string[]): Promise<void> {
+    return this.write(() => {
+      checkPeers(peers);
+      return peers.map((peer) => ({ deleteOne: { filter: { _id: deliveredId(peer) } as Document } }));
     });
   }
 
@@ -292,12 +310,12 @@ export class MongoQueuesStorage implements QueuesStorage {
   }
 
   /** Validate and build the bulk operations at call time, append them to the pending batch. */
-  private write(build: (b: Batch) => AnyBulkWriteOperation<Document>[]): Promise<void> {
+  private write(build: () => AnyBulkWriteOperation<Document>[]): Promise<void> {
     if (this.closed) return Promise.reject(new ClosedError('storage'));
     const b = (this.pending ??= newBatch());
     let ops: AnyBulkWriteOperation<Document>[];
     try {
-      ops = build(b);
+      ops = build();
     } catch (err) {
       return Promise.reject(err);
     }
@@ -329,18 +347,6 @@ export class MongoQueuesStorage implements QueuesStorage {
   private async writeBatch(b: Batch): Promise<void> {
     try {
       if (b.ops.length) await this.coll.bulkWrite(b.ops, { ordered: true });
-      if (b.caps) {
-        for (const [peer, cap] of b.caps) {
-          if (cap === Infinity) continue;
-          const edge = await this.coll
-            .find({ kind: 'seen', peer }, { projection: { _id: 0, seq: 1 } })
-            .sort({ peer: 1, seq: -1 })
-            .skip(cap)
-            .limit(1)
-            .next();
-          if (edge) await this.coll.deleteMany({ kind: 'seen', peer, seq: { $lte: edge['seq'] as number } });
-        }
-      }
     } catch (err) {
       b.reject(new StorageError(`MongoDB write of ${b.ops.length} operations failed: ${errMessage(err)}`, { cause: err }));
       return;
@@ -369,6 +375,10 @@ export class MongoQueuesStorage implements QueuesStorage {
 
 function metaId(key: string): string {
   return `meta:${key}`;
+}
+
+function deliveredId(peer: string): string {
+  return `delivered:${peer}`;
 }
 
 /** Whether a connection string names a database (`mongodb://host/db?...`). */

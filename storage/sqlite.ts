@@ -6,10 +6,9 @@
  */
 import { Buffer } from 'node:buffer';
 import Database from 'better-sqlite3';
-import { readI32 } from '../src/bytes.js';
 import { ClosedError, SnakeMQError, StorageError } from '../src/errors.js';
-import type { ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
-import { checkItems, checkKeys, checkMeta, checkSeen, deferred } from '../src/storage-checks.js';
+import type { DeliveredMark, ItemKey, QueuesStorage, StoredItem, TtlUpdate } from '../src/storage.js';
+import { checkItems, checkKeys, checkMarks, checkMeta, checkPeers, deferred } from '../src/storage-checks.js';
 import { UuidMap } from '../src/uuid-map.js';
 
 /** Options of {@link SqliteQueuesStorage}. */
@@ -43,17 +42,22 @@ export interface SqliteQueuesStorageOptions {
  * The schema version this code writes (`PRAGMA user_version`). 1: `items` (one row per item)
  * with a unique `(queue, uuid)` index, `seen` with one row per uuid. 2: no unique index (the
  * key → seq index is kept in memory), `seen_chunks` with many uuids per row. 3: `items`
- * replaced by `item_chunks` (many items per row) with `item_dead` and `item_ttls`. Version 1
- * and 2 files are migrated.
+ * replaced by `item_chunks` (many items per row) with `item_dead` and `item_ttls`. 4: each
+ * item's entry in `item_chunks.keys` also holds its message sequence number
+ * ({@link StoredItem.seq}); the per-uuid dedup tables (`seen`, `seen_chunks`) are replaced by
+ * `delivered`, one row per sending peer. Version 1, 2 and 3 files are migrated (their items
+ * get seq 0, their seen uuids are dropped).
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 /** Most items in one `item_chunks` row. */
 const CHUNK_ITEMS = 4096;
 /** A chunk takes no more items once it holds this many bytes (one larger item gets its own). */
 const CHUNK_BYTES = 1 << 20;
 /** Bytes of the fixed part of an item's entry in `item_chunks.keys`. */
-const ENTRY_FIXED = 28;
+const ENTRY_FIXED = 36;
+/** ...in a schema version 3 file (no message seq). */
+const ENTRY_FIXED_V3 = 28;
 /** A chunk is compacted when less than a quarter of its bytes is live and at least this much is dead. */
 const COMPACT_MIN_DEAD = 16 * 1024;
 /** ...and none of its items was deleted in this many batches (so chunks being drained in order are left alone). */
@@ -65,8 +69,6 @@ const COMPACT_COLD_BATCHES = 32;
  * times is copied once), at the cost of a larger `-wal` file on disk.
  */
 const WAL_CHECKPOINT_BYTES = 32 << 20;
-/** Most uuids in one `seen_chunks` row. */
-const SEEN_CHUNK = 256;
 
 const enum Op {
   Push,
@@ -74,7 +76,8 @@ const enum Op {
   Ttl,
   DeleteQueue,
   DeleteAllItems,
-  Seen,
+  PutDelivered,
+  ForgetDelivered,
   SetMeta,
   DelMeta,
 }
@@ -85,7 +88,8 @@ type PendingOp =
   | { op: Op.Ttl; updates: TtlUpdate[] }
   | { op: Op.DeleteQueue; queue: string }
   | { op: Op.DeleteAllItems }
-  | { op: Op.Seen; peer: string; uuids: Buffer[]; keep: number }
+  | { op: Op.PutDelivered; marks: DeliveredMark[] }
+  | { op: Op.ForgetDelivered; peers: string[] }
   | { op: Op.SetMeta; key: string; value: Buffer }
   | { op: Op.DelMeta; key: string };
 
@@ -169,8 +173,9 @@ function queueBytes(queue: string): Buffer {
 /**
  * Encode items (ascending seqs, all within 2^32 of the first) as the two blobs of an
  * `item_chunks` row. `keys`: per item, in order, `u32 off, u32 flags, f64 ttl (-1 = null),
- * u32 body length, u32 queue length, u32 uuid length` (little-endian), the queue (UTF-8) and
- * the uuid; `data`: the bodies, concatenated in the same order.
+ * f64 message seq ({@link StoredItem.seq}, an integer below 2^53 so exact), u32 body length,
+ * u32 queue length, u32 uuid length` (little-endian), the queue (UTF-8) and the uuid; `data`:
+ * the bodies, concatenated in the same order. (Schema version 3 entries lack the message seq.)
  */
 function encodeChunk(items: readonly SeqItem[]): { keys: Buffer; data: Buffer; span: number; sizes: Uint32Array } {
   const base = items[0]!.seq;
@@ -194,9 +199,10 @@ function encodeChunk(items: readonly SeqItem[]): { keys: Buffer; data: Buffer; s
     view.setUint32(p, seq - base, true);
     view.setUint32(p + 4, item.flags, true);
     view.setFloat64(p + 8, item.ttl === null ? -1 : item.ttl, true);
-    view.setUint32(p + 16, b.length, true);
-    view.setUint32(p + 20, q.length, true);
-    view.setUint32(p + 24, u.length, true);
+    view.setFloat64(p + 16, item.seq, true);
+    view.setUint32(p + 24, b.length, true);
+    view.setUint32(p + 28, q.length, true);
+    view.setUint32(p + 32, u.length, true);
     p += ENTRY_FIXED;
     for (let i = 0; i < q.length; i++) keys[p++] = q[i]!;
     for (let i = 0; i < u.length; i++) keys[p++] = u[i]!;
@@ -213,6 +219,8 @@ interface Entry {
   off: number;
   flags: number;
   ttl: number | null;
+  /** The message's sequence number ({@link StoredItem.seq}). */
+  msgSeq: number;
   /** Where the queue name and the uuid are in `keys`, and the body in `data`. */
   queueAt: number;
   queueLen: number;
@@ -224,17 +232,18 @@ interface Entry {
 
 /** Call `fn` for every entry of a `keys` blob, in order (the object is reused). */
 function forEachEntry(keys: Buffer, fn: (e: Entry) => void): void {
-  const e: Entry = { off: 0, flags: 0, ttl: null, queueAt: 0, queueLen: 0, uuidAt: 0, uuidLen: 0, bodyAt: 0, bodyLen: 0 };
+  const e: Entry = { off: 0, flags: 0, ttl: null, msgSeq: 0, queueAt: 0, queueLen: 0, uuidAt: 0, uuidLen: 0, bodyAt: 0, bodyLen: 0 };
   let d = 0;
   for (let p = 0; p < keys.length; ) {
     e.off = keys.readUInt32LE(p);
     e.flags = keys.readUInt32LE(p + 4);
     const ttl = keys.readDoubleLE(p + 8);
     e.ttl = ttl < 0 ? null : ttl;
+    e.msgSeq = keys.readDoubleLE(p + 16);
     e.bodyAt = d;
-    e.bodyLen = keys.readUInt32LE(p + 16);
-    e.queueLen = keys.readUInt32LE(p + 20);
-    e.uuidLen = keys.readUInt32LE(p + 24);
+    e.bodyLen = keys.readUInt32LE(p + 24);
+    e.queueLen = keys.readUInt32LE(p + 28);
+    e.uuidLen = keys.readUInt32LE(p + 32);
     e.queueAt = p + ENTRY_FIXED;
     e.uuidAt = e.queueAt + e.queueLen;
     p = e.uuidAt + e.uuidLen;
@@ -264,141 +273,26 @@ function chunkItems(items: readonly SeqItem[], write: (part: SeqItem[]) => void)
 }
 
 /**
- * Consecutive received uuids of one peer, one `seen_chunks` row: all of one width, oldest first,
- * as raw bytes. Slots before `start` were trimmed; a slot whose uuid was added again later (and
- * so moved to a newer slot) is marked in `dead`.
+ * A schema version 3 `item_chunks.keys` blob in the version 4 layout: each entry gets message
+ * seq 0 (the rest, and the `data` blob, stay as they are).
  */
-interface SeenChunk {
-  seq: number;
-  /** Number of the chunk in its peer's window: it is `PeerSeen.chunks[no - PeerSeen.first]`. */
-  no: number;
-  peer: string;
-  width: number;
-  /** `cap` slots of `width` bytes. */
-  bytes: Buffer;
-  cap: number;
-  /** Slots in use. */
-  n: number;
-  /** First slot not trimmed. */
-  start: number;
-  live: number;
-  /** By slot, 1: the uuid moved to a newer slot (allocated on the first such move). */
-  dead: Uint8Array | null;
-  /** The row exists in the database (as of the last commit). */
-  inDb: boolean;
-  /** In {@link SqliteQueuesStorage.seenDirty}. */
-  dirty: boolean;
-}
-
-/** The dedup window of one peer: its chunks oldest first, and which chunk each uuid is in. */
-interface PeerSeen {
-  chunks: SeenChunk[];
-  /** Chunks before it are empty. */
-  head: number;
-  /** `no` of `chunks[0]`. */
-  first: number;
-  /** uuid → `no` of the chunk holding it. */
-  where: UuidMap<number>;
-}
-
-/** A `seen_chunks` row. */
-interface SeenRow {
-  seq: number;
-  peer: string;
-  width: number;
-  n: number;
-  uuids: Buffer;
-}
-
-function newSeenChunk(seq: number, no: number, peer: string, width: number, cap: number): SeenChunk {
-  const c: SeenChunk = { seq, no, peer, width, bytes: EMPTY, cap: 0, n: 0, start: 0, live: 0, dead: null, inDb: false, dirty: false };
-  growSeenChunk(c, cap);
-  return c;
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** Give `c` room for at least `cap` slots (its width-0 chunks need no memory). */
-function growSeenChunk(c: SeenChunk, cap: number): void {
-  if (c.width === 0) {
-    c.cap = Math.max(cap, SEEN_CHUNK);
-    return;
+function upgradeKeysV3(keys: Buffer): Buffer {
+  let n = 0;
+  for (let p = 0; p < keys.length; n++) p += ENTRY_FIXED_V3 + keys.readUInt32LE(p + 20) + keys.readUInt32LE(p + 24);
+  const out = Buffer.alloc(keys.length + n * (ENTRY_FIXED - ENTRY_FIXED_V3));
+  for (let p = 0, o = 0; p < keys.length; ) {
+    const tail = keys.readUInt32LE(p + 20) + keys.readUInt32LE(p + 24);
+    keys.copy(out, o, p, p + 16); // off, flags, ttl
+    out.writeDoubleLE(0, o + 16);
+    keys.copy(out, o + 24, p + 16, p + ENTRY_FIXED_V3 + tail); // lengths, queue, uuid
+    p += ENTRY_FIXED_V3 + tail;
+    o += ENTRY_FIXED + tail;
   }
-  const bytes = Buffer.allocUnsafeSlow(cap * c.width);
-  c.bytes.copy(bytes, 0, 0, c.n * c.width);
-  c.bytes = bytes;
-  c.cap = cap;
-  if (c.dead && c.dead.length < cap) {
-    const dead = new Uint8Array(cap);
-    dead.set(c.dead);
-    c.dead = dead;
-  }
+  return out;
 }
 
-/** Mark `c` as changed in this transaction. */
-function touchSeen(c: SeenChunk, dirty: Set<SeenChunk>): void {
-  if (!c.dirty) {
-    c.dirty = true;
-    dirty.add(c);
-  }
-}
-
-/** Mark the live slot of `u` (of `p`'s chunk number `no`) dead: `u` moved to a newer slot. */
-function killSeen(p: PeerSeen, no: number, u: Buffer, dirty: Set<SeenChunk>): void {
-  const c = p.chunks[no - p.first]!;
-  const w = c.width;
-  // its newest slot in the chunk (older ones are dead already)
-  for (let s = c.n - 1; s >= c.start; s--) {
-    if (c.dead && c.dead[s] === 1) continue;
-    if (u.compare(c.bytes, s * w, s * w + w) !== 0) continue;
-    (c.dead ??= new Uint8Array(Math.max(c.cap, SEEN_CHUNK)))[s] = 1;
-    c.live--;
-    touchSeen(c, dirty);
-    return;
-  }
-}
-
-/** Trim the oldest live uuid of `p` (which has one). */
-function evictSeen(p: PeerSeen, dirty: Set<SeenChunk>): void {
-  let c = p.chunks[p.head]!;
-  while (c.live === 0) c = p.chunks[++p.head]!;
-  let s = c.start;
-  const dead = c.dead;
-  if (dead !== null) while (dead[s] === 1) s++;
-  c.start = s + 1;
-  c.live--;
-  touchSeen(c, dirty);
-  if (c.width === 16) {
-    const b = c.bytes;
-    const o = s << 4;
-    p.where.delete4(readI32(b, o), readI32(b, o + 4), readI32(b, o + 8), readI32(b, o + 12));
-  } else p.where.delete(c.bytes.subarray(s * c.width, s * c.width + c.width));
-}
-
-/** Append `u` to `c` (which has room) as the newest uuid of `p`; a uuid already present moves here. */
-function appendSeen(p: PeerSeen, c: SeenChunk, u: Buffer, dirty: Set<SeenChunk>): void {
-  const s = c.n++;
-  c.live++;
-  let old: number | undefined;
-  if (c.width === 16) {
-    const bytes = c.bytes;
-    const o = s << 4;
-    for (let k = 0; k < 16; k++) bytes[o + k] = u[k]!;
-    old = p.where.put4(readI32(u, 0), readI32(u, 4), readI32(u, 8), readI32(u, 12), c.no);
-  } else {
-    u.copy(c.bytes, s * c.width);
-    old = p.where.putOther(u, c.no);
-  }
-  if (old !== undefined) {
-    // (its old slot is found by content: the new one is not live yet for that search)
-    c.n--;
-    killSeen(p, old, u, dirty);
-    c.n++;
-  }
-}
-
-/** Bring a version 0 (new), 1 or 2 file to {@link SCHEMA_VERSION}; runs in a transaction. */
-function migrate(db: Database.Database): void {
+/** Bring a version 0 (new), 1, 2 or 3 file to {@link SCHEMA_VERSION}; runs in a transaction. */
+function migrate(db: Database.Database, version: number): void {
   db.exec(`
     CREATE TABLE IF NOT EXISTS item_chunks (
       seq  INTEGER PRIMARY KEY,
@@ -413,29 +307,40 @@ function migrate(db: Database.Database): void {
       seq  INTEGER PRIMARY KEY,
       ttl  INTEGER
     );
-    CREATE TABLE IF NOT EXISTS seen_chunks (
-      seq   INTEGER PRIMARY KEY,
-      peer  TEXT    NOT NULL,
-      width INTEGER NOT NULL,
-      n     INTEGER NOT NULL,
-      uuids BLOB    NOT NULL
-    );
+    CREATE TABLE IF NOT EXISTS delivered (
+      peer        TEXT    PRIMARY KEY,
+      incarnation BLOB    NOT NULL,
+      seq         INTEGER NOT NULL
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS meta (
       key   TEXT PRIMARY KEY,
       value BLOB NOT NULL
     ) WITHOUT ROWID;
   `);
+  if (version === 3) {
+    // item entries gain the message seq (0: stored without one); row keys, offsets, the dead
+    // bitmaps and rewritten TTLs all stay valid (a page of rows at a time: the connection
+    // cannot write while a statement iterates)
+    const page = db.prepare('SELECT seq, keys FROM item_chunks WHERE seq > ? ORDER BY seq LIMIT 64').raw();
+    const upd = db.prepare('UPDATE item_chunks SET keys = ? WHERE seq = ?');
+    for (let after = -Infinity; ; ) {
+      const rows = page.all(after) as [number, Buffer][];
+      if (rows.length === 0) break;
+      for (const [seq, keys] of rows) upd.run(upgradeKeysV3(keys), seq);
+      after = rows[rows.length - 1]![0];
+    }
+  }
   const hasTable = (name: string): boolean => !!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name);
   if (hasTable('items')) {
-    // versions 1 and 2: one row per item; the items keep their seqs (read a page at a time:
-    // the connection cannot write while a statement iterates)
+    // versions 1 and 2: one row per item; the items keep their seqs (read a page at a time)
+    // and get message seq 0
     const page = db.prepare('SELECT seq, queue, uuid, ttl, flags, body FROM items WHERE seq > ? ORDER BY seq LIMIT ?');
     const ins = db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)');
     for (let after = -Infinity; ; ) {
-      const rows = page.all(after, CHUNK_ITEMS) as (StoredItem & { seq: number })[];
+      const rows = page.all(after, CHUNK_ITEMS) as { seq: number; queue: string; uuid: Buffer; ttl: number | null; flags: number; body: Buffer }[];
       if (rows.length === 0) break;
       chunkItems(
-        rows.map((r) => ({ seq: r.seq, item: r })),
+        rows.map((r) => ({ seq: r.seq, item: { queue: r.queue, uuid: r.uuid, ttl: r.ttl, flags: r.flags, body: r.body, seq: 0 } })),
         (part) => {
           const c = encodeChunk(part);
           ins.run(part[0]!.seq, c.keys, c.data);
@@ -445,39 +350,22 @@ function migrate(db: Database.Database): void {
     }
     db.exec('DROP TABLE items');
   }
-  if (hasTable('seen')) {
-    // version 1: one row per uuid, oldest first by seq
-    const perPeer = new Map<string, Buffer[]>();
-    for (const [peer, uuid] of db.prepare('SELECT peer, uuid FROM seen ORDER BY seq').raw().iterate() as IterableIterator<[string, Buffer]>) {
-      const list = perPeer.get(peer);
-      if (list) list.push(uuid);
-      else perPeer.set(peer, [uuid]);
-    }
-    const ins = db.prepare('INSERT INTO seen_chunks (peer, width, n, uuids) VALUES (?, ?, ?, ?)');
-    for (const [peer, uuids] of perPeer) {
-      for (let i = 0; i < uuids.length; ) {
-        const width = uuids[i]!.length;
-        let j = i + 1;
-        while (j < uuids.length && j - i < SEEN_CHUNK && uuids[j]!.length === width) j++;
-        ins.run(peer, width, j - i, Buffer.concat(uuids.slice(i, j)));
-        i = j;
-      }
-    }
-    db.exec('DROP TABLE seen');
-  }
+  // the per-uuid dedup windows of versions 1 (`seen`) and 2-3 (`seen_chunks`) have no
+  // sequence-number equivalent: they are dropped (with their indexes)
+  db.exec('DROP TABLE IF EXISTS seen; DROP TABLE IF EXISTS seen_chunks;');
   db.pragma(`user_version = ${SCHEMA_VERSION}`);
 }
 
 /**
  * {@link QueuesStorage} in an SQLite database file.
  *
- * - **Group commit.** A write (`push`, `delete`, `updateTtls`, `deleteAll`, `addSeen`, `setMeta`)
- *   is queued in memory and returns a promise; the queue is written in ONE transaction on the
+ * - **Group commit.** A write (`push`, `delete`, `updateTtls`, `deleteAll`, `putDelivered`,
+ *   `forgetDelivered`, `setMeta`) is queued in memory and returns a promise; the queue is written in ONE transaction on the
  *   next turn of the event loop (or after `groupCommitMaxDelayMs`), in call order, and then
  *   every promise of that batch resolves together — or all reject with a `StorageError`
  *   (`ERR_STORAGE`, the SQLite error as `cause`) and none of the batch is applied. All writes of
  *   one batch share one promise object.
- * - **Reads** (`load`, `loadSeen`, `getMeta`) first write the pending batch, so they see every
+ * - **Reads** (`load`, `loadDelivered`, `getMeta`) first write the pending batch, so they see every
  *   write called before them.
  * - **Durability.** WAL journal with `synchronous=NORMAL` by default: a resolved write survives
  *   a process kill or crash, not necessarily a power loss or OS crash; pass
@@ -487,9 +375,10 @@ function migrate(db: Database.Database): void {
  * - One `SqliteQueuesStorage` per file: the key index and the sequence numbers are kept in
  *   memory, so another writer to the same file would corrupt the queues.
  *
- * Schema (version 3). Items: `item_chunks(seq INTEGER PRIMARY KEY, keys BLOB, data BLOB)`,
+ * Schema (version 4). Items: `item_chunks(seq INTEGER PRIMARY KEY, keys BLOB, data BLOB)`,
  * one row per batch of pushed items (up to 4096 items / 1 MiB): `keys` holds each item's
- * entry (seq offset, flags, TTL, lengths, queue, uuid — see `encodeChunk`), `data` the bodies.
+ * entry (seq offset, flags, TTL, message seq, lengths, queue, uuid — see `encodeChunk`), `data`
+ * the bodies.
  * Item seqs are assigned by this class, one more than the largest ever used since the file was
  * opened (and than the largest present), so they grow with insertion order; a row's key is its
  * first item's seq. `item_dead(seq, bits)`: for a row with deleted items, a bitmap by seq
@@ -498,12 +387,10 @@ function migrate(db: Database.Database): void {
  * rewritten with only its live items once no delete touched it for 32 batches. The (queue,
  * uuid) → seq index lives in memory, built when the file is opened (one pass over the `keys`
  * blobs): a push of a present key is ignored there; deletes and TTL updates go by seq.
- * `seen_chunks(seq INTEGER PRIMARY KEY, peer, width, n, uuids)`: a peer's
- * dedup window as rows of up to 256 uuids of `width` bytes concatenated, oldest row first; an
- * `addSeen` batch adds rows, trimming deletes the oldest rows and rewrites the one row it cuts
- * into, and re-adding a uuid rewrites the row it was in. `meta(key PRIMARY KEY, value)`. The
- * schema version is kept in `PRAGMA user_version`; version 1 and 2 files are migrated when
- * opened. The WAL is checkpointed at 32 MiB (see `WAL_CHECKPOINT_BYTES`).
+ * `delivered(peer TEXT PRIMARY KEY, incarnation BLOB, seq INTEGER)`: the delivered marks, one
+ * row per peer; a batch writes each peer it touched once (its last mark, or a delete).
+ * `meta(key PRIMARY KEY, value)`. The schema version is kept in `PRAGMA user_version`; version
+ * 1, 2 and 3 files are migrated when opened (see `SCHEMA_VERSION`). The WAL is checkpointed at 32 MiB (see `WAL_CHECKPOINT_BYTES`).
  */
 export class SqliteQueuesStorage implements QueuesStorage {
   private readonly db: Database.Database;
@@ -517,15 +404,14 @@ export class SqliteQueuesStorage implements QueuesStorage {
     deadDel: Database.Statement;
     ttlSet: Database.Statement;
     ttlDelRange: Database.Statement;
-    seenIns: Database.Statement;
-    seenUpd: Database.Statement;
-    seenDel: Database.Statement;
+    markPut: Database.Statement;
+    markDel: Database.Statement;
     setMeta: Database.Statement;
     delMeta: Database.Statement;
     loadChunks: Database.Statement;
     loadDead: Database.Statement;
     loadTtls: Database.Statement;
-    loadSeen: Database.Statement;
+    loadMarks: Database.Statement;
     getMeta: Database.Statement;
   };
   private readonly writeBatch: (ops: PendingOp[]) => void;
@@ -558,10 +444,8 @@ export class SqliteQueuesStorage implements QueuesStorage {
   /** Number of the current batch. */
   private batchNo = 0;
 
-  private seen = new Map<string, PeerSeen>();
-  private nextSeenSeq = 1;
-  /** Chunks added, changed or emptied in this transaction. */
-  private seenDirty = new Set<SeenChunk>();
+  /** Delivered marks of this transaction by peer, its last one (`null`: forget the peer). */
+  private pendingMarks = new Map<string, DeliveredMark | null>();
 
   /**
    * Open (creating if needed) the database file and its tables.
@@ -590,7 +474,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
       if (version > SCHEMA_VERSION) {
         throw new StorageError(`${filename} has schema version ${version}; this code knows up to ${SCHEMA_VERSION}`);
       }
-      if (version < SCHEMA_VERSION) db.transaction(() => migrate(db!))();
+      if (version < SCHEMA_VERSION) db.transaction(() => migrate(db!, version))();
       this.stmt = {
         chunkIns: db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)'),
         chunkUpd: db.prepare('UPDATE item_chunks SET keys = ?, data = ? WHERE seq = ?'),
@@ -600,15 +484,16 @@ export class SqliteQueuesStorage implements QueuesStorage {
         deadDel: db.prepare('DELETE FROM item_dead WHERE seq = ?'),
         ttlSet: db.prepare('INSERT OR REPLACE INTO item_ttls (seq, ttl) VALUES (?, ?)'),
         ttlDelRange: db.prepare('DELETE FROM item_ttls WHERE seq BETWEEN ? AND ?'),
-        seenIns: db.prepare('INSERT INTO seen_chunks (seq, peer, width, n, uuids) VALUES (?, ?, ?, ?, ?)'),
-        seenUpd: db.prepare('UPDATE seen_chunks SET n = ?, uuids = ? WHERE seq = ?'),
-        seenDel: db.prepare('DELETE FROM seen_chunks WHERE seq = ?'),
+        markPut: db.prepare(
+          'INSERT INTO delivered (peer, incarnation, seq) VALUES (?, ?, ?) ON CONFLICT (peer) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq',
+        ),
+        markDel: db.prepare('DELETE FROM delivered WHERE peer = ?'),
         setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
         delMeta: db.prepare('DELETE FROM meta WHERE key = ?'),
         loadChunks: db.prepare('SELECT seq, keys, data FROM item_chunks ORDER BY seq').raw(),
         loadDead: db.prepare('SELECT seq, bits FROM item_dead').raw(),
         loadTtls: db.prepare('SELECT seq, ttl FROM item_ttls').raw(),
-        loadSeen: db.prepare('SELECT seq, peer, width, n, uuids FROM seen_chunks ORDER BY seq'),
+        loadMarks: db.prepare('SELECT peer, incarnation, seq FROM delivered').raw(),
         getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
       };
       this.db = db;
@@ -636,8 +521,11 @@ export class SqliteQueuesStorage implements QueuesStorage {
           case Op.DeleteAllItems:
             this.applyDeleteAll();
             break;
-          case Op.Seen:
-            this.applySeen(o.peer, o.uuids, o.keep);
+          case Op.PutDelivered:
+            for (const m of o.marks) this.pendingMarks.set(m.peer, m);
+            break;
+          case Op.ForgetDelivered:
+            for (const p of o.peers) this.pendingMarks.set(p, null);
             break;
           case Op.SetMeta:
             this.stmt.setMeta.run(o.key, o.value);
@@ -648,7 +536,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
         }
       }
       this.writeItems();
-      this.writeSeen();
+      this.writeMarks();
     });
   }
 
@@ -656,7 +544,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
   private rebuild(): void {
     this.pendingIns = [];
     this.pendingTtl.clear();
-    this.seenDirty.clear();
+    this.pendingMarks.clear();
     this.chunkDirty.clear();
     this.compactable.clear();
     this.chunks = [];
@@ -703,22 +591,6 @@ export class SqliteQueuesStorage implements QueuesStorage {
     }
     this.index = index;
     this.nextSeq = this.insSeq0 = Math.max(this.nextSeq, maxSeq + 1);
-    const seen = new Map<string, PeerSeen>();
-    let maxSeen = 0;
-    for (const row of this.stmt.loadSeen.iterate() as IterableIterator<SeenRow>) {
-      let p = seen.get(row.peer);
-      if (!p) seen.set(row.peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap<number>() }));
-      const c = newSeenChunk(row.seq, p.chunks.length, row.peer, row.width, row.n);
-      c.inDb = true;
-      // (an empty row, which this code never writes, goes with the next batch)
-      if (row.n === 0) touchSeen(c, this.seenDirty);
-      p.chunks.push(c);
-      // (a uuid present twice, which this code never writes, counts at its newest place)
-      for (let i = 0; i < row.n; i++) appendSeen(p, c, row.uuids.subarray(i * row.width, (i + 1) * row.width), this.seenDirty);
-      if (row.seq > maxSeen) maxSeen = row.seq;
-    }
-    this.seen = seen;
-    this.nextSeenSeq = Math.max(this.nextSeenSeq, maxSeen + 1);
   }
 
   private applyPush(items: StoredItem[]): void {
@@ -910,70 +782,15 @@ export class SqliteQueuesStorage implements QueuesStorage {
     c.bytes = p + d;
   }
 
-  private applySeen(peer: string, uuids: Buffer[], keep: number): void {
-    let p = this.seen.get(peer);
-    if (!p) {
-      if (uuids.length === 0) return;
-      this.seen.set(peer, (p = { chunks: [], head: 0, first: 0, where: new UuidMap<number>() }));
-    }
-    const dirty = this.seenDirty;
-    const where = p.where;
-    // new uuids go on in the newest chunk while it is not in the database yet
-    let open = p.chunks.length > p.head ? p.chunks[p.chunks.length - 1]! : undefined;
-    if (open && (open.inDb || open.n >= SEEN_CHUNK)) open = undefined;
-    for (let i = 0; i < uuids.length; i++) {
-      const u = uuids[i]!;
-      if (!open || open.width !== u.length || open.n >= SEEN_CHUNK) {
-        open = newSeenChunk(this.nextSeenSeq++, p.first + p.chunks.length, peer, u.length, Math.min(SEEN_CHUNK, uuids.length - i));
-        p.chunks.push(open);
-        touchSeen(open, dirty);
-      } else if (open.n === open.cap) {
-        growSeenChunk(open, Math.min(SEEN_CHUNK, Math.max(open.cap * 2, open.n + uuids.length - i)));
-      }
-      appendSeen(p, open, u, dirty);
-      // trim to the newest `keep` as we go (the table never holds more than one extra)
-      if (where.size > keep) evictSeen(p, dirty);
-    }
-    while (where.size > keep) evictSeen(p, dirty);
-    // drop emptied chunks from the front (middle ones go when they reach it)
-    while (p.head < p.chunks.length && p.chunks[p.head]!.live === 0) p.head++;
-    if (p.head === p.chunks.length) {
-      p.first += p.chunks.length;
-      p.chunks = [];
-      p.head = 0;
-    } else if (p.head > 64 && p.head * 2 > p.chunks.length) {
-      p.first += p.head;
-      p.chunks = p.chunks.slice(p.head);
-      p.head = 0;
-    }
-    if (where.size === 0) this.seen.delete(peer);
-  }
-
-  /** Write the seen chunks changed in this transaction. */
-  private writeSeen(): void {
-    if (this.seenDirty.size === 0) return;
+  /** Write the delivered marks of this transaction: one row write per peer touched. */
+  private writeMarks(): void {
+    if (this.pendingMarks.size === 0) return;
     const s = this.stmt;
-    for (const c of this.seenDirty) {
-      c.dirty = false;
-      if (c.live === 0) {
-        if (c.inDb) s.seenDel.run(c.seq);
-        c.inDb = false;
-        continue;
-      }
-      const w = c.width;
-      let blob: Buffer;
-      if (c.live === c.n - c.start) blob = c.bytes.subarray(c.start * w, c.n * w);
-      else {
-        // skip the slots of uuids that moved on
-        blob = Buffer.allocUnsafe(c.live * w);
-        let o = 0;
-        for (let i = c.start; i < c.n; i++) if (c.dead![i] !== 1) o += c.bytes.copy(blob, o, i * w, i * w + w);
-      }
-      if (c.inDb) s.seenUpd.run(c.live, blob, c.seq);
-      else s.seenIns.run(c.seq, c.peer, w, c.live, blob);
-      c.inDb = true;
+    for (const [peer, m] of this.pendingMarks) {
+      if (m) s.markPut.run(peer, m.incarnation, m.seq);
+      else s.markDel.run(peer);
     }
-    this.seenDirty.clear();
+    this.pendingMarks.clear();
   }
 
   /**
@@ -1005,6 +822,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
             ttl: ttls.size && ttls.has(s) ? ttls.get(s)! : e.ttl,
             flags: e.flags,
             body: data.subarray(e.bodyAt, e.bodyAt + e.bodyLen),
+            seq: e.msgSeq,
           });
         });
       }
@@ -1028,7 +846,7 @@ export class SqliteQueuesStorage implements QueuesStorage {
     const copy: StoredItem[] = new Array(items.length);
     for (let i = 0; i < items.length; i++) {
       const it = items[i]!;
-      copy[i] = { queue: it.queue, uuid: it.uuid, ttl: it.ttl, flags: it.flags, body: it.body };
+      copy[i] = { queue: it.queue, uuid: it.uuid, ttl: it.ttl, flags: it.flags, body: it.body, seq: it.seq };
     }
     return this.enqueue({ op: Op.Push, items: copy });
   }
@@ -1079,34 +897,53 @@ export class SqliteQueuesStorage implements QueuesStorage {
   }
 
   /**
-   * Record uuids received from `peer` and keep only its newest `keep` (`Infinity`: all).
-   * @throws {InvalidArgumentError} (rejects) on malformed arguments. @throws {StorageError} when
-   *   the batch fails. @throws {ClosedError} after `close()`.
+   * Record marks, each replacing the one stored for its peer (the last of a peer wins). Goes
+   * through the group commit like every write: each peer touched in a batch is one row write.
+   * @throws {InvalidArgumentError} (rejects, nothing queued) on a malformed mark.
+   * @throws {StorageError} (rejects) when the batch fails. @throws {ClosedError} after `close()`.
    */
-  addSeen(peer: string, uuids: Buffer[], keep: number): Promise<void> {
+  putDelivered(marks: DeliveredMark[]): Promise<void> {
     if (this.closed) return Promise.reject(new ClosedError('storage'));
     try {
-      checkSeen(peer, uuids, keep);
+      checkMarks(marks);
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.enqueue({ op: Op.Seen, peer, uuids: uuids.slice(), keep });
+    const copy: DeliveredMark[] = new Array(marks.length);
+    for (let i = 0; i < marks.length; i++) {
+      const m = marks[i]!;
+      copy[i] = { peer: m.peer, incarnation: m.incarnation, seq: m.seq };
+    }
+    return this.enqueue({ op: Op.PutDelivered, marks: copy });
   }
 
   /**
-   * The dedup window of every peer, oldest first. Writes pending writes first.
+   * Every stored mark, one per peer. Writes pending writes first.
    * @throws {StorageError} (rejects) when SQLite fails. @throws {ClosedError} after `close()`.
    */
-  loadSeen(): Promise<Map<string, Buffer[]>> {
+  loadDelivered(): Promise<DeliveredMark[]> {
     return this.read(() => {
-      const out = new Map<string, Buffer[]>();
-      for (const row of this.stmt.loadSeen.iterate() as IterableIterator<SeenRow>) {
-        let list = out.get(row.peer);
-        if (!list) out.set(row.peer, (list = []));
-        for (let i = 0; i < row.n; i++) list.push(Buffer.from(row.uuids.subarray(i * row.width, (i + 1) * row.width)));
+      const out: DeliveredMark[] = [];
+      for (const [peer, incarnation, seq] of this.stmt.loadMarks.iterate() as IterableIterator<[string, Buffer, number]>) {
+        out.push({ peer, incarnation, seq });
       }
       return out;
     });
+  }
+
+  /**
+   * Delete the marks of these peers; unknown peers are ignored.
+   * @throws {InvalidArgumentError} (rejects) unless `peers` is an array of strings.
+   * @throws {StorageError} (rejects) when the batch fails. @throws {ClosedError} after `close()`.
+   */
+  forgetDelivered(peers: string[]): Promise<void> {
+    if (this.closed) return Promise.reject(new ClosedError('storage'));
+    try {
+      checkPeers(peers);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.enqueue({ op: Op.ForgetDelivered, peers: peers.slice() });
   }
 
   /**

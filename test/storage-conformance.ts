@@ -3,7 +3,7 @@
  * abstractStoreTest). Call {@link queuesStorageConformance} from a `*.test.ts` file.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { QueuesStorage, StoredItem } from '../src/storage.js';
+import type { DeliveredMark, QueuesStorage, StoredItem } from '../src/storage.js';
 
 /** What a backend's `build` gives the suite: a fresh, empty storage per test. */
 export interface ConformanceSubject {
@@ -22,9 +22,27 @@ export function uuidOf(n: number): Buffer {
   return b;
 }
 
-/** A stored item with body `body-<n>` unless given. */
+/** A stored item with body `body-<n>` and message seq `n` unless given. */
 export function itemOf(queue: string, n: number, extra: Partial<StoredItem> = {}): StoredItem {
-  return { queue, uuid: uuidOf(n), ttl: null, flags: 1, body: Buffer.from(`body-${n}`), ...extra };
+  return { queue, uuid: uuidOf(n), ttl: null, flags: 1, body: Buffer.from(`body-${n}`), seq: n, ...extra };
+}
+
+/** A deterministic 8-byte incarnation id: `n` in the last 4 bytes, `0x5A` marker first. */
+export function incarnationOf(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b[0] = 0x5a;
+  b.writeUInt32BE(n >>> 0, 4);
+  return b;
+}
+
+/** A delivered mark. */
+export function markOf(peer: string, incarnation: number, seq: number): DeliveredMark {
+  return { peer, incarnation: incarnationOf(incarnation), seq };
+}
+
+/** Marks sorted by peer (loadDelivered's order is unspecified). */
+export function byPeer(marks: DeliveredMark[]): DeliveredMark[] {
+  return [...marks].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0));
 }
 
 /** `queue:n` of every item, for readable order assertions. */
@@ -74,7 +92,7 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
     it('starts empty', async () => {
       const s = await fresh();
       expect(await s.load()).toEqual([]);
-      expect((await s.loadSeen()).size).toBe(0);
+      expect(await s.loadDelivered()).toEqual([]);
       expect(await s.getMeta('anything')).toBeNull();
     });
 
@@ -144,10 +162,10 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       expect(items.every((i) => i.body.toString().startsWith('body-'))).toBe(true);
     });
 
-    it('deleteAll(queue) empties one queue; deleteAll() empties every queue but keeps seen and meta', async () => {
+    it('deleteAll(queue) empties one queue; deleteAll() empties every queue but keeps delivered marks and meta', async () => {
       const s = await fresh();
       await s.push([itemOf('a', 1), itemOf('b', 2), itemOf('a', 3), itemOf('c', 4)]);
-      await s.addSeen('peer', [uuidOf(9)], 10);
+      await s.putDelivered([markOf('peer', 1, 9)]);
       await s.setMeta('k', Buffer.from('v'));
       await s.deleteAll('a');
       expect(keysOf(await s.load())).toEqual(['b:2', 'c:4']);
@@ -155,7 +173,7 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       expect(keysOf(await s.load())).toEqual(['b:2', 'c:4']);
       await s.deleteAll();
       expect(await s.load()).toEqual([]);
-      expect((await s.loadSeen()).get('peer')).toEqual([uuidOf(9)]);
+      expect(await s.loadDelivered()).toEqual([markOf('peer', 1, 9)]);
       expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
       await s.push([itemOf('a', 1)]);
       expect(keysOf(await s.load())).toEqual(['a:1']);
@@ -169,10 +187,10 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       const zeroUuid = Buffer.alloc(16);
       const ffUuid = Buffer.alloc(16, 0xff);
       const pushed: StoredItem[] = [
-        { queue: 'q', uuid: zeroUuid, ttl: null, flags: 0, body: Buffer.alloc(0) },
-        { queue: 'q', uuid: ffUuid, ttl: 1, flags: 0xffffffff, body: every },
-        { queue: 'ünï—☃ \u0000x', uuid: uuidOf(3), ttl: 2, flags: 1, body: large },
-        { queue: '', uuid: uuidOf(4), ttl: 3, flags: 1, body: Buffer.from([0]) },
+        { queue: 'q', uuid: zeroUuid, ttl: null, flags: 0, body: Buffer.alloc(0), seq: 0 },
+        { queue: 'q', uuid: ffUuid, ttl: 1, flags: 0xffffffff, body: every, seq: Number.MAX_SAFE_INTEGER },
+        { queue: 'ünï—☃ \u0000x', uuid: uuidOf(3), ttl: 2, flags: 1, body: large, seq: 1 },
+        { queue: '', uuid: uuidOf(4), ttl: 3, flags: 1, body: Buffer.from([0]), seq: 2 ** 32 },
       ];
       await s.push(pushed);
       const items = await s.load();
@@ -187,6 +205,7 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
         expect(got.body.equals(want.body)).toBe(true);
         expect(got.flags).toBe(want.flags);
         expect(got.ttl).toBe(want.ttl);
+        expect(got.seq).toBe(want.seq);
       }
     });
 
@@ -255,66 +274,119 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
 
     it('reads see writes that were called before them and not yet awaited', async () => {
       const s = await fresh();
-      const writes = [s.push([itemOf('q', 1)]), s.addSeen('p', [uuidOf(1)], 5), s.setMeta('k', Buffer.from('v'))];
-      const [items, seen, meta] = await Promise.all([s.load(), s.loadSeen(), s.getMeta('k')]);
+      const writes = [s.push([itemOf('q', 1)]), s.putDelivered([markOf('p', 3, 7)]), s.setMeta('k', Buffer.from('v'))];
+      const [items, marks, meta] = await Promise.all([s.load(), s.loadDelivered(), s.getMeta('k')]);
       expect(keysOf(items)).toEqual(['q:1']);
-      expect(seen.get('p')).toEqual([uuidOf(1)]);
+      expect(marks).toEqual([markOf('p', 3, 7)]);
       expect(meta).toEqual(Buffer.from('v'));
       await Promise.all(writes);
     });
 
-    it('trims the seen window to the newest `keep` per peer and loads it oldest first', async () => {
+    it('round-trips the message seq of items: 0, small, 2^31, 2^32, 2^53-1', async () => {
       const s = await fresh();
-      await s.addSeen('alice', [uuidOf(1), uuidOf(2), uuidOf(3)], 4);
-      await s.addSeen('bob', [uuidOf(100)], 4);
-      await s.addSeen('alice', [uuidOf(4), uuidOf(5)], 4);
-      let seen = await s.loadSeen();
-      expect(seen.get('alice')).toEqual([2, 3, 4, 5].map(uuidOf));
-      expect(seen.get('bob')).toEqual([uuidOf(100)]);
-      // keep applies to the peer named only
-      await s.addSeen('bob', [uuidOf(101), uuidOf(102)], 2);
-      seen = await s.loadSeen();
-      expect(seen.get('alice')).toEqual([2, 3, 4, 5].map(uuidOf));
-      expect(seen.get('bob')).toEqual([uuidOf(101), uuidOf(102)]);
-      // an empty add still trims to a smaller keep
-      await s.addSeen('alice', [], 1);
-      expect((await s.loadSeen()).get('alice')).toEqual([uuidOf(5)]);
-      // keep 0 empties that peer's window
-      await s.addSeen('bob', [uuidOf(103)], 0);
-      seen = await s.loadSeen();
-      expect(seen.get('bob') ?? []).toEqual([]);
-      expect(seen.get('alice')).toEqual([uuidOf(5)]);
-      // an empty add with keep 0 forgets the peer (Messaging's dedupIdlePeers bound)
-      await s.addSeen('alice', [], 0);
-      seen = await s.loadSeen();
-      expect(seen.has('alice')).toBe(false);
+      const seqs = [0, 1, 2, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 32 + 1, 123_456_789_012, Number.MAX_SAFE_INTEGER - 1, Number.MAX_SAFE_INTEGER];
+      // not in seq order: the seq is data, insertion order stays the order of the pushes
+      const pushed = seqs.map((seq, i) => itemOf(i % 2 ? 'a' : 'b', 100 - i, { seq })).reverse();
+      await s.push(pushed.slice(0, 4));
+      await s.push(pushed.slice(4));
+      const items = await s.load();
+      expect(items).toEqual(pushed);
+      expect(items.map((i) => i.seq)).toEqual([...seqs].reverse());
+      // the seq stays with its item through deletes, TTL updates and a duplicate push
+      await s.delete([{ queue: pushed[0]!.queue, uuid: pushed[0]!.uuid }]);
+      await s.updateTtls([{ queue: pushed[9]!.queue, uuid: pushed[9]!.uuid, ttl: 5 }]);
+      await s.push([{ ...pushed[5]!, seq: 42 }]);
+      expect((await s.load()).map((i) => i.seq)).toEqual([...seqs].reverse().slice(1));
+      expect((await s.load())[8]!.ttl).toBe(5);
     });
 
-    it('trims correctly when many addSeen calls land in one tick', async () => {
+    it('putDelivered upserts by peer: a later mark replaces the earlier one, other peers untouched', async () => {
+      const s = await fresh();
+      await s.putDelivered([markOf('alice', 1, 5), markOf('bob', 2, 1)]);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('alice', 1, 5), markOf('bob', 2, 1)]);
+      // a higher seq of the same incarnation
+      await s.putDelivered([markOf('alice', 1, 9)]);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('alice', 1, 9), markOf('bob', 2, 1)]);
+      // a new incarnation, seq back to 0; and a lower seq is stored as given (no max taken)
+      await s.putDelivered([markOf('alice', 7, 0)]);
+      await s.putDelivered([markOf('bob', 2, 0)]);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('alice', 7, 0), markOf('bob', 2, 0)]);
+      // within one call the last mark of a peer wins; an empty call changes nothing
+      await s.putDelivered([markOf('carol', 1, 1), markOf('alice', 8, 3), markOf('carol', 2, Number.MAX_SAFE_INTEGER)]);
+      await s.putDelivered([]);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('alice', 8, 3), markOf('bob', 2, 0), markOf('carol', 2, Number.MAX_SAFE_INTEGER)]);
+      // odd peer names are peers like any other
+      await s.putDelivered([markOf('', 3, 3), markOf('ünï—☃ \u0000x', 4, 4)]);
+      const got = byPeer(await s.loadDelivered());
+      expect(got).toHaveLength(5);
+      expect(got.find((m) => m.peer === '')).toEqual(markOf('', 3, 3));
+      expect(got.find((m) => m.peer === 'ünï—☃ \u0000x')).toEqual(markOf('ünï—☃ \u0000x', 4, 4));
+    });
+
+    it('forgetDelivered deletes the marks of the peers named, ignores unknown peers', async () => {
+      const s = await fresh();
+      await s.putDelivered([markOf('a', 1, 1), markOf('b', 1, 2), markOf('c', 1, 3)]);
+      await s.forgetDelivered(['b', 'nobody']);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('a', 1, 1), markOf('c', 1, 3)]);
+      await s.forgetDelivered([]);
+      await s.forgetDelivered(['b']);
+      expect(byPeer(await s.loadDelivered())).toEqual([markOf('a', 1, 1), markOf('c', 1, 3)]);
+      // a forgotten peer can get a mark again
+      await s.putDelivered([markOf('b', 2, 0)]);
+      await s.forgetDelivered(['a', 'c']);
+      expect(await s.loadDelivered()).toEqual([markOf('b', 2, 0)]);
+    });
+
+    it('applies many putDelivered / forgetDelivered calls of one tick in call order, with pushes and deletes', async () => {
       const s = await fresh();
       const ps: Promise<void>[] = [];
-      for (let i = 0; i < 300; i++) {
-        ps.push(s.addSeen('a', [uuidOf(i)], 50));
-        ps.push(s.addSeen(`b`, [uuidOf(10_000 + i)], 1000));
+      for (let i = 0; i < 2000; i++) {
+        ps.push(s.putDelivered([markOf(`p${i % 10}`, 1, i + 1)]));
+        if (i % 100 === 0) ps.push(s.push([itemOf('q', i)]));
+        if (i % 200 === 0) ps.push(s.delete([{ queue: 'q', uuid: uuidOf(i) }]));
       }
-      // a smaller keep in the middle of the stream, then growth again
-      ps.push(s.addSeen('c', [uuidOf(1), uuidOf(2), uuidOf(3), uuidOf(4)], 10));
-      ps.push(s.addSeen('c', [uuidOf(5)], 2));
-      ps.push(s.addSeen('c', [uuidOf(6), uuidOf(7)], 10));
+      // put then forget: gone; forget then put: there
+      ps.push(s.putDelivered([markOf('x', 1, 1)]), s.forgetDelivered(['x']));
+      ps.push(s.forgetDelivered(['y']), s.putDelivered([markOf('y', 2, 2)]));
+      // forget then put of a peer with an earlier mark in this tick
+      ps.push(s.forgetDelivered(['p3']), s.putDelivered([markOf('p3', 9, 99)]));
+      ps.push(s.forgetDelivered(['p4']));
       await Promise.all(ps);
-      const seen = await s.loadSeen();
-      expect(seen.get('a')).toEqual(Array.from({ length: 50 }, (_, i) => uuidOf(250 + i)));
-      expect(seen.get('b')).toEqual(Array.from({ length: 300 }, (_, i) => uuidOf(10_000 + i)));
-      expect(seen.get('c')).toEqual([4, 5, 6, 7].map(uuidOf));
+      const want = Array.from({ length: 10 }, (_, k) => markOf(`p${k}`, 1, 1990 + k + 1)).filter((m) => m.peer !== 'p4');
+      want[3] = markOf('p3', 9, 99);
+      want.push(markOf('y', 2, 2));
+      expect(byPeer(await s.loadDelivered())).toEqual(byPeer(want));
+      expect(keysOf(await s.load())).toEqual(Array.from({ length: 20 }, (_, k) => k * 100).filter((n) => n % 200 !== 0).map((n) => `q:${n}`));
     });
 
-    it('re-adding a seen uuid moves it to the newest position', async () => {
+    it('keeps marks of 10,000 peers exact', async () => {
+      let s = await fresh();
+      const want: DeliveredMark[] = [];
+      for (let i = 0; i < 10_000; i++) want.push(markOf(`peer-${i}`, i * 7919, i % 3 ? Number.MAX_SAFE_INTEGER - i : i));
+      // some in one call, the rest one call each (all in one tick)
+      const ps = [s.putDelivered(want.slice(0, 4000))];
+      for (const m of want.slice(4000)) ps.push(s.putDelivered([m]));
+      await Promise.all(ps);
+      expect(byPeer(await s.loadDelivered())).toEqual(byPeer(want));
+      const again = await reopen(s);
+      if (again) {
+        s = again;
+        expect(byPeer(await s.loadDelivered())).toEqual(byPeer(want));
+      }
+      await s.forgetDelivered(want.filter((_, i) => i % 2).map((m) => m.peer));
+      expect(byPeer(await s.loadDelivered())).toEqual(byPeer(want.filter((_, i) => i % 2 === 0)));
+    });
+
+    it('is not affected by later changes to the buffers of marks put or loaded', async () => {
       const s = await fresh();
-      await s.addSeen('p', [uuidOf(1), uuidOf(2), uuidOf(3)], 3);
-      await s.addSeen('p', [uuidOf(1)], 3);
-      expect((await s.loadSeen()).get('p')).toEqual([2, 3, 1].map(uuidOf));
-      await s.addSeen('p', [uuidOf(4)], 3);
-      expect((await s.loadSeen()).get('p')).toEqual([3, 1, 4].map(uuidOf));
+      const m = markOf('p', 1, 5);
+      await s.putDelivered([m]);
+      m.incarnation.fill(0);
+      m.seq = 6;
+      const loaded = await s.loadDelivered();
+      expect(loaded).toEqual([markOf('p', 1, 5)]);
+      loaded[0]!.incarnation.fill(0xff);
+      expect(await s.loadDelivered()).toEqual([markOf('p', 1, 5)]);
     });
 
     it('gets, overwrites and deletes meta values', async () => {
@@ -338,7 +410,7 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
     it('rejects a malformed call with ERR_INVALID_ARGUMENT without disturbing other calls of the same tick', async () => {
       const s = await fresh();
       const good1 = s.push([itemOf('q', 1)]);
-      const bad = s.push([itemOf('q', 2), { queue: 'q', uuid: uuidOf(3), ttl: null, flags: 1, body: 'not a buffer' as unknown as Buffer }]);
+      const bad = s.push([itemOf('q', 2), { queue: 'q', uuid: uuidOf(3), ttl: null, flags: 1, body: 'not a buffer' as unknown as Buffer, seq: 3 }]);
       const badTtl = s.updateTtls([{ queue: 'q', uuid: uuidOf(1), ttl: Number.NaN }]);
       const good2 = s.push([itemOf('q', 4)]);
       expect((await rejection(bad)).code).toBe('ERR_INVALID_ARGUMENT');
@@ -349,13 +421,44 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       expect(items[0]!.ttl).toBeNull();
     });
 
+    it('rejects a malformed item seq or delivered mark with ERR_INVALID_ARGUMENT, storing nothing of that call', async () => {
+      const s = await fresh();
+      const good = [s.push([itemOf('q', 1)]), s.putDelivered([markOf('ok', 1, 1)])];
+      const badSeqs = [-1, 1.5, Number.NaN, Infinity, 2 ** 53, undefined, '3', null];
+      const bad: Promise<void>[] = [];
+      for (const seq of badSeqs) bad.push(s.push([itemOf('q', 2), itemOf('q', 3, { seq: seq as unknown as number })]));
+      const badMarks: unknown[] = [
+        { peer: 'x', incarnation: Buffer.alloc(7), seq: 1 },
+        { peer: 'x', incarnation: Buffer.alloc(9), seq: 1 },
+        { peer: 'x', incarnation: 'abcdefgh', seq: 1 },
+        { peer: 'x', incarnation: Buffer.alloc(8), seq: -1 },
+        { peer: 'x', incarnation: Buffer.alloc(8), seq: 0.5 },
+        { peer: 'x', incarnation: Buffer.alloc(8), seq: 2 ** 53 },
+        { peer: 'x', incarnation: Buffer.alloc(8) },
+        { peer: 5, incarnation: Buffer.alloc(8), seq: 1 },
+        null,
+      ];
+      for (const m of badMarks) bad.push(s.putDelivered([markOf('x', 1, 1), m as DeliveredMark]));
+      bad.push(s.putDelivered('nope' as unknown as DeliveredMark[]));
+      bad.push(s.forgetDelivered(['ok', 5 as unknown as string]));
+      bad.push(s.forgetDelivered('ok' as unknown as string[]));
+      for (const p of bad) expect((await rejection(p)).code).toBe('ERR_INVALID_ARGUMENT');
+      await Promise.all(good);
+      expect(keysOf(await s.load())).toEqual(['q:1']);
+      expect(await s.loadDelivered()).toEqual([markOf('ok', 1, 1)]);
+    });
+
     it('writes called before close() complete; every operation after it rejects with ERR_CLOSED', async () => {
       const s = await fresh();
       const before = s.push([itemOf('q', 1)]);
       const meta = s.setMeta('k', Buffer.from('v'));
+      const mark = s.putDelivered([markOf('p', 1, 10), markOf('gone', 1, 1)]);
+      const forget = s.forgetDelivered(['gone']);
       await s.close();
       await expect(before).resolves.toBeUndefined();
       await expect(meta).resolves.toBeUndefined();
+      await expect(mark).resolves.toBeUndefined();
+      await expect(forget).resolves.toBeUndefined();
       const calls: Array<[string, () => Promise<unknown>]> = [
         ['load', () => s.load()],
         ['push', () => s.push([itemOf('q', 2)])],
@@ -363,8 +466,9 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
         ['updateTtls', () => s.updateTtls([{ queue: 'q', uuid: uuidOf(1), ttl: 1 }])],
         ['deleteAll(queue)', () => s.deleteAll('q')],
         ['deleteAll()', () => s.deleteAll()],
-        ['addSeen', () => s.addSeen('p', [uuidOf(1)], 3)],
-        ['loadSeen', () => s.loadSeen()],
+        ['putDelivered', () => s.putDelivered([markOf('p', 1, 11)])],
+        ['loadDelivered', () => s.loadDelivered()],
+        ['forgetDelivered', () => s.forgetDelivered(['p'])],
         ['getMeta', () => s.getMeta('k')],
         ['setMeta', () => s.setMeta('k', null)],
       ];
@@ -376,20 +480,23 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       await expect(s.close()).resolves.toBeUndefined();
       const again = await reopen(s);
       if (again) {
-        expect(keysOf(await again.load())).toEqual(['q:1']);
+        expect(await again.load()).toEqual([itemOf('q', 1)]);
         expect(await again.getMeta('k')).toEqual(Buffer.from('v'));
+        expect(await again.loadDelivered()).toEqual([markOf('p', 1, 10)]);
       }
     });
 
-    it('keeps items (order, TTLs, bytes), seen windows and meta across close and reopen', async ({ skip }) => {
+    it('keeps items (order, TTLs, seqs, bytes), delivered marks and meta across close and reopen', async ({ skip }) => {
       const s = await fresh();
       if (!subject?.reopen) return skip('backend is not persistent (no reopen)');
       await s.push([itemOf('b', 1), itemOf('a', 2, { ttl: 0 }), itemOf('a', 3, { ttl: 1234, body: Buffer.alloc(0) })]);
       await s.push([itemOf('b', 4, { flags: 0 }), itemOf('c', 5)]);
       await s.delete([{ queue: 'b', uuid: uuidOf(4) }]);
       await s.updateTtls([{ queue: 'b', uuid: uuidOf(1), ttl: 42 }]);
-      await s.addSeen('p', [uuidOf(1), uuidOf(2), uuidOf(3)], 2);
-      await s.addSeen('r', [uuidOf(9)], 2);
+      await s.push([itemOf('c', 6, { seq: 0 }), itemOf('c', 7, { seq: Number.MAX_SAFE_INTEGER })]);
+      await s.putDelivered([markOf('p', 1, 3), markOf('r', 2, 9), markOf('gone', 3, 1)]);
+      await s.putDelivered([markOf('p', 1, 4)]);
+      await s.forgetDelivered(['gone']);
       await s.setMeta('cache', Buffer.from([1, 2, 3]));
       const s2 = (await reopen(s))!;
       const items = await s2.load();
@@ -398,17 +505,17 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
         itemOf('a', 2, { ttl: 0 }),
         itemOf('a', 3, { ttl: 1234, body: Buffer.alloc(0) }),
         itemOf('c', 5),
+        itemOf('c', 6, { seq: 0 }),
+        itemOf('c', 7, { seq: Number.MAX_SAFE_INTEGER }),
       ]);
-      const seen = await s2.loadSeen();
-      expect(seen.get('p')).toEqual([uuidOf(2), uuidOf(3)]);
-      expect(seen.get('r')).toEqual([uuidOf(9)]);
+      expect(byPeer(await s2.loadDelivered())).toEqual([markOf('p', 1, 4), markOf('r', 2, 9)]);
       expect(await s2.getMeta('cache')).toEqual(Buffer.from([1, 2, 3]));
       // the insertion sequence continues after a reopen: new items go after the old ones
-      await s2.push([itemOf('a', 6)]);
-      await s2.addSeen('p', [uuidOf(4)], 2);
+      await s2.push([itemOf('a', 8)]);
+      await s2.putDelivered([markOf('p', 5, 1)]);
       const s3 = (await reopen(s2))!;
-      expect(keysOf(await s3.load())).toEqual(['b:1', 'a:2', 'a:3', 'c:5', 'a:6']);
-      expect((await s3.loadSeen()).get('p')).toEqual([uuidOf(3), uuidOf(4)]);
+      expect(keysOf(await s3.load())).toEqual(['b:1', 'a:2', 'a:3', 'c:5', 'c:6', 'c:7', 'a:8']);
+      expect(byPeer(await s3.loadDelivered())).toEqual([markOf('p', 5, 1), markOf('r', 2, 9)]);
     });
 
     it('keeps a large burst made in one tick across close and reopen, in order', async ({ skip }) => {
@@ -422,7 +529,21 @@ export function queuesStorageConformance(name: string, build: () => Promise<Conf
       const s2 = (await reopen(s))!;
       const items = await s2.load();
       expect(items).toHaveLength(n - 1);
-      expect(items.every((it, i) => it.uuid.equals(uuidOf(i + 1)))).toBe(true);
+      expect(items.every((it, i) => it.uuid.equals(uuidOf(i + 1)) && it.seq === i + 1)).toBe(true);
+    });
+
+    it('a putDelivered not awaited before close() is there after a reopen, with the writes around it', async ({ skip }) => {
+      const s = await fresh();
+      if (!subject?.reopen) return skip('backend is not persistent (no reopen)');
+      await s.push([itemOf('q', 1), itemOf('q', 2)]);
+      void s.delete([{ queue: 'q', uuid: uuidOf(1) }]);
+      void s.putDelivered([markOf('p', 1, 41)]);
+      void s.push([itemOf('q', 3, { seq: 2 ** 40 })]);
+      void s.putDelivered([markOf('p', 1, 42), markOf('r', 6, 0)]);
+      void s.forgetDelivered(['r']);
+      const s2 = (await reopen(s))!;
+      expect(await s2.load()).toEqual([itemOf('q', 2), itemOf('q', 3, { seq: 2 ** 40 })]);
+      expect(await s2.loadDelivered()).toEqual([markOf('p', 1, 42)]);
     });
   });
 }

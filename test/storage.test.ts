@@ -9,7 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { SqliteQueuesStorage } from '../storage/sqlite.js';
 import type { StoredItem } from '../src/storage.js';
-import { itemOf, queuesStorageConformance, uuidOf } from './storage-conformance.js';
+import { writeV3File, type V3Item } from './fixtures/sqlite-v3-file.js';
+import { byPeer, itemOf, markOf, queuesStorageConformance, uuidOf } from './storage-conformance.js';
 
 let dir = '';
 let fileNo = 0;
@@ -150,7 +151,7 @@ describe('sqlite storage specifics', () => {
     );
   });
 
-  it('migrates a schema version 1 file (unique key index, one seen row per uuid)', async () => {
+  it('migrates a schema version 1 file (unique key index, one seen row per uuid): items get seq 0, seen is dropped', async () => {
     const file = newFile();
     const v1 = new Database(file);
     v1.pragma('journal_mode = WAL');
@@ -174,30 +175,23 @@ describe('sqlite storage specifics', () => {
     v1.close();
 
     const s = open(file);
-    expect((await s.load()).map((i) => `${i.queue}:${i.uuid.readUInt32BE(12)}`)).toEqual(['b:1', 'b:3']);
-    let w = await s.loadSeen();
-    expect(w.get('p')).toEqual(Array.from({ length: 300 }, (_, i) => uuidOf(2 * i + 1)));
-    expect(w.get('r')).toEqual(Array.from({ length: 300 }, (_, i) => uuidOf(2 * i)));
-    expect(w.get('odd')).toEqual([Buffer.from('short')]);
+    expect(await s.load()).toEqual([itemOf('b', 1, { seq: 0 }), itemOf('b', 3, { seq: 0 })]);
+    expect(await s.loadDelivered()).toEqual([]);
     expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
     // keys still dedupe, and new items go last
     await s.push([itemOf('b', 1, { body: Buffer.from('dup') }), itemOf('a', 2)]);
     await s.delete([{ queue: 'b', uuid: uuidOf(3) }]);
-    await s.addSeen('p', [uuidOf(1), uuidOf(1000)], 3);
+    await s.putDelivered([markOf('p', 1, 5)]);
     const items = await s.load();
-    expect(items.map((i) => `${i.queue}:${i.uuid.readUInt32BE(12)}`)).toEqual(['b:1', 'a:2']);
-    expect(items[0]!.body.toString()).toBe('body-1');
-    w = await s.loadSeen();
-    expect(w.get('p')).toEqual([uuidOf(599), uuidOf(1), uuidOf(1000)]);
+    expect(items).toEqual([itemOf('b', 1, { seq: 0 }), itemOf('a', 2)]);
+    expect(await s.loadDelivered()).toEqual([markOf('p', 1, 5)]);
     const raw = opened[0] as unknown as { db: Database.Database };
-    expect(raw.db.pragma('user_version', { simple: true })).toBe(3);
+    expect(raw.db.pragma('user_version', { simple: true })).toBe(4);
     const names = raw.db.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all();
-    expect(names).not.toContain('seen');
-    expect(names).not.toContain('items');
-    expect(names).not.toContain('items_key');
+    expect(names).toEqual(['delivered', 'item_chunks', 'item_dead', 'item_ttls', 'meta']);
   });
 
-  it('migrates a schema version 2 file (one items row per item), keeping order, TTLs, seen windows and meta', async () => {
+  it('migrates a schema version 2 file (one items row per item), keeping order, TTLs and meta; items get seq 0', async () => {
     const file = newFile();
     const v2 = new Database(file);
     v2.pragma('journal_mode = WAL');
@@ -213,11 +207,11 @@ describe('sqlite storage specifics', () => {
     const ins = v2.prepare('INSERT INTO items (seq, queue, uuid, ttl, flags, body) VALUES (?, ?, ?, ?, ?, ?)');
     const want: StoredItem[] = [];
     for (let i = 0; i < 9000; i++) {
-      const it = itemOf(i % 3 ? 'a' : 'ünï', i, { ttl: i % 4 ? i * 1.5 : null, flags: i % 2, body: i % 500 ? Buffer.from(`body-${i}`) : Buffer.alloc(0) });
+      const it = itemOf(i % 3 ? 'a' : 'ünï', i, { ttl: i % 4 ? i * 1.5 : null, flags: i % 2, body: i % 500 ? Buffer.from(`body-${i}`) : Buffer.alloc(0), seq: 0 });
       ins.run(10 + 3 * i, it.queue, it.uuid, it.ttl, it.flags, it.body);
       want.push(it);
     }
-    const big = itemOf('a', 9000, { body: Buffer.alloc(3 << 20, 7) });
+    const big = itemOf('a', 9000, { body: Buffer.alloc(3 << 20, 7), seq: 0 });
     ins.run(2 ** 40, big.queue, big.uuid, big.ttl, big.flags, big.body);
     want.push(big);
     v2.prepare('INSERT INTO seen_chunks (peer, width, n, uuids) VALUES (?, ?, ?, ?)').run('p', 16, 2, Buffer.concat([uuidOf(1), uuidOf(2)]));
@@ -226,14 +220,20 @@ describe('sqlite storage specifics', () => {
 
     // (compared as strings: a deep equality over megabytes of Buffer takes very long)
     const show = (items: StoredItem[]): string[] =>
-      items.map((it) => `${it.queue}|${it.uuid.toString('hex')}|${it.ttl}|${it.flags}|${createHash('sha1').update(it.body).digest('hex')}`);
+      items.map((it) => `${it.queue}|${it.uuid.toString('hex')}|${it.ttl}|${it.flags}|${it.seq}|${createHash('sha1').update(it.body).digest('hex')}`);
     let s = open(file);
     expect(show(await s.load())).toEqual(show(want));
-    expect((await s.loadSeen()).get('p')).toEqual([uuidOf(1), uuidOf(2)]);
+    expect(await s.loadDelivered()).toEqual([]);
     expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
     const raw = s as unknown as { db: Database.Database };
-    expect(raw.db.pragma('user_version', { simple: true })).toBe(3);
-    expect(raw.db.prepare(`SELECT name FROM sqlite_master WHERE name = 'items'`).get()).toBeUndefined();
+    expect(raw.db.pragma('user_version', { simple: true })).toBe(4);
+    expect(raw.db.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all()).toEqual([
+      'delivered',
+      'item_chunks',
+      'item_dead',
+      'item_ttls',
+      'meta',
+    ]);
     // keys still dedupe, deletes and TTL updates find the migrated items, new items go last
     await s.push([itemOf('a', 1, { body: Buffer.from('dup') }), itemOf('b', 9001)]);
     await s.delete([{ queue: 'a', uuid: uuidOf(2) }, { queue: 'ünï', uuid: uuidOf(0) }]);
@@ -244,6 +244,127 @@ describe('sqlite storage specifics', () => {
     const expected = want.filter((_, i) => i !== 2 && i !== 0).map((it) => (it.uuid.equals(uuidOf(4)) ? { ...it, ttl: 99 } : it));
     expected.push(itemOf('b', 9001));
     expect(show(items)).toEqual(show(expected));
+  });
+
+  it('migrates a schema version 3 file (item rows without message seqs, seen_chunks) in place: order, deletes, TTLs kept, seq 0', async () => {
+    const file = newFile();
+    // 150 rows (more than one page of the migration), items at gaps of offsets, some deleted,
+    // some TTLs rewritten, uuids and queues of odd lengths
+    const rows: { seq: number; items: V3Item[]; deadOffs?: number[] }[] = [];
+    const want: StoredItem[] = [];
+    const ttls: [number, number | null][] = [];
+    let n = 0;
+    for (let r = 0; r < 150; r++) {
+      const seq = 1 + r * 40;
+      const items: V3Item[] = [];
+      const deadOffs: number[] = [];
+      for (let k = 0; k < 12; k++) {
+        const i = n++;
+        const it: V3Item = {
+          off: k * 3,
+          queue: i % 5 ? `q${i % 3}` : 'ünï—☃',
+          uuid: i % 37 === 5 ? Buffer.from(`short-${i}`) : uuidOf(i),
+          ttl: i % 4 ? i * 2.5 : null,
+          flags: i % 2 ? 1 : 0xffffffff,
+          body: i % 50 ? Buffer.from(`body-${i}`) : Buffer.alloc(0),
+        };
+        items.push(it);
+        if (i % 7 === 3) {
+          deadOffs.push(it.off);
+          continue;
+        }
+        let ttl = it.ttl;
+        if (i % 11 === 4) {
+          ttl = i % 2 ? null : 9000 + i;
+          ttls.push([seq + it.off, ttl]);
+        }
+        want.push({ queue: it.queue, uuid: it.uuid, ttl, flags: it.flags, body: it.body, seq: 0 });
+      }
+      rows.push({ seq, items, deadOffs });
+    }
+    // a row of larger items (compacted below), and a large body alone in its row, far away
+    const bulky: V3Item[] = Array.from({ length: 40 }, (_, j) => ({ off: j, queue: 'bulky', uuid: uuidOf(50_000 + j), ttl: j, flags: 1, body: Buffer.alloc(1000, j) }));
+    rows.push({ seq: 2 ** 39, items: bulky });
+    for (const it of bulky) want.push({ queue: it.queue, uuid: it.uuid, ttl: it.ttl, flags: it.flags, body: it.body, seq: 0 });
+    const big: V3Item = { off: 0, queue: 'big', uuid: uuidOf(1 << 30), ttl: 1, flags: 1, body: Buffer.alloc(2 << 20, 9) };
+    rows.push({ seq: 2 ** 40, items: [big] });
+    want.push({ queue: big.queue, uuid: big.uuid, ttl: big.ttl, flags: big.flags, body: big.body, seq: 0 });
+    writeV3File(file, {
+      rows,
+      ttls,
+      seen: [
+        ['p', [uuidOf(1), uuidOf(2)]],
+        ['r', [Buffer.from('abc')]],
+      ],
+      meta: [['k', Buffer.from('v')]],
+    });
+
+    const show = (items: StoredItem[]): string[] =>
+      items.map((it) => `${it.queue}|${it.uuid.toString('hex')}|${it.ttl}|${it.flags}|${it.seq}|${createHash('sha1').update(it.body).digest('hex')}`);
+    let s = open(file);
+    const raw = (x: SqliteQueuesStorage): Database.Database => (x as unknown as { db: Database.Database }).db;
+    expect(raw(s).pragma('user_version', { simple: true })).toBe(4);
+    expect(raw(s).prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all()).toEqual([
+      'delivered',
+      'item_chunks',
+      'item_dead',
+      'item_ttls',
+      'meta',
+    ]);
+    expect(show(await s.load())).toEqual(show(want));
+    expect(await s.loadDelivered()).toEqual([]);
+    expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
+    // the migrated index finds every key: duplicates ignored, deletes and TTL updates apply,
+    // new items (with their seqs) go last
+    const first = want[0]!;
+    const second = want[1]!;
+    await s.push([{ ...first, body: Buffer.from('dup'), seq: 5 }, itemOf('new', 1, { seq: Number.MAX_SAFE_INTEGER })]);
+    await s.delete([{ queue: second.queue, uuid: second.uuid }]);
+    await s.updateTtls([{ queue: big.queue, uuid: big.uuid, ttl: 77 }]);
+    await s.putDelivered([markOf('p', 2, 3)]);
+    await s.close();
+    s = open(file);
+    const expected = [first, ...want.slice(2, -1), { ...want[want.length - 1]!, ttl: 77 }, itemOf('new', 1, { seq: Number.MAX_SAFE_INTEGER })];
+    expect(show(await s.load())).toEqual(show(expected));
+    expect(await s.loadDelivered()).toEqual([markOf('p', 2, 3)]);
+    // deleting most of the migrated items, then idle batches: the rows are compacted (the
+    // entry sizes of migrated rows are right) and what is left still loads, also after a reopen
+    const size = (): number => raw(s).prepare('SELECT sum(length(keys) + length(data)) FROM item_chunks').pluck().get() as number;
+    const keep = new Set([0, 100, 500, expected.length - 2, expected.length - 1]);
+    const kept = (it: StoredItem, i: number): boolean => (it.queue === 'bulky' ? it.ttl! % 20 === 0 : keep.has(i));
+    await s.delete(expected.filter((it, i) => !kept(it, i)).map((it) => ({ queue: it.queue, uuid: it.uuid })));
+    const before = size();
+    for (let i = 0; i < 40; i++) await s.setMeta('tick', Buffer.from([i]));
+    expect(before - size()).toBeGreaterThan(30_000);
+    expect(raw(s).prepare('SELECT count(*) FROM item_dead WHERE seq = ?').pluck().get(2 ** 39)).toBe(0);
+    const left = expected.filter(kept);
+    expect(left.filter((it) => it.queue === 'bulky')).toHaveLength(2);
+    expect(show(await s.load())).toEqual(show(left));
+    await s.close();
+    s = open(file);
+    expect(show(await s.load())).toEqual(show(left));
+  });
+
+  it('migrates in one transaction: a version 3 file it cannot convert is left as it was (ERR_STORAGE)', async () => {
+    const file = newFile();
+    writeV3File(file, {
+      rows: [{ seq: 1, items: [{ off: 0, queue: 'q', uuid: uuidOf(1), ttl: null, flags: 1, body: Buffer.from('b') }] }],
+      seen: [['p', [uuidOf(1)]]],
+    });
+    // a second row whose keys blob ends in the middle of an entry
+    const db = new Database(file);
+    db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)').run(10, Buffer.alloc(20, 1), Buffer.alloc(0));
+    db.close();
+    expect(() => new SqliteQueuesStorage(file)).toThrow(expect.objectContaining({ code: 'ERR_STORAGE' }));
+    const after = new Database(file, { readonly: true });
+    try {
+      expect(after.pragma('user_version', { simple: true })).toBe(3);
+      expect(after.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all()).toEqual(['item_chunks', 'item_dead', 'item_ttls', 'meta', 'seen_chunks']);
+      // the first row was not rewritten either (still the 28-byte entry of version 3)
+      expect((after.prepare('SELECT length(keys) FROM item_chunks WHERE seq = 1').pluck().get() as number)).toBe(28 + 1 + 16);
+    } finally {
+      after.close();
+    }
   });
 
   it('stores the items written in one batch as one row, and keeps each delete across reopen', async () => {
@@ -310,103 +431,52 @@ describe('sqlite storage specifics', () => {
     expect((await s.load()).map((it) => it.uuid.readUInt32BE(12))).toEqual([0, 20, 60, 80, 100, 120, 140, 160, 180, 1000]);
   });
 
-  it('keeps large seen windows exact across chunks, re-adds, trims and reopens', async () => {
-    const file = newFile();
-    let s = open(file);
-    // a reference model: the memory backend's semantics
-    const model = new Map<string, Buffer[]>();
-    const add = (peer: string, uuids: Buffer[], keep: number): Promise<void> => {
-      let list = model.get(peer) ?? [];
-      for (const u of uuids) list = [...list.filter((x) => !x.equals(u)), u];
-      list = list.slice(Math.max(0, list.length - keep));
-      if (list.length) model.set(peer, list);
-      else model.delete(peer);
-      return s.addSeen(peer, uuids, keep);
-    };
-    let n = 0;
-    let rnd = 12345;
-    const next = (m: number): number => {
-      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
-      return rnd % m;
-    };
-    for (let round = 0; round < 12; round++) {
-      const ps: Promise<void>[] = [];
-      for (let call = 0; call < 5; call++) {
-        const peer = `p${next(2)}`;
-        const uuids: Buffer[] = [];
-        const count = next(700);
-        for (let i = 0; i < count; i++) uuids.push(next(5) === 0 && n > 10 ? uuidOf(n - 1 - next(Math.min(n, 900))) : uuidOf(n++));
-        if (next(7) === 0) uuids.push(Buffer.from([n & 0xff, 1, 2]));
-        ps.push(add(peer, uuids, next(9) === 0 ? next(300) : 1000));
-      }
-      await Promise.all(ps);
-      if (round % 4 === 3) {
-        await s.close();
-        s = open(file);
-      }
-      const got = await s.loadSeen();
-      expect([...got.keys()].sort()).toEqual([...model.keys()].sort());
-      for (const [peer, list] of model) expect(got.get(peer)).toEqual(list);
-    }
+  it('putDelivered joins the batch of the other writes of its tick and writes one row per peer', async () => {
+    const s = open(newFile());
+    const db = (s as unknown as { db: Database.Database }).db;
+    const changes = (): number => db.prepare('SELECT total_changes()').pluck().get() as number;
+    await s.push([itemOf('q', 0)]);
+    const a = s.push([itemOf('q', 1)]);
+    const marks: Promise<void>[] = [];
+    for (let i = 1; i <= 1000; i++) marks.push(s.putDelivered([markOf('p', 1, i)]));
+    for (let i = 1; i <= 1000; i++) marks.push(s.putDelivered([markOf(`r${i % 3}`, 2, i)]));
+    const f = s.forgetDelivered(['r0']);
+    expect(marks.every((m) => m === a)).toBe(true);
+    expect(f).toBe(a);
+    const before = changes();
+    await a;
+    // one item_chunks row and one upsert each for p, r1 and r2 (r0: a delete of an absent row)
+    expect(changes() - before).toBe(1 + 3);
+    expect(byPeer(await s.loadDelivered())).toEqual([markOf('p', 1, 1000), markOf('r1', 2, 1000), markOf('r2', 2, 998)]);
+    // a later batch replaces a row in place
+    await s.putDelivered([markOf('p', 3, 1)]);
+    expect(db.prepare('SELECT peer, incarnation, seq FROM delivered ORDER BY peer').raw().all()).toEqual([
+      ['p', markOf('p', 3, 1).incarnation, 1],
+      ['r1', markOf('r1', 2, 1000).incarnation, 1000],
+      ['r2', markOf('r2', 2, 998).incarnation, 998],
+    ]);
   });
 
-  it('keeps seen windows exact with uuids of any length, re-adds within a batch, shrinking keeps and reopens', async () => {
+  it('a failing batch applies none of its marks, and a later batch does not write them either', async () => {
     const file = newFile();
-    let s = open(file);
-    const model = new Map<string, Buffer[]>();
-    const add = (peer: string, uuids: Buffer[], keep: number): Promise<void> => {
-      let list = model.get(peer) ?? [];
-      for (const u of uuids) list = [...list.filter((x) => !x.equals(u)), Buffer.from(u)];
-      list = list.slice(Math.max(0, list.length - keep));
-      if (list.length) model.set(peer, list);
-      else model.delete(peer);
-      return s.addSeen(peer, uuids, keep);
-    };
-    let rnd = 777;
-    const next = (m: number): number => {
-      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
-      return rnd % m;
-    };
-    // a small pool, so that re-adds (in the same call, the same chunk, older chunks) are frequent;
-    // 16-byte uuids that differ in one word only, and uuids of other lengths (empty included)
-    const pool: Buffer[] = [];
-    for (let i = 0; i < 3000; i++) {
-      const u = Buffer.alloc(16, 0x11);
-      u.writeUInt32LE(i % 1000, 4 * Math.floor(i / 1000));
-      pool.push(u);
+    const s = open(file);
+    await s.putDelivered([markOf('kept', 1, 1)]);
+    const other = new Database(file);
+    other.exec(`CREATE TRIGGER poison BEFORE INSERT ON item_chunks WHEN instr(NEW.keys, CAST('poison' AS BLOB)) > 0
+                BEGIN SELECT RAISE(ABORT, 'poisoned'); END;`);
+    other.close();
+    const calls = [s.putDelivered([markOf('lost', 1, 1), markOf('kept', 1, 2)]), s.forgetDelivered(['kept']), s.push([itemOf('poison', 1)])];
+    for (const r of await Promise.allSettled(calls)) {
+      expect(r.status).toBe('rejected');
+      expect(((r as PromiseRejectedResult).reason as { code: string }).code).toBe('ERR_STORAGE');
     }
-    for (const len of [0, 1, 3, 15, 17, 32]) for (let i = 0; i < 40; i++) pool.push(Buffer.alloc(len, i));
-    const check = async (): Promise<void> => {
-      const got = await s.loadSeen();
-      expect([...got.keys()].sort()).toEqual([...model.keys()].sort());
-      for (const [peer, list] of model) expect(got.get(peer)).toEqual(list);
-    };
-    for (let round = 0; round < 30; round++) {
-      const ps: Promise<void>[] = [];
-      for (let call = 0; call < 4; call++) {
-        const uuids: Buffer[] = [];
-        const count = next(5) === 0 ? 0 : next(600);
-        for (let i = 0; i < count; i++) uuids.push(pool[next(5) === 0 ? 3000 + next(240) : next(3000)]!);
-        const r = next(20);
-        const keep = r === 0 ? 0 : r === 1 ? next(50) : r === 2 ? Infinity : 700 + next(1500);
-        ps.push(add(`p${next(3)}`, uuids, keep));
-      }
-      await Promise.all(ps);
-      // the caller may reuse its buffers once the call resolved
-      if (round === 5) for (const u of pool) u.reverse();
-      if (round % 7 === 6) {
-        await s.close();
-        s = open(file);
-      }
-      await check();
-    }
-    // a window can be emptied by keep 0, and starts over afterwards
-    await add('p0', [], 0);
-    await add('p0', [pool[1]!, pool[2]!, pool[1]!], 2);
-    await check();
+    expect(await s.loadDelivered()).toEqual([markOf('kept', 1, 1)]);
+    await s.push([itemOf('q', 2)]);
+    await s.putDelivered([markOf('other', 1, 1)]);
     await s.close();
-    s = open(file);
-    await check();
+    const again = open(file);
+    expect(byPeer(await again.loadDelivered())).toEqual([markOf('kept', 1, 1), markOf('other', 1, 1)]);
+    expect(await again.load()).toEqual([itemOf('q', 2)]);
   });
 
   it('keeps the key index exact through many pushes, deletes, re-pushes and reopens, for uuids of any length', async () => {
@@ -516,11 +586,21 @@ describe('sqlite storage specifics', () => {
     const junk = newFile();
     writeFileSync(junk, Buffer.alloc(4096, 0x41));
     expect(() => new SqliteQueuesStorage(junk)).toThrow(expect.objectContaining({ code: 'ERR_STORAGE' }));
-    const newer = newFile();
-    const db = new Database(newer);
-    db.pragma('user_version = 99');
-    db.close();
-    expect(() => new SqliteQueuesStorage(newer)).toThrow(expect.objectContaining({ code: 'ERR_STORAGE' }));
+    for (const version of [5, 99]) {
+      const newer = newFile();
+      const db = new Database(newer);
+      db.exec('CREATE TABLE item_chunks (seq INTEGER PRIMARY KEY, keys BLOB NOT NULL, data BLOB NOT NULL)');
+      db.pragma(`user_version = ${version}`);
+      db.close();
+      expect(() => new SqliteQueuesStorage(newer)).toThrow(
+        expect.objectContaining({ code: 'ERR_STORAGE', message: expect.stringContaining(`schema version ${version}`) }),
+      );
+      // and the file is left as it was
+      const after = new Database(newer, { readonly: true });
+      expect(after.pragma('user_version', { simple: true })).toBe(version);
+      expect(after.prepare(`SELECT name FROM sqlite_master ORDER BY name`).pluck().all()).toEqual(['item_chunks']);
+      after.close();
+    }
   });
 
   it('every push resolved before a SIGKILL is in the file afterwards, in order', async () => {
@@ -552,6 +632,7 @@ describe('sqlite storage specifics', () => {
       expect(it.queue).toBe(`q${i % 3}`);
       expect(it.body.toString()).toBe(`body-${i}`);
       expect(it.ttl).toBe(i % 2 ? null : i);
+      expect(it.seq).toBe(i + 1);
     });
   });
 });
