@@ -152,7 +152,8 @@ export class MongoQueuesStorage implements QueuesStorage {
           ttl: (d['ttl'] as number | null | undefined) ?? null,
           flags: d['flags'] as number,
           body: toBuffer(d['body'], 'body'),
-          seq: typeof d['mseq'] === 'number' ? d['mseq'] : 0,
+          // (an item of an older version: its insertion counter + 1, increasing in insertion order)
+          seq: typeof d['mseq'] === 'number' ? d['mseq'] : typeof d['seq'] === 'number' ? d['seq'] + 1 : 0,
         }),
       );
     });

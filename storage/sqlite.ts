@@ -46,7 +46,8 @@ export interface SqliteQueuesStorageOptions {
  * item's entry in `item_chunks.keys` also holds its message sequence number
  * ({@link StoredItem.seq}); the per-uuid dedup tables (`seen`, `seen_chunks`) are replaced by
  * `delivered`, one row per sending peer. Version 1, 2 and 3 files are migrated (their items
- * get seq 0, their seen uuids are dropped).
+ * get message seqs 1, 2, … in insertion order, so that they stay in increasing order along each
+ * queue and below every seq given later; their seen uuids are dropped).
  */
 const SCHEMA_VERSION = 4;
 
@@ -276,14 +277,14 @@ function chunkItems(items: readonly SeqItem[], write: (part: SeqItem[]) => void)
  * A schema version 3 `item_chunks.keys` blob in the version 4 layout: each entry gets message
  * seq 0 (the rest, and the `data` blob, stay as they are).
  */
-function upgradeKeysV3(keys: Buffer): Buffer {
+function upgradeKeysV3(keys: Buffer, next: { seq: number }): Buffer {
   let n = 0;
   for (let p = 0; p < keys.length; n++) p += ENTRY_FIXED_V3 + keys.readUInt32LE(p + 20) + keys.readUInt32LE(p + 24);
   const out = Buffer.alloc(keys.length + n * (ENTRY_FIXED - ENTRY_FIXED_V3));
   for (let p = 0, o = 0; p < keys.length; ) {
     const tail = keys.readUInt32LE(p + 20) + keys.readUInt32LE(p + 24);
     keys.copy(out, o, p, p + 16); // off, flags, ttl
-    out.writeDoubleLE(0, o + 16);
+    out.writeDoubleLE(next.seq++, o + 16);
     keys.copy(out, o + 24, p + 16, p + ENTRY_FIXED_V3 + tail); // lengths, queue, uuid
     p += ENTRY_FIXED_V3 + tail;
     o += ENTRY_FIXED + tail;
@@ -323,24 +324,26 @@ function migrate(db: Database.Database, version: number): void {
     // cannot write while a statement iterates)
     const page = db.prepare('SELECT seq, keys FROM item_chunks WHERE seq > ? ORDER BY seq LIMIT 64').raw();
     const upd = db.prepare('UPDATE item_chunks SET keys = ? WHERE seq = ?');
+    const next = { seq: 1 };
     for (let after = -Infinity; ; ) {
       const rows = page.all(after) as [number, Buffer][];
       if (rows.length === 0) break;
-      for (const [seq, keys] of rows) upd.run(upgradeKeysV3(keys), seq);
+      for (const [seq, keys] of rows) upd.run(upgradeKeysV3(keys, next), seq);
       after = rows[rows.length - 1]![0];
     }
   }
   const hasTable = (name: string): boolean => !!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(name);
   if (hasTable('items')) {
     // versions 1 and 2: one row per item; the items keep their seqs (read a page at a time)
-    // and get message seq 0
+    // and get message seqs 1, 2, … in insertion order
+    let next = 1;
     const page = db.prepare('SELECT seq, queue, uuid, ttl, flags, body FROM items WHERE seq > ? ORDER BY seq LIMIT ?');
     const ins = db.prepare('INSERT INTO item_chunks (seq, keys, data) VALUES (?, ?, ?)');
     for (let after = -Infinity; ; ) {
       const rows = page.all(after, CHUNK_ITEMS) as { seq: number; queue: string; uuid: Buffer; ttl: number | null; flags: number; body: Buffer }[];
       if (rows.length === 0) break;
       chunkItems(
-        rows.map((r) => ({ seq: r.seq, item: { queue: r.queue, uuid: r.uuid, ttl: r.ttl, flags: r.flags, body: r.body, seq: 0 } })),
+        rows.map((r) => ({ seq: r.seq, item: { queue: r.queue, uuid: r.uuid, ttl: r.ttl, flags: r.flags, body: r.body, seq: next++ } })),
         (part) => {
           const c = encodeChunk(part);
           ins.run(part[0]!.seq, c.keys, c.data);

@@ -151,7 +151,7 @@ describe('sqlite storage specifics', () => {
     );
   });
 
-  it('migrates a schema version 1 file (unique key index, one seen row per uuid): items get seq 0, seen is dropped', async () => {
+  it('migrates a schema version 1 file (unique key index, one seen row per uuid): items get seqs 1, 2, … in order, seen is dropped', async () => {
     const file = newFile();
     const v1 = new Database(file);
     v1.pragma('journal_mode = WAL');
@@ -175,7 +175,7 @@ describe('sqlite storage specifics', () => {
     v1.close();
 
     const s = open(file);
-    expect(await s.load()).toEqual([itemOf('b', 1, { seq: 0 }), itemOf('b', 3, { seq: 0 })]);
+    expect(await s.load()).toEqual([itemOf('b', 1, { seq: 1 }), itemOf('b', 3, { seq: 2 })]);
     expect(await s.loadDelivered()).toEqual([]);
     expect(await s.getMeta('k')).toEqual(Buffer.from('v'));
     // keys still dedupe, and new items go last
@@ -183,7 +183,7 @@ describe('sqlite storage specifics', () => {
     await s.delete([{ queue: 'b', uuid: uuidOf(3) }]);
     await s.putDelivered([markOf('p', 1, 5)]);
     const items = await s.load();
-    expect(items).toEqual([itemOf('b', 1, { seq: 0 }), itemOf('a', 2)]);
+    expect(items).toEqual([itemOf('b', 1, { seq: 1 }), itemOf('a', 2)]);
     expect(await s.loadDelivered()).toEqual([markOf('p', 1, 5)]);
     const raw = opened[0] as unknown as { db: Database.Database };
     expect(raw.db.pragma('user_version', { simple: true })).toBe(4);
@@ -191,7 +191,7 @@ describe('sqlite storage specifics', () => {
     expect(names).toEqual(['delivered', 'item_chunks', 'item_dead', 'item_ttls', 'meta']);
   });
 
-  it('migrates a schema version 2 file (one items row per item), keeping order, TTLs and meta; items get seq 0', async () => {
+  it('migrates a schema version 2 file (one items row per item), keeping order, TTLs and meta; items get seqs 1, 2, … in order', async () => {
     const file = newFile();
     const v2 = new Database(file);
     v2.pragma('journal_mode = WAL');
@@ -207,11 +207,11 @@ describe('sqlite storage specifics', () => {
     const ins = v2.prepare('INSERT INTO items (seq, queue, uuid, ttl, flags, body) VALUES (?, ?, ?, ?, ?, ?)');
     const want: StoredItem[] = [];
     for (let i = 0; i < 9000; i++) {
-      const it = itemOf(i % 3 ? 'a' : 'ünï', i, { ttl: i % 4 ? i * 1.5 : null, flags: i % 2, body: i % 500 ? Buffer.from(`body-${i}`) : Buffer.alloc(0), seq: 0 });
+      const it = itemOf(i % 3 ? 'a' : 'ünï', i, { ttl: i % 4 ? i * 1.5 : null, flags: i % 2, body: i % 500 ? Buffer.from(`body-${i}`) : Buffer.alloc(0), seq: i + 1 });
       ins.run(10 + 3 * i, it.queue, it.uuid, it.ttl, it.flags, it.body);
       want.push(it);
     }
-    const big = itemOf('a', 9000, { body: Buffer.alloc(3 << 20, 7), seq: 0 });
+    const big = itemOf('a', 9000, { body: Buffer.alloc(3 << 20, 7), seq: 9001 });
     ins.run(2 ** 40, big.queue, big.uuid, big.ttl, big.flags, big.body);
     want.push(big);
     v2.prepare('INSERT INTO seen_chunks (peer, width, n, uuids) VALUES (?, ?, ?, ?)').run('p', 16, 2, Buffer.concat([uuidOf(1), uuidOf(2)]));
@@ -246,7 +246,7 @@ describe('sqlite storage specifics', () => {
     expect(show(items)).toEqual(show(expected));
   });
 
-  it('migrates a schema version 3 file (item rows without message seqs, seen_chunks) in place: order, deletes, TTLs kept, seq 0', async () => {
+  it('migrates a schema version 3 file (item rows without message seqs, seen_chunks) in place: order, deletes, TTLs kept, seqs 1, 2, … in order (deleted ones count)', async () => {
     const file = newFile();
     // 150 rows (more than one page of the migration), items at gaps of offsets, some deleted,
     // some TTLs rewritten, uuids and queues of odd lengths
@@ -278,17 +278,17 @@ describe('sqlite storage specifics', () => {
           ttl = i % 2 ? null : 9000 + i;
           ttls.push([seq + it.off, ttl]);
         }
-        want.push({ queue: it.queue, uuid: it.uuid, ttl, flags: it.flags, body: it.body, seq: 0 });
+        want.push({ queue: it.queue, uuid: it.uuid, ttl, flags: it.flags, body: it.body, seq: i + 1 });
       }
       rows.push({ seq, items, deadOffs });
     }
     // a row of larger items (compacted below), and a large body alone in its row, far away
     const bulky: V3Item[] = Array.from({ length: 40 }, (_, j) => ({ off: j, queue: 'bulky', uuid: uuidOf(50_000 + j), ttl: j, flags: 1, body: Buffer.alloc(1000, j) }));
     rows.push({ seq: 2 ** 39, items: bulky });
-    for (const it of bulky) want.push({ queue: it.queue, uuid: it.uuid, ttl: it.ttl, flags: it.flags, body: it.body, seq: 0 });
+    for (const [j, it] of bulky.entries()) want.push({ queue: it.queue, uuid: it.uuid, ttl: it.ttl, flags: it.flags, body: it.body, seq: n + j + 1 });
     const big: V3Item = { off: 0, queue: 'big', uuid: uuidOf(1 << 30), ttl: 1, flags: 1, body: Buffer.alloc(2 << 20, 9) };
     rows.push({ seq: 2 ** 40, items: [big] });
-    want.push({ queue: big.queue, uuid: big.uuid, ttl: big.ttl, flags: big.flags, body: big.body, seq: 0 });
+    want.push({ queue: big.queue, uuid: big.uuid, ttl: big.ttl, flags: big.flags, body: big.body, seq: n + bulky.length + 1 });
     writeV3File(file, {
       rows,
       ttls,
