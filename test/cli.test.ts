@@ -348,7 +348,7 @@ describe('snakemq CLI: failures', () => {
   it('send times out naming how often the peer connected, when it connected and left without acknowledging', async () => {
     // "bob" speaks our extensions (so a message counts only once acknowledged), never
     // acknowledges, hangs up at once; after two connections nobody listens any more
-    const hello = Buffer.concat([encodeProtocolVersion(), encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 1 << 20, features: FEATURE_ACKS }), encodeIdentification('bob')].map(packet));
+    const hello = Buffer.concat([encodeProtocolVersion(), encodeHello({ extVersion: EXTENSION_VERSION, maxPacketSize: 1 << 20, features: FEATURE_ACKS, incarnation: Buffer.alloc(8, 1) }), encodeIdentification('bob')].map(packet));
     let accepted = 0;
     const server = net.createServer((socket) => {
       socket.on('error', () => {});
