@@ -566,6 +566,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** A reservation is being written. */
   private reserving = false;
 
+  /** Reserve sequence numbers below `limit` in storage, and wait for it. */
+  private async reserveSeqsNow(limit: number): Promise<void> {
+    const value = Buffer.alloc(8);
+    writeSeq(value, 0, limit);
+    await this.storage!.setMeta(META_SEQ_RESERVED, value);
+    this.seqReserved = limit;
+  }
+
   /**
    * Reserve the next block of sequence numbers in storage. Numbers are handed out past the
    * reserved end only if half a block (half a million messages) is sent before the write
@@ -760,8 +768,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       let last = reserved !== null && reserved.length === 8 ? Math.max(0, readSeq(reserved, 0)) : 0;
       for (const it of items) if (it.seq > last) last = it.seq;
       this.nextSeq = last + 1;
-      this.seqReserved = this.nextSeq - 1;
-      this.reserveSeqs();
+      // (awaited: a sender that used numbers it had not reserved durably could use them again
+      // after a crash, and a receiver would take those messages for repeats)
+      await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
       const now = this.clock.now();
       // (items stored without a sequence number, by an older version, get the next ones)
       for (const s of items) this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now, s.seq > 0 ? s.seq : this.nextSeq++);
