@@ -181,12 +181,15 @@ export class Session {
   keepaliveStep(now: number): KeepaliveStep {
     const keepaliveAfter = this.keepaliveAfter;
     const keepaliveWait = this.config.keepaliveWait;
+    // (deadlines compared as the sums they are scheduled at: `now - pingAt < wait` can hold at
+    // `now === pingAt + wait` in floating point, and the check would come back at once, forever)
     if (this.pingAt && this.lastRecv < this.pingAt) {
-      if (now - this.pingAt >= keepaliveWait) return { action: 'close', at: 0 };
-      return { action: 'none', at: this.pingAt + keepaliveWait };
+      const closeAt = this.pingAt + keepaliveWait;
+      if (now >= closeAt) return { action: 'close', at: 0 };
+      return { action: 'none', at: closeAt };
     }
     this.pingAt = 0;
-    if (now - this.lastRecv >= keepaliveAfter) {
+    if (now >= this.lastRecv + keepaliveAfter) {
       this.pingAt = now;
       return { action: 'ping', at: now + keepaliveWait };
     }
