@@ -21,6 +21,7 @@ import {
   BadFrameError,
   ClosedError,
   DuplicateIdentityError,
+  StorageError,
   IncompatibleProtocolError,
   InvalidArgumentError,
   KeepaliveTimeoutError,
@@ -38,6 +39,7 @@ import {
   FEATURE_ACKS,
   FEATURE_FLOW,
   FRAME_ACK,
+  FRAME_IDENTIFICATION,
   FRAME_MESSAGE,
   FRAME_SEQ_ACK,
   FRAME_SEQ_MESSAGE,
@@ -93,8 +95,12 @@ export const META_SEQ_RESERVED = 'snakemq.seq-reserved';
  * (a receiver would take a reused number for a repeat).
  */
 export const SEQ_BLOCK = 1 << 20;
-/** Packets of a connection kept while stored messages load (more closes it). */
-const EARLY_BYTES_LIMIT = 16 * 1024 * 1024;
+/**
+ * Packets of a connection kept while stored messages load (more closes it). Only peers of
+ * extension version 2 are held, from their identification on, and they send no message before
+ * our resume: what they send meanwhile is a few small frames.
+ */
+const EARLY_BYTES_LIMIT = 1024 * 1024;
 
 /** Defaults of {@link MessagingOptions}. */
 export const MESSAGING_DEFAULTS = {
@@ -235,6 +241,8 @@ class Conn extends Session {
   seqAckDue = false;
   /** Deliveries (and repeats) since the last cumulative ack. */
   seqAcks = 0;
+  /** The highest wire seq of ours written on this connection or covered by the peer's resume: acks go no further. */
+  sentSeq = 0;
   /** Deliveries not yet committed to storage (one write per connection and turn). */
   commitScheduled = false;
   /**
@@ -356,6 +364,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private iterators = new Set<(r: Received | null) => void>();
   /** Storage writes of dedup marks (deliveries, whose acks wait for them; forgotten marks), awaited by close(). */
   private readonly commits = new Set<Promise<void>>();
+  /** Connections whose peer's mark is to be written on the next turn. */
+  private readonly commitsDue = new Set<Conn>();
   /** See {@link observeDelivery} (copy-on-write). */
   private observers: DeliveryObserver[] = [];
 
@@ -468,6 +478,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!(message instanceof Message)) throw new InvalidArgumentError('message must be a Message');
     if (this.closed) throw new ClosedError('messaging');
     if (!this.loaded) return this.sendWhenLoaded(ident, message);
+    if (this.loadError !== undefined) throw this.loadError;
     return this.send(ident, message);
   }
 
@@ -485,7 +496,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   }
 
   private async sendWhenLoaded(ident: string, message: Message): Promise<void> {
-    await this.ready;
+    await this.ready.catch(() => {});
+    if (this.loadError !== undefined) throw this.loadError;
     if (this.closed) throw new ClosedError('messaging');
     return this.send(ident, message);
   }
@@ -558,6 +570,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   /** The next wire sequence number; reserves the next block in storage when half of this one is used. */
   private takeSeq(): number {
+    if (this.nextSeq > this.seqReserved) {
+      // (only when reserving failed half a block long: such a number could be used again after a restart)
+      if (!this.reserving) this.reserveSeqs();
+      throw new StorageError(`no sequence numbers reserved in storage past ${this.seqReserved}`);
+    }
     const seq = this.nextSeq++;
     if (this.nextSeq > this.seqReserved - SEQ_BLOCK / 2 && !this.reserving && this.storage !== undefined) this.reserveSeqs();
     return seq;
@@ -589,8 +606,11 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         this.seqReserved = target;
         this.reserving = false;
       },
-      // (no more attempts: one error is reported, not one per message)
-      (err) => this.reportError(err, undefined),
+      // (tried again by the next message: one attempt at a time)
+      (err) => {
+        this.reserving = false;
+        this.reportError(err, undefined);
+      },
     );
   }
 
@@ -733,7 +753,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     await this.ready.catch(() => {});
     // Received messages already handed to the application: record them and acknowledge them
     // now, so a peer does not resend what we have (and the caller may close storage after us).
-    for (const c of this.conns.values()) if (this.storage) this.flushCommit(c);
+    // (connections that ended this turn too: their deliveries are to be recorded as well)
+    for (const c of [...this.commitsDue]) this.flushCommit(c);
     await Promise.all([...this.commits]);
     for (const c of this.conns.values()) {
       this.flushSeqAck(c);
@@ -750,7 +771,23 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   // ---------------------------------------------------------------- loading
 
+  /**
+   * Loading from storage failed: sending is refused with this error (numbers could not be
+   * reserved, so a message sent now could be taken for a repeat after the next start).
+   */
+  private loadError: Error | undefined;
+
   private async load(): Promise<void> {
+    try {
+      await this.loadStored();
+    } catch (err) {
+      this.loadError = err instanceof SnakeMQError ? err : new StorageError(`loading from storage failed: ${(err as Error)?.message ?? err}`, { cause: err });
+      this.reportError(this.loadError, undefined);
+      throw err;
+    }
+  }
+
+  private async loadStored(): Promise<void> {
     try {
       if (!this.storage) return;
       const storage = this.storage;
@@ -772,8 +809,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       // after a crash, and a receiver would take those messages for repeats)
       await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
       const now = this.clock.now();
-      // (items stored without a sequence number, by an older version, get the next ones)
-      for (const s of items) this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now, s.seq > 0 ? s.seq : this.nextSeq++);
+      // Items stored without a sequence number (seq 0; none of our backends returns that, their
+      // migrations number old items) get the next ones, not stored: queue order stays
+      // increasing only if they come before every numbered item of their queue.
+      let unnumbered = 0;
+      for (const s of items) {
+        if (s.seq <= 0) unnumbered++;
+        this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now, s.seq > 0 ? s.seq : this.nextSeq++);
+      }
+      if (unnumbered > 0) this.log.warn(`messaging ${this.identifier}: ${unnumbered} stored messages without a sequence number were numbered anew`);
+      if (this.nextSeq > this.seqReserved - SEQ_BLOCK / 2) await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
       for (const m of marks) this.marks.load(m);
       for (const q of this.queues.values()) this.armTtl(q);
       this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages, ${marks.length} dedup marks`);
@@ -915,7 +960,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     // what the peer sends meanwhile waits (see onPacket).
     if (this.loaded) this.greet(c);
     else c.greetPending = true;
-    this.armKeepalive(c);
   };
 
   /** Send our version, hello and identity. */
@@ -924,6 +968,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     this.packeter.sendPacket(c.id, encodeProtocolVersion(PROTOCOL_VERSION));
     if (this.helloFrame) this.packeter.sendPacket(c.id, this.helloFrame);
     this.packeter.sendPacket(c.id, this.ownIdentFrame);
+    // (keepalive from here: our pings must not come before our version frame)
+    c.lastRecv = this.clock.now();
+    this.armKeepalive(c);
   }
 
   private readonly onDisconnect = (connId: ConnId): void => {
@@ -1021,7 +1068,12 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (this.closed) return;
     const c = this.conns.get(connId);
     if (!c || c.dead) return;
-    if (!this.loaded) return this.keepEarly(c, buf, start, end);
+    // Before stored messages and marks are loaded, a peer about to get sequenced delivery
+    // waits from its identification on (it needs our marks for its resume and dedup); plain
+    // and version 1 peers are handled at once (their messages need no marks).
+    if (!this.loaded && (c.early !== undefined || (buf[start] === FRAME_IDENTIFICATION && c.wouldSequence()))) {
+      return this.keepEarly(c, buf, start, end);
+    }
     // Packets of one received chunk arrived together: read the clock once per chunk.
     const chunk = this.packeter.chunksReceived;
     if (chunk !== this.recvChunk || c.pingAt >= this.recvNow) {
@@ -1167,9 +1219,18 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (covered < 0) return;
     if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
     c.resumeTimer = undefined;
+    let upTo = covered;
+    if (upTo >= this.nextSeq) {
+      // More than we ever numbered: our numbers were used before (storage lost while the
+      // peer kept its mark?). Number on above it, so that new messages are not taken for repeats.
+      this.reportError(new SnakeMQError('ERR_SEQ_REUSED', `${ident} has delivered up to ${upTo} of ours, more than we have numbered (${this.nextSeq - 1}); numbering on from there`), c.id);
+      this.nextSeq = upTo + 1;
+      upTo = this.nextSeq - 1;
+    }
+    c.sentSeq = upTo;
     const q = this.queues.get(ident);
     if (!q) return;
-    if (covered > 0) this.dropDelivered(c, q, covered);
+    if (upTo > 0) this.dropDelivered(c, q, upTo, false);
     this.schedulePump(q);
   }
 
@@ -1229,6 +1290,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const body = q.largeBody(s);
       const seq = q.seqOf(s);
       q.markWriting(s);
+      c.sentSeq = q.wireSeq(s);
       room -= len + PACKET_HEADER_SIZE;
       if (!sequenced) {
         this.sendPlain(c, q, s, chunk, off, body, seq);
@@ -1356,21 +1418,25 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private onSeqAck(c: Conn, ident: string, inc: Uint8Array, incOff: number, seq: number): void {
     if (!sameIncarnation(inc, incOff, this.incarnation, 0)) return;
     const q = this.queues.get(ident);
-    if (q) this.dropDelivered(c, q, seq);
+    // (never past what this connection wrote, or the resume covered: a peer must not take
+    // away what it was never sent)
+    if (q) this.dropDelivered(c, q, Math.min(seq, c.sentSeq), true);
   }
 
   /**
    * The peer has delivered everything of ours up to wire seq `upTo`: remove those items (in
    * flight, or still queued after a reconnect), from storage too, and report them delivered.
+   * `acked`: they were acknowledged on this connection, which raises its allowance (slow
+   * start); what a resume covers does not.
    */
-  private dropDelivered(c: Conn, q: PeerQueue, upTo: number): void {
+  private dropDelivered(c: Conn, q: PeerQueue, upTo: number, acked: boolean): void {
     const ident = q.ident;
     const deliveredEvents = this.listenerCount('message-delivered') > 0;
     const observers = this.observers;
     const wasFull = this.full(q, 0);
     const deletes: ItemKey[] = [];
-    let acked = 0;
-    let ackedBytes = 0;
+    let count = 0;
+    let bytes = 0;
     // Items are in wire-seq order: take the head while it is covered. (The head is always a
     // live item; it is looked up anew each time, as a listener may queue messages, which moves
     // slots.)
@@ -1382,16 +1448,16 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       const uuid = deliveredEvents ? q.uuid(s) : undefined;
       const chunk = q.chunk(s);
       const uuidOff = q.frameOffset(s) + SEQ_MESSAGE_UUID_OFFSET;
-      ackedBytes += q.bodyLength(s);
-      acked++;
+      bytes += q.bodyLength(s);
+      count++;
       q.remove(s);
       for (let k = 0; k < observers.length; k++) observers[k].delivered(ident, chunk, uuidOff);
       if (deliveredEvents) this.emit('message-delivered', ident, uuid!);
     }
-    if (acked === 0) return;
+    if (count === 0) return;
     this.deleteStored(deletes);
     // slow start: the allowance grows by what came back, so it doubles per round trip
-    c.acknowledged(acked, ackedBytes);
+    if (acked) c.acknowledged(count, bytes);
     this.afterRemoval(q, wasFull);
     this.schedulePump(q);
   }
@@ -1627,12 +1693,14 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   private queueCommit(c: Conn): void {
     if (c.commitScheduled) return;
     c.commitScheduled = true;
+    this.commitsDue.add(c);
     setImmediate(() => void this.flushCommit(c));
   }
 
   private flushCommit(c: Conn): Promise<void> | undefined {
     if (!c.commitScheduled) return undefined;
     c.commitScheduled = false;
+    this.commitsDue.delete(c);
     const ident = c.ident;
     // (gone, and its mark forgotten meanwhile: it would make a mark in storage that memory no longer has)
     if (ident === undefined || c.markSlot < 0 || this.marks.slotOf(ident) !== c.markSlot) return undefined;
@@ -1657,6 +1725,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** Forget the marks of the peers identified longest ago on the next turn, while more than `dedupIdlePeers` are kept. */
   private queueTrim(): void {
     if (this.trimQueued || this.marks.size - this.identConn.size <= this.opts.dedupIdlePeers) return;
+    // (the exact count of connected peers with a mark is taken in trimMarks)
     this.trimQueued = true;
     setImmediate(() => {
       this.trimQueued = false;
@@ -1666,7 +1735,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
 
   private trimMarks(): void {
     if (this.closed) return;
-    const gone = this.marks.trim(this.opts.dedupIdlePeers, (peer) => this.identConn.has(peer), this.identConn.size);
+    let kept = 0;
+    for (const c of this.identConn.values()) if (c.markSlot >= 0) kept++;
+    const gone = this.marks.trim(this.opts.dedupIdlePeers, (peer) => this.identConn.has(peer), kept);
     const storage = this.storage;
     if (!storage || gone.length === 0) return;
     this.trackCommit(

@@ -27,7 +27,7 @@
  *
  * @module
  */
-import type { Buffer } from 'node:buffer';
+import { Buffer } from 'node:buffer';
 import { readI32 } from './bytes.js';
 import { FEATURE_ACKS, type HelloFrame, INCARNATION_SIZE } from './protocol.js';
 
@@ -112,8 +112,14 @@ export class Session {
     this.helloVersion = f.extVersion;
     this.helloFeatures = f.features;
     this.peerMaxPacket = f.maxPacketSize;
-    this.peerIncarnation = f.incarnation !== undefined && f.incarnation.length === INCARNATION_SIZE ? f.incarnation : undefined;
+    // (a copy: the frame is a view of a receive buffer)
+    this.peerIncarnation = f.incarnation !== undefined && f.incarnation.length === INCARNATION_SIZE ? Buffer.from(f.incarnation) : undefined;
     return true;
+  }
+
+  /** Whether identifying now would give sequenced delivery (the hello so far says so). */
+  wouldSequence(): boolean {
+    return this.ext && (this.helloFeatures & FEATURE_ACKS) !== 0 && this.helloVersion >= 2 && this.peerIncarnation !== undefined;
   }
 
   /**
@@ -124,7 +130,7 @@ export class Session {
     if (this.ident !== undefined) return false;
     this.ident = ident;
     const acks = (this.helloFeatures & FEATURE_ACKS) !== 0;
-    if (this.ext && acks && this.helloVersion >= 2 && this.peerIncarnation !== undefined) this.mode = 'sequenced';
+    if (this.wouldSequence()) this.mode = 'sequenced';
     else if (this.ext && acks) this.mode = 'legacy';
     else this.mode = 'plain';
     this.sequenced = this.mode === 'sequenced';
