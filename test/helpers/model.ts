@@ -98,6 +98,8 @@ export interface Delivery {
   sender: string;
   index: number;
   t: number;
+  /** Delivered before the receiver's `ready` resolved (its storage not loaded yet). */
+  early?: boolean;
 }
 
 export interface RunLog {
@@ -129,11 +131,15 @@ export interface RunLog {
 export interface RunOptions {
   /** Meta test: the receivers' log drops every 7th delivered message (a broken receiver). */
   breakLog?: boolean;
+  /** Override the scenario's joinWhenReady (for diagnosis). */
+  joinWhenReady?: boolean;
 }
 
 interface Life {
   inc: number;
   alive: boolean;
+  /** `ready` resolved. */
+  ready: boolean;
   messaging: Messaging;
   endpoint: SimEndpoint;
   kill(): void;
@@ -158,7 +164,8 @@ const immediate = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /** One seeded run of a scenario. */
 export async function runModel(scenario: Scenario, seed: number, options: RunOptions = {}): Promise<RunLog> {
-  const cfg = SCENARIOS[scenario];
+  const cfg = { ...SCENARIOS[scenario] };
+  if (options.joinWhenReady !== undefined) cfg.joinWhenReady = options.joinWhenReady;
   // one PRNG per concern, so that e.g. the network's draws do not shift the send plan
   const master = prng((seed * 0x9e3779b1) ^ scenario.charCodeAt(0));
   const sub = (): (() => number) => prng(Math.floor(master() * 2 ** 32));
@@ -220,14 +227,14 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
       keepaliveInterval: 2000,
       keepaliveWait: 1000,
     });
-    const life: Life = { inc, alive: true, messaging, endpoint, kill: scope.kill };
+    const life: Life = { inc, alive: true, ready: false, messaging, endpoint, kill: scope.kill };
     messaging.on('message', (_connId, ident, m) => {
       if (!life.alive) return; // a dead process delivers nothing (its leftover turns still run here)
       delivered++;
       if (process.env.MODEL_TRACE) console.log(`t=${clock.now()} ${node.name}#${inc} got ${m.body.toString('latin1', 0, 12)} on ${_connId}`);
       const [sender, idx] = m.body.toString('latin1').split('|');
       if (options.breakLog && ++logCount % 7 === 0) return;
-      log.deliveries.push({ receiver: node.name, rinc: inc, sender: ident === sender ? sender : `${ident}?${sender}`, index: Number(idx), t: clock.now() });
+      log.deliveries.push({ receiver: node.name, rinc: inc, sender: ident === sender ? sender : `${ident}?${sender}`, index: Number(idx), t: clock.now(), ...(life.ready ? {} : { early: true }) });
     });
     messaging.on('message-delivered', (_ident, uuid) => {
       if (!life.alive) return;
@@ -237,6 +244,7 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     messaging.on('error', () => {});
     messaging.ready.then(
       () => {
+        life.ready = true;
         if (cfg.joinWhenReady && life.alive) net.plug(endpoint);
       },
       (err) => log.harnessErrors.push(`${node.name}#${inc} ready rejected: ${String(err)}`),
@@ -525,7 +533,7 @@ export function checkRun(log: RunLog): string | undefined {
         if (!s) repeatsOfCrash.set(prev, (s = new Set()));
         s.add(d.index);
       } else {
-        badRepeats.push(`${d.index} (first in ${receiver}#${prev}, ended: ${end}; again in #${d.rinc})`);
+        badRepeats.push(`${d.index} (first in ${receiver}#${prev}, ended: ${end}; again in #${d.rinc}${d.early ? ' before its ready resolved' : ''})`);
       }
     }
     const list = (xs: string[]): string => xs.slice(0, 8).join(', ') + (xs.length > 8 ? `, … (${xs.length} in all)` : '');
