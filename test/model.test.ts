@@ -43,13 +43,14 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
       async () => {
         const failures: string[] = [];
         const t0 = performance.now();
-        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0 };
+        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0, blocked: 0 };
         for (const seed of seeds) {
           const log = await runModel(s, seed);
           tot.connections += log.stats.connections;
           tot.cuts += log.stats.cuts;
           tot.restarts += log.stats.restarts;
           tot.crashes += log.stats.crashes;
+          tot.blocked += log.stats.blocked;
           tot.delivered += log.deliveries.length;
           tot.sent += log.sent.alice.length + log.sent.bob.length;
           const err = checkRun(log);
@@ -59,7 +60,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
         console.info(
           `model scenario ${s}: ${seeds.length} runs in ${ms} ms, ${failures.length} failed;` +
             ` ${tot.sent} messages sent, ${tot.delivered} deliveries, ${tot.connections} connections, ${tot.cuts} cuts,` +
-            ` ${tot.restarts} restarts (${tot.crashes} crashes)`,
+            ` ${tot.restarts} restarts (${tot.crashes} crashes), ${tot.blocked} times a write was refused (backpressure)`,
         );
         if (failures.length > 0) {
           throw new Error(
@@ -71,6 +72,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
         // the runs did exercise the network
         if (onlySeed === undefined) {
           expect(tot.cuts).toBeGreaterThan(seeds.length);
+          expect(tot.blocked).toBeGreaterThan(0);
           if (SCENARIOS[s].restarts !== 'none') expect(tot.restarts).toBeGreaterThan(seeds.length);
         }
       },
@@ -115,7 +117,7 @@ describe('model harness', () => {
       senders: ['alice'],
       unfinished: undefined,
       harnessErrors: [],
-      stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, finalQueues: { alice: 0, bob: 0 } },
+      stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, finalQueues: { alice: 0, bob: 0 } },
     };
   }
 

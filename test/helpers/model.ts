@@ -124,6 +124,9 @@ export interface RunLog {
     restarts: number;
     crashes: number;
     bytes: number;
+    /** Times a send() returned false / drain was fired. */
+    blocked: number;
+    drains: number;
     finalQueues: Record<Name, number>;
   };
 }
@@ -175,10 +178,13 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
   const uuidRand = sub();
   const randInt = (r: () => number, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));
 
-  const clock = new SimClock();
+  // MODEL_FRACTIONAL_MS=1: time in fractions of a ms, timers exactly on time (see the note in
+  // test/model.test.ts: the current Messaging's keepalive can spin forever then)
+  const clock = new SimClock(!process.env.MODEL_FRACTIONAL_MS);
   const net = new SimNet(clock, { rand: netRand, maxLatency: randInt(planRand, 1, 40) });
   const maxInFlight = [16, 32, 64][randInt(planRand, 0, 2)];
   const chaosMs = randInt(planRand, 200, 6000);
+  const highWater = planRand() < 0.5 ? 1024 * 1024 : Math.floor(256 * Math.pow(256, planRand()));
   const senders: Name[] = cfg.bothDirections ? ['alice', 'bob'] : [planRand() < 0.5 ? 'alice' : 'bob'];
 
   const log: RunLog = {
@@ -191,7 +197,7 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     senders,
     unfinished: undefined,
     harnessErrors: [],
-    stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, finalQueues: { alice: 0, bob: 0 } },
+    stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, finalQueues: { alice: 0, bob: 0 } },
   };
 
   const nodes: Record<Name, SimNode> = {} as Record<Name, SimNode>;
@@ -218,7 +224,8 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     log.ends[node.name].push('alive');
     const endpoint = net.attach(node.side, !cfg.joinWhenReady);
     const scope = clock.scope();
-    const packeter = new Packeter(endpoint, { logger: silentLogger });
+    // (a small high-water mark makes Messaging wait for the packeter's drain now and then)
+    const packeter = new Packeter(endpoint, { logger: silentLogger, highWaterMark: highWater });
     const messaging = new Messaging(node.name, '', packeter, {
       storage: node.store?.open() as QueuesStorage | undefined,
       clock: scope,
@@ -456,6 +463,8 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
   log.stats.connections = net.stats.connections;
   log.stats.cuts = net.stats.cuts;
   log.stats.bytes = net.stats.bytes;
+  log.stats.blocked = net.stats.blocked;
+  log.stats.drains = net.stats.drains;
   if (log.unfinished) {
     const parts: string[] = [];
     for (const name of senders) {

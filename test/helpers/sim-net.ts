@@ -14,6 +14,9 @@
  * - A broken connection is noticed by each end on its own, after a random delay of its own:
  *   until then that end may still write (the bytes are lost). An end never gets bytes after its
  *   `disconnect`.
+ * - Backpressure: per connection and direction a kernel buffer of random size (or unlimited);
+ *   with more than that on the way `send()` returns false, `bufferedAmount()` reports the
+ *   excess, and `drain` follows once it is down again.
  * - `closeConnection` (Link's socket.end()): the closing end gets `disconnect` at once; what it
  *   wrote before still arrives (budget permitting), then the other end gets `disconnect`.
  * - The connector reconnects like Link does: after its connection is gone, after a random wait;
@@ -44,6 +47,12 @@ interface SimTimer {
  * crashed process's timers).
  */
 export class SimClock implements Clock {
+  /**
+   * @param wholeMs timers fall due on whole milliseconds (default, as Node's do). `false`:
+   *   fractional times, timers firing exactly at their due time.
+   */
+  constructor(readonly wholeMs = true) {}
+
   private time = 0;
   private seq = 0;
   private readonly heap: SimTimer[] = [];
@@ -57,7 +66,7 @@ export class SimClock implements Clock {
   setTimeout(fn: () => void, ms: number): TimerHandle {
     // Whole milliseconds, never early, as Node's timers (libuv keeps time in whole ms). Time
     // itself stays a whole number, so the arithmetic on it is exact.
-    const t: SimTimer = { at: this.time + (ms > 0 ? Math.ceil(ms) : 0), seq: this.seq++, fn, cancelled: false };
+    const t: SimTimer = { at: this.time + (ms > 0 ? (this.wholeMs ? Math.ceil(ms) : ms) : 0), seq: this.seq++, fn, cancelled: false };
     this.push(t);
     return t;
   }
@@ -163,6 +172,16 @@ interface Pipe {
   scheduled: boolean;
   /** Bytes this direction may still carry before the cut (`Infinity`: no cut). */
   budget: number;
+  /** Bytes in `pending`. */
+  bytes: number;
+  /**
+   * What the writer's kernel takes: beyond this many bytes on the way, `send()` returns false
+   * and the writer gets `drain` once they are down to it again; the excess is reported by
+   * `bufferedAmount()`.
+   */
+  cap: number;
+  /** `send()` returned false; `drain` is owed. */
+  blocked: boolean;
 }
 
 interface SimConn {
@@ -200,7 +219,7 @@ export class SimNet {
   /** Counts everything the nodes did to the network (for settling). */
   activity = 0;
   /** Statistics. */
-  stats = { connections: 0, cuts: 0, bytes: 0, failedConnects: 0 };
+  stats = { connections: 0, cuts: 0, bytes: 0, failedConnects: 0, blocked: 0, drains: 0 };
 
   constructor(clock: SimClock, options: SimNetOptions) {
     this.clock = clock;
@@ -292,13 +311,12 @@ export class SimNet {
     const id = `sim${++connCounter}`;
     const budget = (): number => (this.cuts && this.rand() < 0.85 ? this.drawBudget() : Infinity);
     const shared = this.rand() < 0.5;
+    const cap = (): number => (this.rand() < 0.5 ? Infinity : Math.floor(64 * Math.pow(256, this.rand())));
+    const pipe = (b: number): Pipe => ({ pending: [], lastAt: 0, scheduled: false, budget: b, bytes: 0, cap: cap(), blocked: false });
     const c: SimConn = {
       id,
       ends: [a, b],
-      pipes: [
-        { pending: [], lastAt: 0, scheduled: false, budget: budget() },
-        { pending: [], lastAt: 0, scheduled: false, budget: shared ? Infinity : budget() },
-      ],
+      pipes: [pipe(budget()), pipe(shared ? Infinity : budget())],
       sharedBudget: shared,
       cutAt: undefined,
       broken: false,
@@ -358,7 +376,10 @@ export class SimNet {
     const now = this.clock.now();
     const at = Math.max(pipe.lastAt, now + this.latency());
     pipe.lastAt = at;
-    if (take > 0) pipe.pending.push({ data: buf.subarray(0, take), at });
+    if (take > 0) {
+      pipe.pending.push({ data: buf.subarray(0, take), at });
+      pipe.bytes += take;
+    }
     this.scheduleDelivery(c, i as 0 | 1);
     if (cut) {
       this.stats.cuts++;
@@ -367,13 +388,27 @@ export class SimNet {
       c.cutAt = at;
       this.clock.setTimeout(() => this.breakConn(c), at - now);
     }
+    if (pipe.bytes > pipe.cap) {
+      if (!pipe.blocked) this.stats.blocked++;
+      pipe.blocked = true;
+      return false;
+    }
     return true;
+  }
+
+  /** Bytes the writer's kernel did not take yet (see `Pipe.cap`). */
+  bufferedAmount(ep: SimEndpoint, connId: ConnId): number {
+    const c = this.conns.get(connId);
+    const i = c ? c.ends.indexOf(ep) : -1;
+    if (!c || i < 0) return 0;
+    const p = c.pipes[i];
+    return p.bytes > p.cap ? p.bytes - p.cap : 0;
   }
 
   private latency(): number {
     const r = this.rand();
     // mostly short, sometimes long: a few ms, up to maxLatency
-    return r < 0.6 ? Math.floor(r * 5) : 1 + Math.floor(this.rand() * this.maxLatency);
+    return this.ms(r < 0.6 ? r * 5 : 1 + this.rand() * this.maxLatency);
   }
 
   private scheduleDelivery(c: SimConn, i: 0 | 1): void {
@@ -392,7 +427,11 @@ export class SimNet {
     const to = c.ends[j];
     const now = this.clock.now();
     const parts: Buffer[] = [];
-    while (pipe.pending.length > 0 && pipe.pending[0].at <= now) parts.push(pipe.pending.shift()!.data);
+    while (pipe.pending.length > 0 && pipe.pending[0].at <= now) {
+      const piece = pipe.pending.shift()!.data;
+      pipe.bytes -= piece.length;
+      parts.push(piece);
+    }
     if (parts.length > 0 && !c.gone[j] && !c.closing[j] && !to.detached) {
       const all = parts.length === 1 ? parts[0] : Buffer.concat(parts);
       // random pieces: sometimes byte by byte, sometimes all at once
@@ -411,6 +450,14 @@ export class SimNet {
       }
     }
     this.scheduleDelivery(c, i);
+    if (pipe.blocked && pipe.bytes <= pipe.cap && !c.broken) {
+      pipe.blocked = false;
+      const from = c.ends[i];
+      if (!c.gone[i] && !c.closing[i]) {
+        this.stats.drains++;
+        from.fire('drain', c.id);
+      }
+    }
     this.maybeFinishClose(c);
   }
 
@@ -418,11 +465,14 @@ export class SimNet {
   private breakConn(c: SimConn): void {
     if (c.broken) return;
     c.broken = true;
-    for (const p of c.pipes) p.pending.length = 0;
+    for (const p of c.pipes) {
+      p.pending.length = 0;
+      p.bytes = 0;
+    }
     for (const i of [0, 1] as const) {
       if (c.gone[i]) continue;
       c.gone[i] = true;
-      const delay = this.rand() < 0.3 ? 0 : Math.floor(this.rand() * 50);
+      const delay = this.rand() < 0.3 ? 0 : this.ms(this.rand() * 50);
       this.clock.setTimeout(() => this.tellGone(c, i), delay);
     }
     this.conns.delete(c.id);
@@ -432,7 +482,9 @@ export class SimNet {
   closeEnd(c: SimConn, i: 0 | 1, tell: boolean): void {
     if (c.closing[i] || c.broken) return;
     c.closing[i] = true;
-    c.pipes[1 - i].pending.length = 0; // nothing arrives at a closed end
+    // nothing arrives at a closed end
+    c.pipes[1 - i].pending.length = 0;
+    c.pipes[1 - i].bytes = 0;
     if (tell && !c.gone[i]) {
       c.gone[i] = true;
       this.clock.setTimeout(() => this.tellGone(c, i), 0);
@@ -471,6 +523,11 @@ export class SimNet {
     this.closeEnd(c, i as 0 | 1, true);
   }
 
+  /** A duration on the clock's grid. */
+  private ms(x: number): number {
+    return this.clock.wholeMs ? Math.floor(x) : x;
+  }
+
   private randInt(lo: number, hi: number): number {
     return lo + Math.floor(this.rand() * (hi - lo + 1));
   }
@@ -501,7 +558,7 @@ export class SimEndpoint extends Emitter<TransportEvents> implements Transport {
     this.net.closeConnection(this, connId);
   }
 
-  bufferedAmount(): number {
-    return 0;
+  bufferedAmount(connId: ConnId): number {
+    return this.net.bufferedAmount(this, connId);
   }
 }
