@@ -135,6 +135,9 @@ describe('model harness', () => {
     );
     // without storage (b) no repeat is allowed even across a crash
     expect(checkRun(synthetic('b', 2, [[0, 0], [1, 0], [1, 1]], ['crash', 'alive']))).toMatch(/allows no repeat/);
+    const early = synthetic('b', 2, [[0, 0], [1, 0]], ['alive']);
+    early.sent.alice[1].ackedAt = -1;
+    expect(checkRun(early)).toMatch(/message-delivered before the receiver had it: 1 \(acknowledged at -1 ms, delivered at 1 ms\)/);
     const unfinished = synthetic('b', 1, [[0, 0]], ['alive']);
     unfinished.unfinished = 'not finished';
     expect(checkRun(unfinished)).toMatch(/left undelivered: not finished/);

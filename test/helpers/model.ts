@@ -89,6 +89,8 @@ export interface SentRecord {
   rejected: boolean;
   /** A live incarnation of the sender saw `message-delivered` for it. */
   acked: boolean;
+  /** Virtual time of the first such `message-delivered`. */
+  ackedAt?: number;
 }
 
 export interface Delivery {
@@ -246,7 +248,11 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     messaging.on('message-delivered', (_ident, uuid) => {
       if (!life.alive) return;
       const i = node.uuidByHex.get(uuid.toString('hex'));
-      if (i !== undefined) log.sent[node.name][i].acked = true;
+      const r = i === undefined ? undefined : log.sent[node.name][i];
+      if (r && !r.acked) {
+        r.acked = true;
+        r.ackedAt = clock.now();
+      }
     });
     messaging.on('error', () => {});
     messaging.ready.then(
@@ -510,6 +516,8 @@ export function checkRun(log: RunLog): string | undefined {
     const sent = log.sent[sender];
     // index -> receiver incarnation of its latest delivery
     const last = new Map<number, number>();
+    /** index -> time of its first delivery */
+    const firstAt = new Map<number, number>();
     let lastFirst = -1;
     const repeatsOfCrash = new Map<number, Set<number>>();
     const outOfOrder: string[] = [];
@@ -528,6 +536,7 @@ export function checkRun(log: RunLog): string | undefined {
       const prev = last.get(d.index);
       last.set(d.index, d.rinc);
       if (prev === undefined) {
+        firstAt.set(d.index, d.t);
         if (d.index < lastFirst) outOfOrder.push(`${d.index} after ${lastFirst}`);
         lastFirst = Math.max(lastFirst, d.index);
         continue;
@@ -554,6 +563,13 @@ export function checkRun(log: RunLog): string | undefined {
         problems.push(`${dir}: ${s.size} messages delivered again after the crash of ${receiver}#${inc}, more than maxInFlight ${log.maxInFlight}`);
       }
     }
+    const ackedEarly: string[] = [];
+    for (const r of sent) {
+      if (!r || r.ackedAt === undefined) continue;
+      const t = firstAt.get(r.index);
+      if (t === undefined || t > r.ackedAt) ackedEarly.push(`${r.index} (acknowledged at ${r.ackedAt} ms, ${t === undefined ? 'never delivered' : `delivered at ${t} ms`})`);
+    }
+    if (ackedEarly.length) problems.push(`${dir}: message-delivered before the receiver had it: ${list(ackedEarly)}`);
     const missing: string[] = [];
     for (const r of sent) if (r && expected(sender, r) && !last.has(r.index)) missing.push(String(r.index));
     if (missing.length) problems.push(`${dir}: lost (expected, never delivered): ${list(missing)}`);
