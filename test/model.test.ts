@@ -43,7 +43,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
       async () => {
         const failures: string[] = [];
         const t0 = performance.now();
-        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0, blocked: 0 };
+        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0, blocked: 0, halfOpen: 0 };
         for (const seed of seeds) {
           const log = await runModel(s, seed);
           tot.connections += log.stats.connections;
@@ -51,6 +51,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
           tot.restarts += log.stats.restarts;
           tot.crashes += log.stats.crashes;
           tot.blocked += log.stats.blocked;
+          tot.halfOpen += log.stats.halfOpen;
           tot.delivered += log.deliveries.length;
           tot.sent += log.sent.alice.length + log.sent.bob.length;
           const err = checkRun(log);
@@ -60,7 +61,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
         console.info(
           `model scenario ${s}: ${seeds.length} runs in ${ms} ms, ${failures.length} failed;` +
             ` ${tot.sent} messages sent, ${tot.delivered} deliveries, ${tot.connections} connections, ${tot.cuts} cuts,` +
-            ` ${tot.restarts} restarts (${tot.crashes} crashes), ${tot.blocked} times a write was refused (backpressure)`,
+            ` ${tot.restarts} restarts (${tot.crashes} crashes), ${tot.blocked} times a write was refused (backpressure), ${tot.halfOpen} half-open ends`,
         );
         if (failures.length > 0) {
           throw new Error(
@@ -117,7 +118,7 @@ describe('model harness', () => {
       senders: ['alice'],
       unfinished: undefined,
       harnessErrors: [],
-      stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, finalQueues: { alice: 0, bob: 0 } },
+      stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, halfOpen: 0, finalQueues: { alice: 0, bob: 0 } },
     };
   }
 

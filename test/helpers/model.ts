@@ -129,6 +129,8 @@ export interface RunLog {
     /** Times a send() returned false / drain was fired. */
     blocked: number;
     drains: number;
+    /** Connection ends left half-open (closed by their keepalive). */
+    halfOpen: number;
     finalQueues: Record<Name, number>;
   };
 }
@@ -199,7 +201,7 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     senders,
     unfinished: undefined,
     harnessErrors: [],
-    stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, finalQueues: { alice: 0, bob: 0 } },
+    stats: { virtualMs: 0, events: 0, connections: 0, cuts: 0, restarts: 0, crashes: 0, bytes: 0, blocked: 0, drains: 0, halfOpen: 0, finalQueues: { alice: 0, bob: 0 } },
   };
 
   const nodes: Record<Name, SimNode> = {} as Record<Name, SimNode>;
@@ -471,6 +473,7 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
   log.stats.bytes = net.stats.bytes;
   log.stats.blocked = net.stats.blocked;
   log.stats.drains = net.stats.drains;
+  log.stats.halfOpen = net.stats.halfOpen;
   if (log.unfinished) {
     const parts: string[] = [];
     for (const name of senders) {

@@ -12,7 +12,8 @@
  *   that crosses it is cut there (mid-packet, mid-frame: wherever it falls); the bytes before
  *   the cut arrive, nothing after them does, and the connection breaks when they have arrived.
  * - A broken connection is noticed by each end on its own, after a random delay of its own:
- *   until then that end may still write (the bytes are lost). An end never gets bytes after its
+ *   until then that end may still write (the bytes are lost). Now and then an end is never told
+ *   (half-open): only its own keepalive closes it. An end never gets bytes after its
  *   `disconnect`.
  * - Backpressure: per connection and direction a kernel buffer of random size (or unlimited);
  *   with more than that on the way `send()` returns false, `bufferedAmount()` reports the
@@ -219,7 +220,7 @@ export class SimNet {
   /** Counts everything the nodes did to the network (for settling). */
   activity = 0;
   /** Statistics. */
-  stats = { connections: 0, cuts: 0, bytes: 0, failedConnects: 0, blocked: 0, drains: 0 };
+  stats = { connections: 0, cuts: 0, bytes: 0, failedConnects: 0, blocked: 0, drains: 0, halfOpen: 0 };
 
   constructor(clock: SimClock, options: SimNetOptions) {
     this.clock = clock;
@@ -282,6 +283,7 @@ export class SimNet {
       c.gone[i] = true;
       if (flush) this.closeEnd(c, i as 0 | 1, false);
       else this.breakConn(c);
+      this.forgetIfDone(c);
     }
   }
 
@@ -471,11 +473,22 @@ export class SimNet {
     }
     for (const i of [0, 1] as const) {
       if (c.gone[i]) continue;
+      // Now and then an end is never told (a half-open connection after a silent network
+      // failure): it finds out by its own keepalive, closing the connection.
+      if (this.rand() < 0.08) {
+        this.stats.halfOpen++;
+        continue;
+      }
       c.gone[i] = true;
       const delay = this.rand() < 0.3 ? 0 : this.ms(this.rand() * 50);
       this.clock.setTimeout(() => this.tellGone(c, i), delay);
     }
-    this.conns.delete(c.id);
+    this.forgetIfDone(c);
+  }
+
+  /** A broken connection both of whose ends were told (or are about to be) is forgotten. */
+  private forgetIfDone(c: SimConn): void {
+    if (c.broken && c.gone[0] && c.gone[1]) this.conns.delete(c.id);
   }
 
   /** End `i` closes (or its process is gone and flushed): its bytes still go, then the peer is told. */
@@ -520,6 +533,13 @@ export class SimNet {
     if (!c) return;
     const i = c.ends.indexOf(ep);
     if (i < 0 || c.gone[i]) return;
+    if (c.broken) {
+      // a half-open end closing: it hears of it at once, the other end was told already
+      c.gone[i] = true;
+      this.clock.setTimeout(() => this.tellGone(c, i as 0 | 1), 0);
+      this.forgetIfDone(c);
+      return;
+    }
     this.closeEnd(c, i as 0 | 1, true);
   }
 
