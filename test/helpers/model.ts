@@ -327,6 +327,7 @@ export async function runModel(scenario: Scenario, seed: number, options: RunOpt
     if (process.env.MODEL_TRACE) console.log(`t=${clock.now()} ${node.name}#${life.inc} close() resolved`);
     await immediate(); // (what close() handed to the packeter is written)
     node.store?.closeHandle();
+    await immediate(); // (the sends whose storage writes that completed resolve now, before the exit)
     life.alive = false;
     life.kill();
     net.shutdown(life.endpoint);
