@@ -14,14 +14,24 @@
  * Environment:
  *   MODEL_SEED=<n>        run only seed n (of every scenario, or of MODEL_SCENARIO)
  *   MODEL_SCENARIO=<a..d> run only that scenario (comma-separated list allowed)
- *   MODEL_RUNS=<n>        seeds per scenario (default: a 1000, b/c/d 400 each)
+ *   MODEL_RUNS=<n>        seeds per scenario (default: a 1200, b/c/d 600 each: 3,000 runs)
  *   MODEL_SEED_FROM=<n>   first seed (default 1), for soak runs over other seeds
  *   MODEL_TRACE=1, MODEL_TRACE_STORE=1  print a replayed run's events (use with MODEL_SEED)
+ *   MODEL_FRACTIONAL_MS=1 virtual time in fractions of a ms with timers firing exactly on time;
+ *                         on the current code this hangs (keepalive, see
+ *                         test/keepalive-exact-clock.test.ts), so it is not the default: by
+ *                         default time is whole ms and timers are never early, as Node's are
+ *
+ * On the current code (per-uuid acks) scenario a fails for about 2% of seeds: a restarted
+ * receiver hands resent messages to the application before its storage has loaded the dedup
+ * window, so messages delivered before a graceful restart are delivered again (each such
+ * repeat is marked "before its ready resolved"). Scenario d, which only lets a node onto the
+ * network once ready resolved, passes.
  */
 import { describe, expect, it } from 'vitest';
 import { type RunLog, SCENARIOS, type Scenario, checkRun, runModel } from './helpers/model.js';
 
-const DEFAULT_RUNS: Record<Scenario, number> = { a: 1000, b: 400, c: 400, d: 400 };
+const DEFAULT_RUNS: Record<Scenario, number> = { a: 1200, b: 600, c: 600, d: 600 };
 
 const onlySeed = process.env.MODEL_SEED !== undefined && process.env.MODEL_SEED !== '' ? Number(process.env.MODEL_SEED) : undefined;
 const onlyScenarios = process.env.MODEL_SCENARIO ? process.env.MODEL_SCENARIO.split(',').map((s) => s.trim()) : undefined;
@@ -43,7 +53,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
       async () => {
         const failures: string[] = [];
         const t0 = performance.now();
-        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0, blocked: 0, halfOpen: 0 };
+        const tot = { connections: 0, cuts: 0, restarts: 0, crashes: 0, delivered: 0, sent: 0, blocked: 0, halfOpen: 0, repeats: 0 };
         for (const seed of seeds) {
           const log = await runModel(s, seed);
           tot.connections += log.stats.connections;
@@ -53,6 +63,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
           tot.blocked += log.stats.blocked;
           tot.halfOpen += log.stats.halfOpen;
           tot.delivered += log.deliveries.length;
+          tot.repeats += log.deliveries.length - new Set(log.deliveries.map((d) => `${d.receiver}|${d.index}`)).size;
           tot.sent += log.sent.alice.length + log.sent.bob.length;
           const err = checkRun(log);
           if (err) failures.push(err);
@@ -60,7 +71,7 @@ describe('model: two Messaging nodes over a simulated network that cuts, delays 
         const ms = Math.round(performance.now() - t0);
         console.info(
           `model scenario ${s}: ${seeds.length} runs in ${ms} ms, ${failures.length} failed;` +
-            ` ${tot.sent} messages sent, ${tot.delivered} deliveries, ${tot.connections} connections, ${tot.cuts} cuts,` +
+            ` ${tot.sent} messages sent, ${tot.delivered} deliveries (${tot.repeats} repeats), ${tot.connections} connections, ${tot.cuts} cuts,` +
             ` ${tot.restarts} restarts (${tot.crashes} crashes), ${tot.blocked} times a write was refused (backpressure), ${tot.halfOpen} half-open ends`,
         );
         if (failures.length > 0) {
