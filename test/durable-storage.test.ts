@@ -81,7 +81,7 @@ describe('DurableStore', () => {
     const store = new DurableStore(new MemoryQueuesStorage(), clock, prng(7));
     const h = store.open();
     const uuid = Buffer.alloc(16, 1);
-    const push = h.push([{ queue: 'bob', uuid, ttl: null, flags: 1, body: Buffer.from('x') }]);
+    const push = h.push([{ queue: 'bob', uuid, ttl: null, flags: 1, body: Buffer.from('x'), seq: 1 }]);
     uuid.fill(2); // the caller may reuse its buffer at once
     store.closeHandle();
     await push;
