@@ -10,7 +10,7 @@ import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import { readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
-import { type Deadline, Deadlines } from './deadlines.js';
+import { type Deadline, Deadlines, KEEPALIVE_RESOLUTION_MS } from './deadlines.js';
 import {
   BadFrameError,
   ClosedError,
@@ -382,7 +382,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
       throw new InvalidArgumentError(`queuePolicy must be 'reject', 'drop-oldest' or 'block'`);
     }
-    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
+    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive, {
+      resolution: Math.min(KEEPALIVE_RESOLUTION_MS, this.opts.keepaliveInterval / 16, this.opts.keepaliveWait / 16),
+    });
     this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
     this.helloFrame = this.opts.extensions
