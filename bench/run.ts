@@ -15,7 +15,7 @@
  *
  * The figures (`--json`): see README.md next to this file.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -166,6 +166,9 @@ interface HubRun {
   connectAllMs: number;
   fanout: number;
   fanin: number;
+  /** CPU time ÷ wall time of the timed fan-out and fan-in: the hub's, and its peers' processes' together. */
+  fanoutCpu: { hub: number; peers: number };
+  faninCpu: { hub: number; peers: number };
 }
 
 /**
@@ -174,8 +177,19 @@ interface HubRun {
  */
 async function hubRun(n: number, run: string): Promise<HubRun> {
   const k = N.hubChildren;
-  const hub = new Child('scenarios/hub.ts', { role: 'hub' }, { label: `hub ${n}`, raiseFdLimit: true, nodeArgs: nodeArgsFor(`hub_${n}.hub`) });
+  const hubArgs = [...(process.env.BENCH_HUB_NODE_ARGS?.split(' ').filter(Boolean) ?? []), ...nodeArgsFor(`hub_${n}.hub`)];
+  const hub = new Child('scenarios/hub.ts', { role: 'hub' }, { label: `hub ${n}`, raiseFdLimit: true, nodeArgs: hubArgs });
   const kids: Child[] = [];
+  // BENCH_HUB_PROFILE=DIR: CPU profiles of the hub and of the first peers' process over the idle
+  // time, the timed fan-out and the timed fan-in only (each costs a little CPU itself)
+  const profileDir = process.env.BENCH_HUB_PROFILE;
+  const profiling = async (action: 'start' | 'stop', stretch: string): Promise<void> => {
+    if (!profileDir) return;
+    mkdirSync(profileDir, { recursive: true });
+    const targets = [hub, kids[0]];
+    targets.forEach((c, i) => c.send('profile', { action, file: path.join(profileDir, `${n}.${run.replace(/\W+/g, '_')}.${stretch}.${i === 0 ? 'hub' : 'peers'}.cpuprofile`) }));
+    await Promise.all(targets.map((c) => c.expect('profiled')));
+  };
   try {
     const ready = await hub.expect('ready');
     const port = ready.port as number;
@@ -198,6 +212,7 @@ async function hubRun(n: number, run: string): Promise<HubRun> {
     const rssPerConn = ((mem.rss as number) - (ready.rss as number)) / n;
     const heapPerConn = ((mem.heap as number) - (ready.heap as number)) / n;
     progress(`${run}: ${fmtNum(n)} peers, idle ${N.hubIdleMs / 1000} s`);
+    await profiling('start', 'idle');
     const c0 = hub.cpuTimes();
     const i0 = performance.now();
     if (process.env.BENCH_HUB_TRACE) {
@@ -213,7 +228,21 @@ async function hubRun(n: number, run: string): Promise<HubRun> {
     const idleMs = performance.now() - i0;
     const idleCpu = (c1.user + c1.system - c0.user - c0.system) / idleMs;
     const idleSystemCpu = (c1.system - c0.system) / idleMs;
-    if (process.env.BENCH_HUB_SKIP_FAN) return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout: NaN, fanin: NaN };
+    await profiling('stop', 'idle');
+    const noCpu = { hub: NaN, peers: NaN };
+    if (process.env.BENCH_HUB_SKIP_FAN) {
+      return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout: NaN, fanin: NaN, fanoutCpu: noCpu, faninCpu: noCpu };
+    }
+    // CPU of the hub and of all peer processes over `f`, ÷ its wall time
+    const cpuOf = async <T,>(f: () => Promise<T>): Promise<[T, { hub: number; peers: number }]> => {
+      const peersMs = (): number => kids.reduce((a, c) => a + c.cpuMs(), 0);
+      const h0 = hub.cpuMs();
+      const p0 = peersMs();
+      const t = performance.now();
+      const r = await f();
+      const wall = performance.now() - t;
+      return [r, { hub: (hub.cpuMs() - h0) / wall, peers: (peersMs() - p0) / wall }];
+    };
     const rounds = Math.max(1, Math.round(N.hubMessages / n));
     const fanoutOnce = async (r: number): Promise<number> => {
       for (const c of kids) c.send('fanout-arm', { each: r });
@@ -232,11 +261,15 @@ async function hubRun(n: number, run: string): Promise<HubRun> {
     };
     progress(`${run}: ${fmtNum(n)} peers, fan-out`);
     await fanoutOnce(Math.max(1, Math.ceil(rounds / 4)));
-    const fanout = await fanoutOnce(rounds);
+    await profiling('start', 'fanout');
+    const [fanout, fanoutCpu] = await cpuOf(() => fanoutOnce(rounds));
+    await profiling('stop', 'fanout');
     progress(`${run}: ${fmtNum(n)} peers, fan-in`);
     await faninOnce(Math.max(1, Math.ceil(rounds / 4)));
-    const fanin = await faninOnce(rounds);
-    return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout, fanin };
+    await profiling('start', 'fanin');
+    const [fanin, faninCpu] = await cpuOf(() => faninOnce(rounds));
+    await profiling('stop', 'fanin');
+    return { rssPerConn, heapPerConn, idleCpu, idleSystemCpu, connectAllMs, fanout, fanin, fanoutCpu, faninCpu };
   } finally {
     await Promise.all([...kids.map((c) => c.close(20_000)), hub.close(20_000)]);
   }
@@ -418,6 +451,10 @@ const scenarios: Scenario[] = [
         figures[`${pre}_connect_all_ms`] = figure('ms', col((r) => r.connectAllMs));
         figures[`${pre}_fanout_msgs_per_s`] = figure('msg/s', col((r) => r.fanout));
         figures[`${pre}_fanin_msgs_per_s`] = figure('msg/s', col((r) => r.fanin));
+        // (sender: the hub's CPU; receiver: the peers' processes' CPU, summed, up to 2 on two cores)
+        const round = (x: number): number => Math.round(x * 100) / 100;
+        cpuUtilization[`${pre}.fanout`] = { sender: round(median(col((r) => r.fanoutCpu.hub))), receiver: round(median(col((r) => r.fanoutCpu.peers))) };
+        cpuUtilization[`${pre}.fanin`] = { sender: round(median(col((r) => r.faninCpu.peers))), receiver: round(median(col((r) => r.faninCpu.hub))) };
       }
     },
   },

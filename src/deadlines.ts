@@ -2,7 +2,9 @@
  * Many deadlines on one timer: a binary min-heap of entries by due time, and one clock timer
  * armed for the earliest. A Messaging with thousands of connections keeps one timer for all
  * their keepalives instead of one each, and moving a deadline costs O(log n) and no timer.
- * Pure apart from the injected {@link Clock}.
+ * With a {@link DeadlinesOptions.resolution}, deadlines close together share one timer
+ * callback too (a hub's keepalive deadlines, spread over the interval, cost a few timer
+ * callbacks per second instead of one per connection). Pure apart from the injected {@link Clock}.
  *
  * @module
  */
@@ -22,6 +24,24 @@ export interface Deadline<T> {
 }
 
 /**
+ * The resolution Messaging gives its keepalive deadlines: this, or a sixteenth of the
+ * keepalive interval or wait when that is less. A ping or a close at most that late does
+ * not matter; a hub with 5000 connections, whose keepalive deadlines are spread over the
+ * interval, then has its keepalive timer called 4 times a second instead of up to 500.
+ */
+export const KEEPALIVE_RESOLUTION_MS = 250;
+
+/** Options of {@link Deadlines}. */
+export interface DeadlinesOptions {
+  /**
+   * Milliseconds (default 0: every entry on time). The timer is armed for the earliest due
+   * time rounded up to a multiple of this (on the clock's time line), so every entry due
+   * within one such stretch is called from one timer callback, at most this late.
+   */
+  resolution?: number;
+}
+
+/**
  * Deadlines that call `onDue(value, now)` once each when due, earliest first (ties in no set
  * order), from one timer of the clock. An entry is scheduled again with {@link set}; while no
  * entry is scheduled no timer is pending, so nothing keeps the process alive.
@@ -34,10 +54,13 @@ export class Deadlines<T> {
   /** When the pending timer fires (`Infinity`: none pending). */
   private timerAt = Infinity;
   private firing = false;
+  private readonly resolution: number;
 
-  constructor(clock: Clock, onDue: (value: T, now: number) => void) {
+  constructor(clock: Clock, onDue: (value: T, now: number) => void, options: DeadlinesOptions = {}) {
     this.clock = clock;
     this.onDue = onDue;
+    const r = options.resolution ?? 0;
+    this.resolution = Number.isFinite(r) && r > 0 ? r : 0;
   }
 
   /** Number of scheduled entries. */
@@ -104,14 +127,17 @@ export class Deadlines<T> {
       this.timerAt = Infinity;
       return;
     }
-    // A timer due no later than the earliest entry is good enough: it finds nothing due or
-    // the entry, and arms again for what is left.
-    if (this.timer !== undefined && this.timerAt <= top.at) return;
+    // (the earliest entry's due time, rounded up to the resolution)
+    const r = this.resolution;
+    const at = r > 0 && top.at !== Infinity ? Math.ceil(top.at / r) * r : top.at;
+    // A timer due no later than that is good enough: it finds nothing due or the entry, and
+    // arms again for what is left.
+    if (this.timer !== undefined && this.timerAt <= at) return;
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
     // (Node runs a timer of more than 2^31 - 1 ms after 1 ms: a far deadline is waited for in
     // steps of at most that, each finding nothing due and arming again)
     const now = this.clock.now();
-    const wait = Math.min(MAX_TIMER_MS, Math.max(0, top.at - now));
+    const wait = Math.min(MAX_TIMER_MS, Math.max(0, at - now));
     this.timerAt = now + wait;
     this.timer = this.clock.setTimeout(this.fire, wait);
   }

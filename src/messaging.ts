@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { copy16, readI32, readU32BE, writeI32, writeU32BE } from './bytes.js';
 import { type Clock, type TimerHandle, systemClock } from './clock.js';
-import { type Deadline, Deadlines } from './deadlines.js';
+import { type Deadline, Deadlines, KEEPALIVE_RESOLUTION_MS } from './deadlines.js';
 import {
   BadFrameError,
   ClosedError,
@@ -408,7 +408,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!['reject', 'drop-oldest', 'block'].includes(this.opts.queuePolicy)) {
       throw new InvalidArgumentError(`queuePolicy must be 'reject', 'drop-oldest' or 'block'`);
     }
-    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive);
+    this.keepalives = new Deadlines<Conn>(this.clock, this.onKeepalive, {
+      resolution: Math.min(KEEPALIVE_RESOLUTION_MS, this.opts.keepaliveInterval / 16, this.opts.keepaliveWait / 16),
+    });
     this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
     this.makeHello();

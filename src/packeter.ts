@@ -3,7 +3,9 @@
  * Knows frames, nothing of messages.
  *
  * Writes are coalesced: every packet sent in one turn of the event loop goes to the transport
- * in one write (small payloads joined, large ones passed along without copying). Backpressure
+ * in one write (small payloads joined, large ones passed along without copying). One
+ * `setImmediate` flushes every connection that has output, however many there are (a hub
+ * sending to thousands of peers in one turn pays for one, not one per connection). Backpressure
  * is honoured: when the transport's `send()` returns `false` the Packeter stops writing until
  * `drain`, and reports `writable(connId) === false` while more than `highWaterMark` bytes wait.
  *
@@ -72,6 +74,7 @@ export interface PacketerOptions {
 }
 
 interface ConnState {
+  id: ConnId;
   info: ConnectionInfo;
   decoder: PacketDecoder;
   /** Hands this connection's decoded packets on (made once per connection, not per chunk). */
@@ -94,7 +97,7 @@ interface ConnState {
   outIds: number[];
   /** Transport refused more; wait for its drain. */
   blocked: boolean;
-  /** A flush is scheduled. */
+  /** The connection is in the Packeter's list of connections to flush. */
   scheduled: boolean;
   /** The application was told `writable() === false` and waits for `drain`. */
   needDrain: boolean;
@@ -126,6 +129,10 @@ export class Packeter extends EventEmitter<PacketerEvents> {
   /** The slab being filled, shared by all connections, and how much of it is used. */
   private slab: Buffer | null = null;
   private slabFill = 0;
+  /** Connections with output waiting for the next flush, in the order they got it. */
+  private dirty: ConnState[] = [];
+  /** The one `setImmediate` that flushes {@link dirty} is pending. */
+  private flushPending = false;
 
   constructor(transport: Transport, options: PacketerOptions = {}) {
     super();
@@ -288,11 +295,18 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     else ids.push(first, count);
   }
 
-  /** Flush a connection's output once the current I/O phase is over. */
-  private schedule(connId: ConnId, c: ConnState): void {
+  /**
+   * Flush a connection's output once the current I/O phase is over: it joins the list of
+   * connections to flush, which one pending `setImmediate` walks.
+   */
+  private schedule(_connId: ConnId, c: ConnState): void {
     if (!c.scheduled && !c.blocked) {
       c.scheduled = true;
-      setImmediate(this.flushConn, connId);
+      this.dirty.push(c);
+      if (!this.flushPending) {
+        this.flushPending = true;
+        setImmediate(this.flushDirty);
+      }
     }
   }
 
@@ -362,6 +376,7 @@ export class Packeter extends EventEmitter<PacketerEvents> {
 
   private readonly onConnect = (connId: ConnId, info: ConnectionInfo): void => {
     const c: ConnState = {
+      id: connId,
       info,
       decoder: new PacketDecoder(this.maxPacketSize),
       deliver: ignorePacket,
@@ -427,12 +442,34 @@ export class Packeter extends EventEmitter<PacketerEvents> {
     this.maybeDrain(connId, c);
   };
 
-  private readonly flushConn = (connId: ConnId): void => {
-    const c = this.conns.get(connId);
-    if (!c) return;
-    c.scheduled = false;
-    this.flush(connId, c);
-    this.maybeDrain(connId, c);
+  /**
+   * Flush every connection of {@link dirty}, in the order they got output. Output queued while
+   * this runs (by a `drain` listener) is flushed by the next one.
+   */
+  private readonly flushDirty = (): void => {
+    this.flushPending = false;
+    const list = this.dirty;
+    this.dirty = [];
+    let i = 0;
+    try {
+      for (; i < list.length; i++) {
+        const c = list[i];
+        c.scheduled = false;
+        // (a connection gone meanwhile, or replaced under the same id, is skipped)
+        if (this.conns.get(c.id) !== c) continue;
+        this.flush(c.id, c);
+        this.maybeDrain(c.id, c);
+      }
+    } finally {
+      // A listener threw: the connections not reached yet are flushed by the next one.
+      if (++i < list.length) {
+        for (; i < list.length; i++) {
+          const c = list[i];
+          c.scheduled = false;
+          this.schedule(c.id, c);
+        }
+      }
+    }
   };
 
   private maybeDrain(connId: ConnId, c: ConnState): void {

@@ -87,6 +87,39 @@ describe('Deadlines', () => {
     expect(fired.at(-1)).toBe('early@1200');
   });
 
+  it('with a resolution, entries due within one stretch are called from one timer callback, never early', () => {
+    const clock = new ManualClock();
+    let timers = 0;
+    const setTimeout = clock.setTimeout.bind(clock);
+    clock.setTimeout = (fn, ms) => {
+      timers++;
+      return setTimeout(() => {
+        callbacks++;
+        fn();
+      }, ms);
+    };
+    let callbacks = 0;
+    const fired: Array<[string, number]> = [];
+    const d = new Deadlines<string>(clock, (v, now) => fired.push([v, now]), { resolution: 100 });
+    for (const [v, at] of [['a', 110], ['b', 150], ['c', 199.5], ['d', 200], ['e', 201], ['f', 300]] as const) d.set(d.entry(v), at);
+    expect(timers).toBe(1); // one timer, armed for 200
+    clock.advance(199);
+    expect(fired).toEqual([]); // (a was due at 110: late, not early)
+    clock.advance(1);
+    expect(fired).toEqual([['a', 200], ['b', 200], ['c', 200], ['d', 200]]);
+    expect(callbacks).toBe(1);
+    clock.advance(100);
+    expect(fired.slice(4)).toEqual([['e', 300], ['f', 300]]);
+    expect(callbacks).toBe(2);
+    expect(clock.pending).toBe(0);
+    // without one: every distinct due time has a callback of its own
+    const exact = new Deadlines<string>(clock, (v, now) => fired.push([v, now]));
+    callbacks = 0;
+    for (let i = 1; i <= 5; i++) exact.set(exact.entry(`x${i}`), clock.now() + i * 10);
+    clock.advance(50);
+    expect(callbacks).toBe(5);
+  });
+
   it('keeps heap order through random sets and deletes', () => {
     const clock = new ManualClock();
     const fired: number[] = [];
@@ -207,6 +240,56 @@ describe('Messaging keepalive on one timer', () => {
     expect(m.connectedPeers()).toHaveLength(0);
     expect(errors).toHaveLength(1000);
     expect(clock.pending).toBe(0); // no connection left: no timer
+  });
+});
+
+describe('Messaging keepalive deadlines spread over time', () => {
+  it('connections identified a millisecond apart are pinged from a few timer callbacks, each within 250 ms of its time', async () => {
+    const clock = new ManualClock();
+    const tr = new MemoryTransport();
+    tr.peer = new MemoryTransport();
+    const m = new Messaging('hub', '', new Packeter(tr), { clock, keepaliveInterval: 10_000, keepaliveWait: 5000 });
+    const errors: string[] = [];
+    m.on('error', (e) => errors.push((e as Error & { code: string }).code));
+    let callbacks = 0;
+    const setTimeout = clock.setTimeout.bind(clock);
+    clock.setTimeout = (fn, ms) =>
+      setTimeout(() => {
+        callbacks++;
+        fn();
+      }, ms);
+    const ping = framed(encodePing()).toString('hex');
+    const pingedAt = new Map<ConnId, number>();
+    const conns: ConnId[] = [];
+    try {
+      // 1000 peers, one every millisecond (a reconnect storm): their deadlines spread over 1 s
+      for (let i = 0; i < 1000; i++) {
+        const conn = `c${i}` as ConnId;
+        conns.push(conn);
+        tr.connectTo(conn);
+        tr.deliver(conn, Buffer.concat([framed(encodeProtocolVersion()), framed(encodeIdentification(`p${i}`))]));
+        clock.advance(1);
+      }
+      callbacks = 0;
+      // step through time, noting when each connection's first ping was written
+      for (let t = clock.now(); t < 11_500; t += 1) {
+        clock.advance(1);
+        if (callbacks > 0) await tick();
+        for (const c of conns) {
+          if (!pingedAt.has(c) && (tr.written.get(c) ?? []).some((b) => b.toString('hex').includes(ping))) pingedAt.set(c, clock.now());
+        }
+      }
+      expect(pingedAt.size).toBe(1000);
+      conns.forEach((c, i) => {
+        const due = i + 10_000; // identified at i ms
+        expect(pingedAt.get(c)!).toBeGreaterThanOrEqual(due);
+        expect(pingedAt.get(c)!).toBeLessThanOrEqual(due + 250);
+      });
+      expect(callbacks).toBeLessThanOrEqual(6); // not one per connection
+      expect(errors).toEqual([]);
+    } finally {
+      await m.close();
+    }
   });
 });
 

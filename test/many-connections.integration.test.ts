@@ -2,7 +2,7 @@
  * Many connections on one Link and one Packeter: they share one read buffer and one slab of
  * outgoing small packets, so interleaved traffic on them must still arrive intact and in order.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Link, READ_CHUNK_SIZE } from '../src/link.js';
 import { COPY_LIMIT, Packeter } from '../src/packeter.js';
 import { prng } from './helpers/prng.js';
@@ -71,5 +71,57 @@ describe('many connections on one Link and Packeter', () => {
     const done = (rx: Map<string, Rx>): boolean => [...rx.values()].every((r) => r.next === PER_CONN);
     await until(() => done(atHub) && done(atPeers), 20_000);
     for (const rx of [atHub, atPeers]) for (const r of rx.values()) expect(r.bad).toBe(0);
+  });
+
+  it('packets sent to many connections in one turn are flushed by one setImmediate, one write per connection', async () => {
+    const CONNS = 40;
+    const hubLink = new Link();
+    const peersLink = new Link();
+    closers.push(() => hubLink.close(), () => peersLink.close());
+    const hub = new Packeter(hubLink);
+    const peers = new Packeter(peersLink);
+    const { port } = await hubLink.addListener({ port: 0 });
+    const hubConns: string[] = [];
+    let peerConns = 0;
+    hub.on('connect', (id) => hubConns.push(id));
+    peers.on('connect', () => peerConns++);
+    for (let i = 0; i < CONNS; i++) peersLink.addConnector({ host: '127.0.0.1', port });
+    await until(() => hubConns.length === CONNS && peerConns === CONNS);
+    const got = new Map<string, Buffer[]>();
+    peers.on('packet', (id, payload) => {
+      const l = got.get(id) ?? [];
+      l.push(Buffer.from(payload));
+      got.set(id, l);
+    });
+    // the hub's writes, per connection
+    const writes = new Map<string, number>();
+    const send = hubLink.send.bind(hubLink);
+    hubLink.send = (connId, data, cb) => {
+      writes.set(connId, (writes.get(connId) ?? 0) + 1);
+      return send(connId, data, cb);
+    };
+    const immediates = vi.spyOn(globalThis, 'setImmediate');
+    try {
+      // three packets to every connection in one turn
+      for (let k = 0; k < 3; k++) hubConns.forEach((id, i) => hub.sendPacket(id, packet(i, k, 50 + k)));
+      expect(immediates).toHaveBeenCalledTimes(1);
+    } finally {
+      immediates.mockRestore();
+    }
+    await until(() => got.size === CONNS && [...got.values()].every((l) => l.length === 3), 10_000);
+    for (const id of hubConns) expect(writes.get(id)).toBe(1);
+    // what each peer connection got: the three packets of one hub connection, in order
+    const tags = new Set<number>();
+    for (const l of got.values()) {
+      const tag = l[0].readUInt32BE(0);
+      tags.add(tag);
+      expect(l.map((b) => b.readUInt32BE(4))).toEqual([0, 1, 2]);
+      l.forEach((b, k) => expect(b.equals(packet(tag, k, 50 + k))).toBe(true));
+    }
+    expect(tags.size).toBe(CONNS);
+    // later output is flushed by a new setImmediate, as before
+    const before = got.get([...got.keys()][0])!.length;
+    hub.sendPacket(hubConns[0], packet(0, 3, 10));
+    await until(() => [...got.values()].some((l) => l.length === before + 1));
   });
 });

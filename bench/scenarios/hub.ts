@@ -12,6 +12,8 @@
  * (CLOCK_MONOTONIC) shared by every process of the machine.
  * params: hub { role }; peers { role, port, count, prefix }.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { Link, Message, Messaging, Packeter } from '../../src/index.js';
 import { type Command, RunCounter, commands, fullGc, installCrashHandlers, nowMs, params, report } from '../lib/child.js';
 
@@ -31,6 +33,24 @@ async function settledMemory(): Promise<{ rss: number; heap: number }> {
 }
 
 const yieldOnce = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/** `profile` commands (BENCH_HUB_PROFILE in run.ts): a CPU profile of one stretch, written to `file`. */
+let session: Session | undefined;
+async function profileCommand(cmd: Command): Promise<void> {
+  if (cmd.action === 'start') {
+    session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+    await session.post('Profiler.setSamplingInterval', { interval: 1000 });
+    await session.post('Profiler.start');
+  } else if (session) {
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(cmd.file as string, JSON.stringify(profile));
+    session.disconnect();
+    session = undefined;
+  }
+  report('profiled');
+}
 
 /** `rounds` times one `send` per item, at most WINDOW awaited at once, yielding a turn between windows. */
 async function sendRounds<T>(rounds: number, items: readonly T[], send: (item: T) => Promise<void>): Promise<void> {
@@ -80,6 +100,8 @@ if (params.role === 'hub') {
 
   async function hubCommand(cmd: Command): Promise<void> {
     switch (cmd.cmd) {
+      case 'profile':
+        return profileCommand(cmd);
       case 'await-peers': {
         waitFor = cmd.n as number;
         if (identified < waitFor) await new Promise<void>((r) => (onAll = r));
@@ -130,6 +152,9 @@ if (params.role === 'hub') {
   for await (const cmd of commands()) {
     if (cmd.cmd === 'exit') break;
     switch (cmd.cmd) {
+      case 'profile':
+        await profileCommand(cmd);
+        break;
       case 'create': {
         for (let i = 0; i < count; i++) {
           const link = new Link();
