@@ -304,7 +304,7 @@ describe('acknowledgements', () => {
     const messaging = new Messaging('rcv', '', new Packeter(tr), { keepaliveInterval: 0, storage });
     await messaging.ready;
     const peer = new Packeter(ts);
-    let inc = Buffer.alloc(8);
+    let inc: Buffer = Buffer.alloc(8);
     peer.on('packet', (_c, p) => void (inc = helloIncarnation(p) ?? inc));
     connectPair(tr, ts, 'c1' as ConnId);
     introduce(peer, 'c1' as ConnId, 'snd', FEATURE_ACKS);
@@ -394,7 +394,7 @@ describe('sending', () => {
     const conn = 'c1' as ConnId;
     connectPair(tr, ts, conn);
     // without a hello: a plain snakeMQ peer
-    let inc = Buffer.alloc(8);
+    let inc: Buffer = Buffer.alloc(8);
     peer.on('packet', (_c, p) => void (inc = helloIncarnation(p) ?? inc));
     introduce(peer, conn, 'snd', ext ? FEATURE_ACKS : undefined);
     for (let i = 0; i < 5; i++) await tick();

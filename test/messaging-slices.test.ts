@@ -32,7 +32,7 @@ async function rig(options: { ext?: boolean } = {}) {
   /** The sequence numbers of the cumulative acks received. */
   const acked: number[] = [];
   let ackFrames = 0;
-  let inc = Buffer.alloc(8);
+  let inc: Buffer = Buffer.alloc(8);
   sender.on('packet', (_c, p) => {
     inc = helloIncarnation(p) ?? inc;
     if (p[0] !== FRAME_SEQ_ACK) return;
