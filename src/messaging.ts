@@ -66,8 +66,10 @@ import {
   encodePong,
   encodeProtocolVersion,
   encodeResume,
+  MARK_FRAME_SIZE,
   readSeq,
   ttlMsToWire,
+  writeMark,
   writeSeq,
 } from './protocol.js';
 import { AWAITING_ACK, FRAME_HEAD_SIZE, PeerQueue, QUEUED, type RemovedItem, WRITING } from './queue.js';
@@ -119,7 +121,7 @@ export const MESSAGING_DEFAULTS = {
 
 /** Options of {@link Messaging}. All durations in milliseconds. */
 export interface MessagingOptions {
-  /** Where persistent messages (and the dedup window) are kept. Without it nothing persists. */
+  /** Where persistent messages (and the dedup marks) are kept. Without it nothing persists. */
   storage?: QueuesStorage;
   /**
    * Ping a connection after this long with nothing received; 0 turns keepalive off (default
@@ -354,9 +356,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
   /** The keepalive checks of all connections, on one timer. */
   private readonly keepalives: Deadlines<Conn>;
   private readonly ownIdentFrame: Buffer;
+  /** Made once loaded (it carries our incarnation); connections are greeted only then. */
   private helloFrame: Buffer | undefined;
   /** A cumulative ack being written (the Packeter copies it). */
-  private readonly seqAckBuf = Buffer.alloc(1 + 16);
+  private readonly seqAckBuf = Buffer.alloc(MARK_FRAME_SIZE);
   private loaded = false;
   private closed = false;
   /** Packets come through the packeter's sink (else through `packet` events). */
@@ -413,7 +416,6 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     });
     this.ttls = new Deadlines<PeerQueue>(this.clock, this.onTtl);
     this.ownIdentFrame = encodeIdentification(identifier);
-    this.makeHello();
     this.sessionConfig = {
       extensions: this.opts.extensions,
       keepaliveWait: this.opts.keepaliveWait,
@@ -600,12 +602,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
    */
   private reserveSeqs(): void {
     this.reserving = true;
-    const target = Math.max(this.seqReserved, this.nextSeq) + SEQ_BLOCK;
-    const value = Buffer.alloc(8);
-    writeSeq(value, 0, target);
-    this.storage!.setMeta(META_SEQ_RESERVED, value).then(
+    this.reserveSeqsNow(Math.max(this.seqReserved, this.nextSeq) + SEQ_BLOCK).then(
       () => {
-        this.seqReserved = target;
         this.reserving = false;
       },
       // (tried again by the next message: one attempt at a time)
@@ -803,13 +801,9 @@ export class Messaging extends EventEmitter<MessagingEvents> {
       // a restart; sequence numbers continue after every one reserved or stored.
       if (inc !== null && inc.length === INCARNATION_SIZE) this.incarnation = Buffer.from(inc);
       else await storage.setMeta(META_INCARNATION, this.incarnation);
-      this.makeHello();
       let last = reserved !== null && reserved.length === 8 ? Math.max(0, readSeq(reserved, 0)) : 0;
       for (const it of items) if (it.seq > last) last = it.seq;
       this.nextSeq = last + 1;
-      // (awaited: a sender that used numbers it had not reserved durably could use them again
-      // after a crash, and a receiver would take those messages for repeats)
-      await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
       const now = this.clock.now();
       // Items stored without a sequence number (seq 0; none of our backends returns that, their
       // migrations number old items) get the next ones, not stored: queue order stays
@@ -820,12 +814,17 @@ export class Messaging extends EventEmitter<MessagingEvents> {
         this.queue(s.queue).push(s.uuid, 0, s.body, s.flags, s.ttl, true, now, s.seq > 0 ? s.seq : this.nextSeq++);
       }
       if (unnumbered > 0) this.log.warn(`messaging ${this.identifier}: ${unnumbered} stored messages without a sequence number were numbered anew`);
-      if (this.nextSeq > this.seqReserved - SEQ_BLOCK / 2) await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
+      // (awaited, before anything is sent: a sender that used numbers it had not reserved
+      // durably could use them again after a crash, and a receiver would take those messages
+      // for repeats)
+      await this.reserveSeqsNow(this.nextSeq + SEQ_BLOCK);
       for (const m of marks) this.marks.load(m);
       for (const q of this.queues.values()) this.armTtl(q);
       this.log.debug(`messaging ${this.identifier}: loaded ${items.length} stored messages, ${marks.length} dedup marks`);
     } finally {
       this.loaded = true;
+      // (with the incarnation loaded, or random)
+      this.makeHello();
       // connections that came meanwhile: greet them and hand over what they sent
       if (!this.closed) {
         for (const c of [...this.conns.values()]) {
@@ -980,8 +979,8 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     if (!c) return;
     this.conns.delete(connId);
     if (c.keepalive) this.keepalives.delete(c.keepalive);
-    if (c.resumeTimer) this.clock.clearTimeout(c.resumeTimer);
     c.early = undefined;
+    // (the resume timer goes in forget)
     this.detach(c);
   };
 
@@ -1724,7 +1723,7 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     return commit;
   }
 
-  /** Forget the marks of the peers identified longest ago on the next turn, while more than `dedupIdlePeers` are kept. */
+  /** Forget the marks of the peers gone longest ago on the next turn, while more than `dedupIdlePeers` are kept. */
   private queueTrim(): void {
     if (this.trimQueued || this.marks.size - this.identConn.size <= this.opts.dedupIdlePeers) return;
     // (the exact count of connected peers with a mark is taken in trimMarks)
@@ -1768,13 +1767,10 @@ export class Messaging extends EventEmitter<MessagingEvents> {
     c.seqAckDue = false;
     c.seqAcks = 0;
     if (c.dead || !this.conns.has(c.id) || c.markSlot < 0) return;
-    const b = this.seqAckBuf;
-    b[0] = FRAME_SEQ_ACK;
-    b.set(c.peerIncarnation!, 1);
     const seq = this.storage ? this.marks.committedOf(c.markSlot) : this.marks.deliveredOf(c.markSlot);
-    writeSeq(b, 1 + INCARNATION_SIZE, seq);
+    writeMark(this.seqAckBuf, FRAME_SEQ_ACK, c.peerIncarnation!, seq);
     // as the head of a packet: copied before this returns
-    this.packeter.sendPacketParts(c.id, b, EMPTY);
+    this.packeter.sendPacketParts(c.id, this.seqAckBuf, EMPTY);
   }
 
   /** Acknowledge a uuid (four little-endian int32) to a legacy peer: on the next turn, or now when the frame is full. */

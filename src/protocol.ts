@@ -464,13 +464,24 @@ export function encodeSeqMessage(m: MessageFields & { seq: number }): Buffer {
   return Buffer.concat([encodeSeqMessageHeader(m), m.body]);
 }
 
+/** Bytes of a whole cumulative ack or resume frame. */
+export const MARK_FRAME_SIZE = 1 + MARK_PAYLOAD_SIZE;
+
+/**
+ * Write a cumulative ack or resume frame (`type`, the 8-byte `incarnation`, `seq`) at the start
+ * of `buf` (at least {@link MARK_FRAME_SIZE} bytes), unchecked: for a caller that reuses one buffer.
+ */
+export function writeMark(buf: Uint8Array, type: number, incarnation: Uint8Array, seq: number): void {
+  buf[0] = type;
+  buf.set(incarnation, 1);
+  writeSeq(buf, 1 + INCARNATION_SIZE, seq);
+}
+
 function encodeMark(type: number, m: MarkFields): Buffer {
   checkIncarnation(m.incarnation);
   checkSeq(m.seq);
-  const buf = Buffer.allocUnsafe(1 + MARK_PAYLOAD_SIZE);
-  buf[0] = type;
-  buf.set(m.incarnation, 1);
-  writeSeq(buf, 1 + INCARNATION_SIZE, m.seq);
+  const buf = Buffer.allocUnsafe(MARK_FRAME_SIZE);
+  writeMark(buf, type, m.incarnation, m.seq);
   return buf;
 }
 

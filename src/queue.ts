@@ -200,11 +200,6 @@ export class PeerQueue {
     return this.wseqs[slot];
   }
 
-  /** The wire sequence number of the newest item, or 0 when empty. */
-  lastWireSeq(): number {
-    for (let s = this.end - 1; s >= this.head; s--) if ((this.bits[s] & REMOVED) === 0) return this.wseqs[s];
-    return 0;
-  }
 
   state(slot: number): number {
     return this.bits[slot] & STATE;
