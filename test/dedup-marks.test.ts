@@ -18,7 +18,7 @@ import { MemoryQueuesStorage } from '../storage/memory.js';
 import { connectPair, memoryPair, tick } from './helpers/memory-transport.js';
 import { RAW_INCARNATION, introduce } from './helpers/raw-peer.js';
 import { cleanupTemp, sqlite, tempDir } from './helpers/temp.js';
-import { until } from './helpers/wait.js';
+import { holdUntilReleased, until } from './helpers/wait.js';
 
 /** Ticks enough for a hop over the memory transport, the turn after it and storage. */
 async function settle(): Promise<void> {
@@ -205,13 +205,7 @@ describe('a receiver whose storage loads slowly', () => {
   it('greets and handles nothing before its marks are loaded; then the repeats sent meanwhile are recognised', async () => {
     const storage = new MemoryQueuesStorage();
     await storage.putDelivered([{ peer: 'snd', incarnation: RAW_INCARNATION, seq: 2 }]); // from before the restart
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const loadDelivered = storage.loadDelivered.bind(storage);
-    storage.loadDelivered = async () => {
-      await gate;
-      return loadDelivered();
-    };
+    const release = holdUntilReleased(storage, 'loadDelivered');
     const [tr, ts] = memoryPair();
     const receiver = new Messaging('rcv', '', new Packeter(tr), { storage, keepaliveInterval: 0 });
     open.push(receiver);

@@ -5,6 +5,7 @@
  * our greeting; a failed load refuses sends instead of numbering without a reservation.
  */
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
 import type { ConnId } from '../src/link.js';
 import { FLAG_PERSISTENT, Message, Messaging } from '../src/messaging.js';
 import { Packeter } from '../src/packeter.js';
@@ -21,6 +22,7 @@ import {
 import { MemoryQueuesStorage } from '../storage/memory.js';
 import { memoryPair, tick } from './helpers/memory-transport.js';
 import { RAW_INCARNATION, helloIncarnation, introduce } from './helpers/raw-peer.js';
+import { holdUntilReleased } from './helpers/wait.js';
 
 async function settle(n = 10): Promise<void> {
   for (let i = 0; i < n; i++) await tick();
@@ -124,14 +126,7 @@ describe('sequenced delivery: edges', () => {
 
   it('while storage loads, a plain snakeMQ peer is served at once (nothing held), and no ping goes out before our greeting', async () => {
     const storage = new MemoryQueuesStorage();
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const load = storage.load.bind(storage);
-    storage.load = async () => {
-      await gate;
-      return load();
-    };
-    const { ManualClock } = await import('../src/clock.js');
+    const release = holdUntilReleased(storage, 'load');
     const clock = new ManualClock(0);
     const [tr, ts] = memoryPair();
     const rcv = new Messaging('rcv', '', new Packeter(tr), { storage, keepaliveInterval: 100, keepaliveWait: 50, clock });

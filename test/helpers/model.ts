@@ -32,16 +32,18 @@ interface ScenarioConfig {
   joinWhenReady?: boolean;
 }
 
+const SCENARIO_A: ScenarioConfig & { title: string } = {
+  title: 'storage, persistent messages both ways, cuts, delays, crash and graceful restarts of either side',
+  storage: true,
+  persistent: true,
+  restarts: 'both',
+  graceful: true,
+  bothDirections: true,
+  repeatsAfterCrash: true,
+};
+
 export const SCENARIOS: Record<Scenario, ScenarioConfig & { title: string }> = {
-  a: {
-    title: 'storage, persistent messages both ways, cuts, delays, crash and graceful restarts of either side',
-    storage: true,
-    persistent: true,
-    restarts: 'both',
-    graceful: true,
-    bothDirections: true,
-    repeatsAfterCrash: true,
-  },
+  a: SCENARIO_A,
   b: {
     title: 'no storage, transient messages both ways, cuts and delays, no restarts',
     storage: false,
@@ -61,13 +63,8 @@ export const SCENARIOS: Record<Scenario, ScenarioConfig & { title: string }> = {
     repeatsAfterCrash: false,
   },
   d: {
+    ...SCENARIO_A,
     title: 'as a, but a (re)started node joins the network only once messaging.ready resolved',
-    storage: true,
-    persistent: true,
-    restarts: 'both',
-    graceful: true,
-    bothDirections: true,
-    repeatsAfterCrash: true,
     joinWhenReady: true,
   },
 };

@@ -37,3 +37,18 @@ export async function until(cond: () => boolean, timeoutMs = 10_000, what = 'con
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+/**
+ * Make `obj[method]` (an async method) wait until the returned function is called, then do what
+ * it did: a storage whose load is slow, for instance.
+ */
+export function holdUntilReleased<T extends object, K extends keyof T>(obj: T, method: K): () => void {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const original = (obj[method] as (...args: unknown[]) => Promise<unknown>).bind(obj);
+  (obj as Record<K, unknown>)[method] = async (...args: unknown[]) => {
+    await gate;
+    return original(...args);
+  };
+  return release;
+}
